@@ -1,0 +1,107 @@
+//! Layer 4: connecting to a server (mirrors `rpyc/utils/factory.py`).
+//!
+//! [`connect`] is the one-liner; [`ClientBuilder`] chooses the local service
+//! (what the server may call back into), the configuration and the dialect.
+//! [`connect_stream`] runs a connection over any stream you opened yourself.
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::error::Result;
+use crate::identity::Credentials;
+use crate::policy::AccessPolicy;
+use crate::service::Service;
+use crate::transport::{connect_endpoint, Endpoint, Stream, TcpOptions};
+use crate::wire::Dialect;
+use std::time::Duration;
+
+/// Connects to `addr` (`host:port`, `tcp://host:port`, `unix:///path`) with
+/// a void local service and default settings.
+pub async fn connect(addr: &str) -> Result<Connection> {
+    ClientBuilder::new().connect(addr).await
+}
+
+/// Runs a client connection over an already open stream.
+pub fn connect_stream(stream: impl Stream, service: Service, config: ConnectionConfig) -> Connection {
+    let mut config = config;
+    if config.dialect.is_none() {
+        config.dialect = Some(Dialect::V6);
+    }
+    Connection::start(stream, service, config, Credentials::default(), AccessPolicy::default())
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    service: Option<Service>,
+    config: ConnectionConfig,
+    policy: AccessPolicy,
+    tcp: TcpOptions,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// Defaults: void service, rpyc 6 framing, 30 s request timeout.
+    pub fn new() -> ClientBuilder {
+        let config = ConnectionConfig { dialect: Some(Dialect::V6), ..ConnectionConfig::default() };
+        ClientBuilder { service: None, config, policy: AccessPolicy::default(), tcp: TcpOptions::default() }
+    }
+
+    /// The service the server may call back into (Python's `service=`).
+    pub fn service(mut self, service: Service) -> Self {
+        self.service = Some(service);
+        self
+    }
+
+    /// Speak rpyc 5.x framing (for Python rpyc 5.x servers).
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.config.dialect = Some(dialect);
+        self
+    }
+
+    /// `sync_request_timeout`.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.config.sync_request_timeout = t;
+        self
+    }
+
+    /// Replaces the whole connection configuration (the dialect defaults to 6.x).
+    pub fn config(mut self, config: ConnectionConfig) -> Self {
+        let dialect = config.dialect.or(Some(Dialect::V6));
+        self.config = ConnectionConfig { dialect, ..config };
+        self
+    }
+
+    /// The policy applied to the server's requests into our service.
+    pub fn policy(mut self, policy: AccessPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// TCP options (keepalive, connect timeout).
+    pub fn tcp_options(mut self, opts: TcpOptions) -> Self {
+        self.tcp = opts;
+        self
+    }
+
+    /// Connects to an address string.
+    pub async fn connect(self, addr: &str) -> Result<Connection> {
+        let ep = Endpoint::parse(addr)?;
+        self.connect_endpoint(&ep).await
+    }
+
+    /// Connects to an endpoint.
+    pub async fn connect_endpoint(self, ep: &Endpoint) -> Result<Connection> {
+        let (stream, creds) = connect_endpoint(ep, &self.tcp).await?;
+        Ok(self.start(stream, creds))
+    }
+
+    /// Runs the connection over a stream you opened.
+    pub fn start(self, stream: impl Stream, creds: Credentials) -> Connection {
+        let service = self.service.unwrap_or_else(Service::void);
+        Connection::start(stream, service, self.config, creds, self.policy)
+    }
+}

@@ -1,0 +1,890 @@
+//! Layer 3: one symmetric RPyC connection over any byte stream
+//! (mirrors `rpyc/core/protocol.py`).
+//!
+//! Each connection runs two tasks: a *reader* that decodes frames, routes
+//! replies to the calls waiting for them and starts request handlers, and a
+//! *writer* that owns the write half and coalesces queued frames into as few
+//! writes as possible. A request handler is polled once inline — synchronous
+//! handlers therefore run in request order, exactly like Python's
+//! single-threaded dispatch — and is spawned as its own task only if it has
+//! to wait. The reader never waits on a handler, so a handler may call back
+//! into the peer (and the peer back into us) to any depth without deadlock.
+//!
+//! Every limit is per connection: a peer that breaks one loses its own
+//! connection with a logged reason, and nobody else notices.
+
+mod async_result;
+pub mod builtin;
+mod dispatch;
+pub mod handler;
+pub mod netref;
+pub mod object;
+
+pub use async_result::AsyncResult;
+pub use handler::{Args, FromCall, IntoArgs, IntoObject, SelfObject, Signature, This};
+pub use netref::{Netref, RemoteIter};
+pub use object::{Class, ClassBuilder, ClassDef, Instance, Object};
+
+use crate::channel::{finish_frame, ChannelConfig, FrameReader, HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::identity::Credentials;
+use crate::policy::AccessPolicy;
+use crate::service::Service;
+use crate::wire::brine::DecodeLimits;
+use crate::wire::message::{self, Dialect, Handler, Message, LABEL_LOCAL_REF, LABEL_REMOTE_REF, LABEL_TUPLE, LABEL_VALUE};
+use crate::wire::{Exception, IdPack, Int, Value};
+use netref::NetrefInner;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Settings of one connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConnectionConfig {
+    /// Framing limits and compression.
+    pub channel: ChannelConfig,
+    /// Brine decoding limits.
+    pub decode: DecodeLimits,
+    /// How long a call waits for its reply. Default: 30 s (Python's
+    /// `sync_request_timeout`).
+    pub sync_request_timeout: Duration,
+    /// Requests from the peer that may be unanswered at once; a peer that
+    /// exceeds it (e.g. by never reading its replies) is disconnected.
+    /// Default: 8192.
+    pub max_requests_in_flight: usize,
+    /// Objects we may hold for the peer (its live proxies of ours). Boxing
+    /// one more fails that request with `MemoryError`. Default: 100,000.
+    pub max_local_objects: usize,
+    /// Close the connection after this long without a frame from the peer.
+    /// Default: `None` (RPyC clients keep idle connections open).
+    pub idle_timeout: Option<Duration>,
+    /// The message framing to speak. `None` (the default for servers)
+    /// detects it from the peer's first message; clients speak
+    /// [`Dialect::V6`] unless told otherwise.
+    pub dialect: Option<Dialect>,
+    /// Send a traceback text with exceptions. Default: true (as Python).
+    pub include_traceback: bool,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            channel: ChannelConfig::default(),
+            decode: DecodeLimits::default(),
+            sync_request_timeout: Duration::from_secs(30),
+            max_requests_in_flight: 8192,
+            max_local_objects: 100_000,
+            idle_timeout: None,
+            dialect: None,
+            include_traceback: true,
+        }
+    }
+}
+
+/// The context of a call: which connection it came from and who is on the
+/// other end. Handlers receive it by taking a `Ctx` parameter.
+#[derive(Clone)]
+pub struct Ctx {
+    conn: Connection,
+}
+
+impl Ctx {
+    /// The connection the call arrived on (use it to call back into the peer).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The peer's credentials, as the authenticator established them.
+    pub fn credentials(&self) -> &Credentials {
+        &self.conn.shared.credentials
+    }
+
+    /// The access policy in force for this connection.
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.conn.shared.policy
+    }
+
+    /// How many of our objects the peer currently holds proxies for.
+    pub fn live_objects(&self) -> usize {
+        self.conn.live_objects()
+    }
+}
+
+enum Out {
+    Frame(Vec<u8>),
+    Close,
+}
+
+struct Slot {
+    obj: Arc<Instance>,
+    refs: u64,
+}
+
+#[derive(Default)]
+struct ObjectTable {
+    by_id: HashMap<i64, Slot>,
+    by_ptr: HashMap<usize, i64>,
+    next_id: i64,
+}
+
+type Pending = HashMap<i64, (Handler, oneshot::Sender<Result<Object>>)>;
+
+pub(crate) struct Shared {
+    cfg: Arc<ConnectionConfig>,
+    dialect: AtomicU8,
+    seq: AtomicI64,
+    pending: Mutex<Pending>,
+    out: mpsc::UnboundedSender<Out>,
+    queued: AtomicUsize,
+    in_flight: AtomicUsize,
+    objects: Mutex<ObjectTable>,
+    proxies: Mutex<HashMap<IdPack, Weak<NetrefInner>>>,
+    root: Arc<Instance>,
+    service: Service,
+    credentials: Credentials,
+    policy: AccessPolicy,
+    remote_root: Mutex<Option<Netref>>,
+    closed: AtomicBool,
+    close_reason: Mutex<Option<String>>,
+    shutdown: watch::Sender<bool>,
+    done: watch::Sender<bool>,
+    handles: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const DIALECT_UNKNOWN: u8 = 0;
+const DIALECT_V6: u8 = 6;
+const DIALECT_V5: u8 = 5;
+
+/// A handle to one RPyC connection. Cheap to clone; the connection closes when
+/// the last handle (including proxies and call contexts) is dropped, or when
+/// [`Connection::close`] is called, or when the peer goes away.
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        Connection::from_shared(self.shared.clone())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.begin_close("every handle to the connection was dropped");
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("service", &self.shared.service.name())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Connection {
+        shared.handles.fetch_add(1, Ordering::AcqRel);
+        Connection { shared }
+    }
+
+    /// Starts a connection over a stream: our side serves `service`, the
+    /// peer is described by `credentials`, and `policy` decides what it may
+    /// reach. Must be called inside a tokio runtime.
+    pub fn start<S>(
+        stream: S,
+        service: Service,
+        config: ConnectionConfig,
+        credentials: Credentials,
+        policy: AccessPolicy,
+    ) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown, _) = watch::channel(false);
+        let (done, _) = watch::channel(false);
+        let dialect = match config.dialect {
+            Some(Dialect::V6) => DIALECT_V6,
+            Some(Dialect::V5) => DIALECT_V5,
+            None => DIALECT_UNKNOWN,
+        };
+        let root = service.make_root();
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(config),
+            dialect: AtomicU8::new(dialect),
+            seq: AtomicI64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            out: tx,
+            queued: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            objects: Mutex::new(ObjectTable { next_id: 1, ..ObjectTable::default() }),
+            proxies: Mutex::new(HashMap::new()),
+            root,
+            service,
+            credentials,
+            policy,
+            remote_root: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            close_reason: Mutex::new(None),
+            shutdown,
+            done,
+            handles: AtomicUsize::new(0),
+        });
+        let conn = Connection::from_shared(shared.clone());
+        tokio::spawn(writer_loop(wr, rx, shared.clone()));
+        let reader = BufReader::with_capacity(64 << 10, rd);
+        tokio::spawn(reader_loop(reader, shared.clone()));
+        if let Some(hook) = shared.service.on_connect_hook() {
+            hook(&Ctx { conn: conn.clone() });
+        }
+        conn
+    }
+
+    /// The peer's root object (its service), fetched once and cached.
+    pub async fn root(&self) -> Result<Netref> {
+        if let Some(r) = lock(&self.shared.remote_root).clone() {
+            return Ok(r);
+        }
+        let root = self.shared.request(Handler::GetRoot, vec![]).await?.into_netref()?;
+        *lock(&self.shared.remote_root) = Some(root.clone());
+        Ok(root)
+    }
+
+    /// Sends a raw request and waits for the reply (with the configured timeout).
+    pub async fn request(&self, handler: Handler, args: Vec<Object>) -> Result<Object> {
+        self.shared.request(handler, args).await
+    }
+
+    /// Sends a raw request and returns an [`AsyncResult`] at once.
+    pub fn async_request(&self, handler: Handler, args: Vec<Object>) -> AsyncResult {
+        self.shared.async_request(handler, args)
+    }
+
+    /// Checks the peer is alive: sends data and expects it echoed back.
+    pub async fn ping(&self) -> Result<Duration> {
+        let data = "abcdefghijklmnopqrstuvwxyz".repeat(20);
+        let start = std::time::Instant::now();
+        let back = self.shared.request(Handler::Ping, vec![Value::from(data.as_str()).into()]).await?;
+        if back.as_value() != Some(&Value::Str(data)) {
+            return Err(Error::Protocol("ping: echo mismatches sent data".into()));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Closes the connection in an orderly way: tells the peer (CLOSE),
+    /// waits briefly for it, then shuts the stream down.
+    pub async fn close(&self) {
+        if self.is_closed() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let seq = shared.next_seq();
+        let (tx, rx) = oneshot::channel();
+        lock(&shared.pending).insert(seq, (Handler::Close, tx));
+        if shared.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Close, Value::Tuple(vec![]))).is_ok() {
+            // A Python server closes without replying; its EOF also ends the wait.
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+        shared.begin_close("closed by the local side");
+        self.closed().await;
+    }
+
+    /// Closes at once without telling the peer; pending calls fail with
+    /// `reason`.
+    pub fn abort(&self, reason: &str) {
+        self.shared.begin_close(reason);
+    }
+
+    /// Waits until the connection is closed and its tasks have finished.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.done.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// True once the connection is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        lock(&self.shared.close_reason).clone()
+    }
+
+    /// The peer's credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.shared.credentials
+    }
+
+    /// The message framing in use (`None` until a server has heard from its peer).
+    pub fn dialect(&self) -> Option<Dialect> {
+        match self.shared.dialect.load(Ordering::Acquire) {
+            DIALECT_V6 => Some(Dialect::V6),
+            DIALECT_V5 => Some(Dialect::V5),
+            _ => None,
+        }
+    }
+
+    /// How many of our objects the peer holds proxies for.
+    pub fn live_objects(&self) -> usize {
+        lock(&self.shared.objects).by_id.len()
+    }
+
+    /// The local service this connection serves.
+    pub fn service(&self) -> &Service {
+        &self.shared.service
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.shared.cfg
+    }
+}
+
+fn request_value(handler: Handler, boxed_args: Value) -> Value {
+    Value::Tuple(vec![Value::Int(Int::Small(handler.id())), boxed_args])
+}
+
+impl Shared {
+    fn next_seq(&self) -> i64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self.dialect.load(Ordering::Acquire) {
+            DIALECT_V5 => Dialect::V5,
+            _ => Dialect::V6,
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        let reason = lock(&self.close_reason).clone().unwrap_or_else(|| "connection is closed".into());
+        Error::Closed(reason)
+    }
+
+    /// Encodes and queues one message.
+    fn send_message(&self, kind: u8, seq: i64, args: &Value) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        message::encode_message(self.dialect(), kind, seq, args, &mut buf);
+        let frame = finish_frame(buf, &self.cfg.channel);
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.out.send(Out::Frame(frame)).map_err(|_| self.closed_error())
+    }
+
+    async fn request(self: &Arc<Self>, handler: Handler, args: Vec<Object>) -> Result<Object> {
+        let rx = self.start_request(handler, args)?;
+        let timeout = self.cfg.sync_request_timeout;
+        match tokio::time::timeout(timeout, rx.1).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => {
+                lock(&self.pending).remove(&rx.0);
+                Err(Error::Timeout { handler: handler.name(), timeout })
+            }
+        }
+    }
+
+    fn start_request(
+        self: &Arc<Self>,
+        handler: Handler,
+        args: Vec<Object>,
+    ) -> Result<(i64, oneshot::Receiver<Result<Object>>)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        let args = Object::Tuple(args);
+        let boxed = self.box_object(&args)?;
+        let seq = self.next_seq();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(seq, (handler, tx));
+        if let Err(e) = self.send_message(message::MSG_REQUEST, seq, &request_value(handler, boxed)) {
+            lock(&self.pending).remove(&seq);
+            return Err(e);
+        }
+        drop(args);
+        Ok((seq, rx))
+    }
+
+    fn async_request(self: &Arc<Self>, handler: Handler, args: Vec<Object>) -> AsyncResult {
+        let res = AsyncResult::pending();
+        match self.start_request(handler, args) {
+            Ok((_, rx)) => {
+                let r2 = res.clone();
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let out = match rx.await {
+                        Ok(r) => r,
+                        Err(_) => Err(me.closed_error()),
+                    };
+                    r2.complete(out);
+                });
+            }
+            Err(e) => res.complete(Err(e)),
+        }
+        res
+    }
+
+    /// Called when the last clone of a proxy is dropped.
+    pub(crate) fn forget_proxy(&self, id_pack: &IdPack, count: u64) {
+        {
+            let mut proxies = lock(&self.proxies);
+            if proxies.get(id_pack).is_some_and(|w| w.strong_count() == 0) {
+                proxies.remove(id_pack);
+            }
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // DEL(obj, count): obj boxed as the peer's own object.
+        let args = Value::Tuple(vec![
+            Value::from(LABEL_TUPLE),
+            Value::Tuple(vec![
+                Value::Tuple(vec![Value::from(LABEL_LOCAL_REF), id_pack.to_value()]),
+                Value::Tuple(vec![Value::from(LABEL_VALUE), Value::from(count)]),
+            ]),
+        ]);
+        let seq = self.next_seq();
+        let _ = self.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Del, args));
+    }
+
+    /// Boxes an object for the wire (Python's `_box`). The caller keeps
+    /// `obj` alive until the message is queued: dropping a proxy sends DEL,
+    /// which must not overtake the message that references it.
+    fn box_object(&self, obj: &Object) -> Result<Value> {
+        Ok(match obj {
+            Object::Value(v) => Value::Tuple(vec![Value::from(LABEL_VALUE), v.clone()]),
+            Object::Tuple(items) => {
+                if items.iter().all(|i| matches!(i, Object::Value(_))) {
+                    let vals = items.iter().filter_map(|i| i.as_value().cloned()).collect();
+                    Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vals)])
+                } else {
+                    let boxed = items.iter().map(|i| self.box_object(i)).collect::<Result<Vec<_>>>()?;
+                    Value::Tuple(vec![Value::from(LABEL_TUPLE), Value::Tuple(boxed)])
+                }
+            }
+            Object::Remote(n) => {
+                if !std::ptr::eq(Arc::as_ptr(&n.0.conn), self) {
+                    return Err(Error::type_error(
+                        "cannot pass a proxy that belongs to another connection (RPyC-over-RPyC is not supported)",
+                    ));
+                }
+                Value::Tuple(vec![Value::from(LABEL_LOCAL_REF), n.0.id_pack.to_value()])
+            }
+            Object::Local(inst) => {
+                let id = self.register_local(inst)?;
+                let pack = IdPack { class_name: inst.class.name.clone(), class_id: inst.class.id, instance_id: id };
+                Value::Tuple(vec![Value::from(LABEL_REMOTE_REF), pack.to_value()])
+            }
+        })
+    }
+
+    fn register_local(&self, inst: &Arc<Instance>) -> Result<i64> {
+        let key = Arc::as_ptr(inst) as *const () as usize;
+        let mut table = lock(&self.objects);
+        if let Some(&id) = table.by_ptr.get(&key) {
+            if let Some(slot) = table.by_id.get_mut(&id) {
+                slot.refs += 1;
+                return Ok(id);
+            }
+        }
+        if table.by_id.len() >= self.cfg.max_local_objects {
+            tracing::warn!(limit = self.cfg.max_local_objects, "local object limit reached");
+            return Err(Error::Exception(Exception::new(
+                "MemoryError",
+                format!(
+                    "this connection already holds {} objects for the peer (the limit); release proxies before creating more",
+                    self.cfg.max_local_objects
+                ),
+            )));
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        table.by_id.insert(id, Slot { obj: inst.clone(), refs: 1 });
+        table.by_ptr.insert(key, id);
+        Ok(id)
+    }
+
+    fn local_object(&self, id_pack: &IdPack) -> Result<Arc<Instance>> {
+        lock(&self.objects).by_id.get(&id_pack.instance_id).map(|s| s.obj.clone()).ok_or_else(|| {
+            Error::Exception(Exception::key_error(Value::Tuple(vec![
+                Value::Str(id_pack.class_name.clone()),
+                Value::from(id_pack.class_id),
+                Value::from(id_pack.instance_id),
+            ])))
+        })
+    }
+
+    fn decref(&self, id: i64, count: u64) {
+        let mut table = lock(&self.objects);
+        let remove = match table.by_id.get_mut(&id) {
+            Some(slot) if slot.refs > count => {
+                slot.refs -= count;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if remove {
+            if let Some(slot) = table.by_id.remove(&id) {
+                let key = Arc::as_ptr(&slot.obj) as *const () as usize;
+                table.by_ptr.remove(&key);
+            }
+        }
+    }
+
+    /// Unboxes a value from the wire (Python's `_unbox`).
+    fn unbox(self: &Arc<Self>, v: Value) -> Result<Object> {
+        let bad = || Error::Protocol("malformed boxed value".into());
+        let Value::Tuple(mut pair) = v else { return Err(bad()) };
+        if pair.len() != 2 {
+            return Err(bad());
+        }
+        let payload = pair.pop().unwrap_or(Value::None);
+        let label = pair.pop().and_then(|l| l.as_i64()).ok_or_else(bad)?;
+        match label {
+            LABEL_VALUE => Ok(Object::Value(payload)),
+            LABEL_TUPLE => match payload {
+                Value::Tuple(items) => {
+                    Ok(Object::Tuple(items.into_iter().map(|i| self.unbox(i)).collect::<Result<Vec<_>>>()?))
+                }
+                _ => Err(bad()),
+            },
+            LABEL_LOCAL_REF => {
+                let pack = IdPack::from_value(&payload).ok_or_else(bad)?;
+                Ok(Object::Local(self.local_object(&pack)?))
+            }
+            LABEL_REMOTE_REF => {
+                let pack = IdPack::from_value(&payload).ok_or_else(bad)?;
+                Ok(Object::Remote(self.proxy(pack)))
+            }
+            _ => Err(Error::Protocol(format!("unknown boxing label {label}"))),
+        }
+    }
+
+    fn proxy(self: &Arc<Self>, pack: IdPack) -> Netref {
+        let mut proxies = lock(&self.proxies);
+        if let Some(inner) = proxies.get(&pack).and_then(Weak::upgrade) {
+            inner.refcount.fetch_add(1, Ordering::AcqRel);
+            return Netref(inner);
+        }
+        let inner =
+            Arc::new(NetrefInner { conn: self.clone(), id_pack: pack.clone(), refcount: std::sync::atomic::AtomicU64::new(1) });
+        proxies.insert(pack, Arc::downgrade(&inner));
+        Netref(inner)
+    }
+
+    /// Sends the outcome of a request.
+    fn reply(&self, seq: i64, result: Result<Object>) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let sent = match result.and_then(|obj| self.box_object(&obj).map(|b| (b, obj))) {
+            Ok((boxed, obj)) => {
+                let r = self.send_message(message::MSG_REPLY, seq, &boxed);
+                drop(obj);
+                r
+            }
+            Err(e) => {
+                let exc = e.into_exception();
+                let origin = self.service.name().to_string();
+                let mut dumped = exc.dump(self.dialect().version(), &origin);
+                if !self.cfg.include_traceback {
+                    if let Value::Tuple(parts) = &mut dumped {
+                        if let Some(tb) = parts.get_mut(3) {
+                            *tb = Value::from("<traceback denied>");
+                        }
+                    }
+                }
+                self.send_message(message::MSG_EXCEPTION, seq, &dumped)
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!(seq, error = %e, "reply dropped: connection closing");
+        }
+    }
+
+    pub(crate) fn begin_close(&self, reason: &str) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *lock(&self.close_reason) = Some(reason.to_string());
+        tracing::debug!(service = self.service.name(), reason, "connection closing");
+        let _ = self.shutdown.send(true);
+        let _ = self.out.send(Out::Close);
+        self.fail_pending();
+    }
+
+    fn fail_pending(&self) {
+        let pending: Vec<_> = lock(&self.pending).drain().collect();
+        let reason = lock(&self.close_reason).clone().unwrap_or_else(|| "connection lost".into());
+        for (_, (_, tx)) in pending {
+            let _ = tx.send(Err(Error::Closed(reason.clone())));
+        }
+    }
+
+    fn finish(&self) {
+        self.fail_pending();
+        let objects = std::mem::take(&mut *lock(&self.objects));
+        drop(objects);
+        lock(&self.proxies).clear();
+        let root = lock(&self.remote_root).take();
+        drop(root);
+        let _ = self.done.send(true);
+    }
+}
+
+async fn writer_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
+    const BATCH: usize = 256 << 10;
+    let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+    'outer: loop {
+        let Some(first) = rx.recv().await else { break };
+        let mut next = Some(first);
+        let mut closing = false;
+        let mut frames = 0usize;
+        while let Some(item) = next.take() {
+            match item {
+                Out::Frame(f) => {
+                    frames += 1;
+                    if f.len() >= (64 << 10) {
+                        if !batch.is_empty() {
+                            if let Err(e) = w.write_all(&batch).await {
+                                shared.begin_close(&format!("write failed: {e}"));
+                                break 'outer;
+                            }
+                            batch.clear();
+                        }
+                        if let Err(e) = w.write_all(&f).await {
+                            shared.begin_close(&format!("write failed: {e}"));
+                            break 'outer;
+                        }
+                    } else {
+                        batch.extend_from_slice(&f);
+                    }
+                }
+                Out::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = w.write_all(&batch).await {
+                shared.begin_close(&format!("write failed: {e}"));
+                break;
+            }
+            batch.clear();
+            if batch.capacity() > (1 << 20) {
+                batch.shrink_to(64 << 10);
+            }
+        }
+        if let Err(e) = w.flush().await {
+            shared.begin_close(&format!("flush failed: {e}"));
+            break;
+        }
+        shared.queued.fetch_sub(frames, Ordering::AcqRel);
+        if closing {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+}
+
+async fn reader_loop<R: AsyncRead + Unpin>(rd: R, shared: Arc<Shared>) {
+    let mut frames = FrameReader::new(rd, shared.cfg.channel.clone());
+    let mut shutdown = shared.shutdown.subscribe();
+    let reason = loop {
+        let read = frames.read_frame();
+        let frame = tokio::select! {
+            biased;
+            _ = crate::connection::wait_true(&mut shutdown) => break None,
+            r = with_idle_timeout(shared.cfg.idle_timeout, read) => r,
+        };
+        let payload = match frame {
+            Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) => break Some("peer closed the connection".to_string()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "closing connection: bad frame from peer");
+                break Some(format!("bad frame from peer: {e}"));
+            }
+            Err(idle) => {
+                tracing::info!(idle = ?idle, "closing idle connection");
+                break Some(format!("no traffic for {idle:?} (idle timeout)"));
+            }
+        };
+        if let Err(reason) = handle_payload(&shared, payload) {
+            tracing::warn!(%reason, "closing connection: protocol violation by peer");
+            break Some(reason);
+        }
+    };
+    if let Some(reason) = reason {
+        shared.begin_close(&reason);
+    }
+    // Give queued replies (e.g. the answer to CLOSE) a moment to go out.
+    if let Some(hook) = shared.service.on_disconnect_hook() {
+        let conn = Connection::from_shared(shared.clone());
+        hook(&Ctx { conn: conn.clone() });
+        // Avoid re-triggering close from this temporary handle.
+        shared.handles.fetch_add(1, Ordering::AcqRel);
+        drop(conn);
+    }
+    shared.finish();
+}
+
+/// Waits until a watch flag becomes true (or its sender is gone).
+pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn with_idle_timeout<F: Future>(idle: Option<Duration>, f: F) -> std::result::Result<F::Output, Duration> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| d),
+        None => Ok(f.await),
+    }
+}
+
+/// Processes one payload; `Err` closes the connection with that reason.
+fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result<(), String> {
+    let mut dialect = shared.dialect();
+    if shared.dialect.load(Ordering::Acquire) == DIALECT_UNKNOWN {
+        dialect = Dialect::detect(&payload).ok_or_else(|| {
+            format!(
+                "first message starts with byte 0x{:02x}; expected an rpyc 6.x (1-3) or 5.x (0x12) message",
+                payload.first().copied().unwrap_or(0)
+            )
+        })?;
+        shared.dialect.store(if dialect == Dialect::V5 { DIALECT_V5 } else { DIALECT_V6 }, Ordering::Release);
+        tracing::debug!(?dialect, "peer dialect detected");
+    }
+    let msg = message::decode_message(dialect, &payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
+    drop(payload);
+    let Message { kind, seq, args } = msg;
+    match kind {
+        message::MSG_REQUEST => handle_request(shared, seq, args),
+        message::MSG_REPLY | message::MSG_EXCEPTION => {
+            let waiter = lock(&shared.pending).remove(&seq);
+            let Some((_, tx)) = waiter else {
+                tracing::debug!(seq, "reply to an unknown or expired request ignored");
+                return Ok(());
+            };
+            let result = if kind == message::MSG_REPLY {
+                shared.unbox(args)
+            } else {
+                Err(Error::Exception(Exception::load(args)))
+            };
+            let _ = tx.send(result);
+            Ok(())
+        }
+        other => Err(format!("unknown message type {other}")),
+    }
+}
+
+fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::Result<(), String> {
+    let in_flight = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+    let queued = shared.queued.load(Ordering::Acquire);
+    if in_flight > shared.cfg.max_requests_in_flight || queued > shared.cfg.max_requests_in_flight {
+        return Err(format!(
+            "peer has {} requests in flight and {queued} replies unread; the limit is {} \
+             (max_requests_in_flight)",
+            in_flight, shared.cfg.max_requests_in_flight
+        ));
+    }
+    let (handler_id, boxed) = match args {
+        Value::Tuple(mut t) if t.len() == 2 => {
+            let boxed = t.pop().unwrap_or(Value::None);
+            (t.pop().and_then(|h| h.as_i64()), boxed)
+        }
+        _ => (None, Value::None),
+    };
+    let handler = match handler_id.and_then(Handler::from_id) {
+        Some(h) => h,
+        None => {
+            shared.reply(
+                seq,
+                Err(Error::Exception(Exception::new(
+                    "KeyError",
+                    format!("unknown request handler {handler_id:?}"),
+                ))),
+            );
+            return Ok(());
+        }
+    };
+    if handler == Handler::Del {
+        // Inline and in order: DEL must never overtake the requests before it.
+        dispatch::handle_del(shared, &boxed);
+        shared.reply(seq, Ok(Object::none()));
+        return Ok(());
+    }
+    let args = match shared.unbox(boxed) {
+        Ok(Object::Tuple(items)) => items,
+        Ok(Object::Value(Value::Tuple(items))) => items.into_iter().map(Object::Value).collect(),
+        Ok(other) => vec![other],
+        Err(e) => {
+            shared.reply(seq, Err(e));
+            return Ok(());
+        }
+    };
+    let conn = Connection::from_shared(shared.clone());
+    let fut = dispatch::handle(Ctx { conn }, handler, args);
+    let me = shared.clone();
+    let task = async move {
+        let result = CatchPanic { inner: fut }.await;
+        let close_after = handler == Handler::Close && result.is_ok();
+        me.reply(seq, result);
+        if close_after {
+            me.begin_close("peer closed the connection (CLOSE)");
+        }
+    };
+    let mut task = Box::pin(task);
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    if task.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(task);
+    }
+    Ok(())
+}
+
+/// Turns a panic inside a handler into a `RuntimeError` reply instead of a
+/// lost reply (and, when polled inline, a dead reader).
+struct CatchPanic<F> {
+    inner: F,
+}
+
+impl<F: Future<Output = Result<Object>> + Unpin> Future for CatchPanic<F> {
+    type Output = Result<Object>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
+            Ok(p) => p,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(%msg, "service handler panicked");
+                Poll::Ready(Err(Error::Exception(Exception::runtime_error(format!("service handler panicked: {msg}")))))
+            }
+        }
+    }
+}

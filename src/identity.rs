@@ -1,0 +1,114 @@
+//! Who the peer is, as plain data.
+//!
+//! An authenticator (see the `auth` layer) produces [`Credentials`] before the
+//! first RPyC byte is read; the connection keeps them, services read them
+//! (that is what `whoami()` returns) and policies are chosen by them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The kind of transport a connection arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TransportKind {
+    /// Plain TCP.
+    #[default]
+    Tcp,
+    /// A Unix domain socket.
+    Unix,
+    /// TLS (over TCP).
+    Tls,
+    /// An SSH channel.
+    Ssh,
+    /// An in-memory or otherwise custom stream.
+    Other,
+}
+
+impl TransportKind {
+    /// Lower-case name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Unix => "unix",
+            TransportKind::Tls => "tls",
+            TransportKind::Ssh => "ssh",
+            TransportKind::Other => "other",
+        }
+    }
+}
+
+/// Where the peer connected from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum PeerAddr {
+    /// An IP endpoint.
+    Ip(SocketAddr),
+    /// A Unix socket path (often unnamed for clients).
+    Unix(Option<PathBuf>),
+    /// Unknown (in-memory streams, tunnels).
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Ip(a) => write!(f, "{a}"),
+            PeerAddr::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Unix(None) => write!(f, "unix:(unnamed)"),
+            PeerAddr::Unknown => write!(f, "(unknown)"),
+        }
+    }
+}
+
+/// Details of a verified TLS client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CertificateInfo {
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+    /// DNS names and IP addresses from the subjectAltName extension.
+    pub subject_alt_names: Vec<String>,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub sha256_fingerprint: String,
+    /// The DER bytes of the certificate.
+    pub der: Vec<u8>,
+}
+
+/// What an authenticator established about the peer.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Credentials {
+    /// The authenticated identity (certificate CN, SSH user, shared-secret
+    /// user…); `None` when the transport authenticates nobody.
+    pub identity: Option<String>,
+    /// The transport the connection arrived on.
+    pub transport: TransportKind,
+    /// The peer's address.
+    pub peer: PeerAddr,
+    /// The verified client certificate, on TLS.
+    pub certificate: Option<CertificateInfo>,
+    /// The SSH user name, on SSH.
+    pub ssh_user: Option<String>,
+    /// The SSH public key fingerprint (SHA256:…), on SSH.
+    pub ssh_key_fingerprint: Option<String>,
+    /// Groups the identity belongs to (policies are often chosen by group).
+    pub groups: Vec<String>,
+    /// Free-form attributes added by authenticators.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Credentials {
+    /// Unauthenticated credentials for a transport and peer.
+    pub fn anonymous(transport: TransportKind, peer: PeerAddr) -> Credentials {
+        Credentials { transport, peer, ..Credentials::default() }
+    }
+
+    /// The identity, or `"-"` for logs.
+    pub fn display_identity(&self) -> &str {
+        self.identity.as_deref().unwrap_or("-")
+    }
+
+    /// True if the identity belongs to `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}

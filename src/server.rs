@@ -1,0 +1,269 @@
+//! Layer 5: accepting connections (mirrors `rpyc/utils/server.py`'s
+//! `ThreadedServer`, with tasks instead of threads).
+//!
+//! Each accepted stream is authenticated (with a deadline), given a policy
+//! chosen from its credentials, and served as its own connection. Limits on
+//! the total number of connections and on connections per peer address are
+//! enforced at accept time; a refused peer is dropped before a byte is read.
+
+use crate::auth::{AllowAll, Authenticator};
+use crate::connection::{Connection, ConnectionConfig};
+use crate::error::Result;
+use crate::identity::{Credentials, PeerAddr};
+use crate::policy::AccessPolicy;
+use crate::service::Service;
+use crate::transport::Listener;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// Chooses the access policy for a connection from its credentials.
+pub type PolicyResolver = Arc<dyn Fn(&Credentials) -> AccessPolicy + Send + Sync>;
+
+/// Server settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Per-connection settings.
+    pub connection: ConnectionConfig,
+    /// Most connections served at once. Default: 10,000.
+    pub max_connections: usize,
+    /// Most connections from one IP address. Default: 1,000.
+    pub max_connections_per_peer: usize,
+    /// Deadline for the authenticator. Default: 5 s.
+    pub auth_timeout: Duration,
+    /// The authenticator. Default: [`AllowAll`].
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Policy per connection. Default: RPyC's default policy for everyone.
+    pub policy: PolicyResolver,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            connection: ConnectionConfig::default(),
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
+            auth_timeout: Duration::from_secs(5),
+            authenticator: Arc::new(AllowAll),
+            policy: Arc::new(|_| AccessPolicy::default()),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Uses one policy for every connection.
+    pub fn with_policy(mut self, policy: AccessPolicy) -> Self {
+        self.policy = Arc::new(move |_| policy.clone());
+        self
+    }
+
+    /// Uses an authenticator.
+    pub fn with_authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.authenticator = Arc::new(auth);
+        self
+    }
+}
+
+/// Stops a running server.
+#[derive(Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Stops accepting, then closes every connection.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A server: a service, its configuration and one or more listeners.
+pub struct Server {
+    service: Service,
+    config: Arc<ServerConfig>,
+    listeners: Vec<Listener>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// A server for `service` with no listeners yet.
+    pub fn new(service: Service, config: ServerConfig) -> Server {
+        let (shutdown, _) = watch::channel(false);
+        Server { service, config: Arc::new(config), listeners: Vec::new(), shutdown }
+    }
+
+    /// Adds a listener (a server may listen on several transports at once).
+    pub fn listen(mut self, listener: Listener) -> Server {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Binds a TCP listener.
+    pub async fn bind_tcp(self, addr: &str) -> Result<Server> {
+        Ok(self.listen(Listener::tcp(addr).await?))
+    }
+
+    /// The TCP addresses bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(Listener::local_addr).collect()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until shut down.
+    pub async fn run(self) -> Result<()> {
+        let state = Arc::new(AcceptState {
+            slots: Arc::new(Semaphore::new(self.config.max_connections)),
+            per_peer: Mutex::new(HashMap::new()),
+        });
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            tracing::info!(service = self.service.name(), listener = %l.describe(), "listening");
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                self.service.clone(),
+                self.config.clone(),
+                state.clone(),
+                self.shutdown.subscribe(),
+            )));
+        }
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+
+    /// Serves until Ctrl-C (SIGINT) or the shutdown handle fires.
+    pub async fn run_until_ctrl_c(self) -> Result<()> {
+        let handle = self.shutdown_handle();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("interrupted: shutting down");
+                handle.shutdown();
+            }
+        });
+        self.run().await
+    }
+
+    /// Starts serving in the background and returns the shutdown handle.
+    pub fn spawn(self) -> ShutdownHandle {
+        let h = self.shutdown_handle();
+        tokio::spawn(self.run());
+        h
+    }
+}
+
+struct AcceptState {
+    slots: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct PeerGuard {
+    state: Arc<AcceptState>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut m = self.state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    service: Service,
+    config: Arc<ServerConfig>,
+    state: Arc<AcceptState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::connection::wait_true(&mut shutdown) => break,
+            a = listener.accept() => a,
+        };
+        let (stream, creds) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %creds.peer, limit = config.max_connections, "connection refused: server is at max_connections");
+            continue;
+        };
+        let ip = match creds.peer {
+            PeerAddr::Ip(a) => Some(a.ip()),
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            let mut m = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= config.max_connections_per_peer {
+                tracing::warn!(peer = %creds.peer, limit = config.max_connections_per_peer, "connection refused: too many connections from this address");
+                continue;
+            }
+            *n += 1;
+        }
+        let guard = PeerGuard { state: state.clone(), ip };
+        tracing::debug!(peer = %creds.peer, transport = creds.transport.as_str(), "accepted");
+        let service = service.clone();
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            serve_stream(stream, creds, service, config, shutdown).await;
+        });
+    }
+}
+
+async fn serve_stream(
+    stream: crate::transport::BoxStream,
+    creds: Credentials,
+    service: Service,
+    config: Arc<ServerConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = creds.peer.clone();
+    let transport = creds.transport;
+    let authed = tokio::time::timeout(config.auth_timeout, config.authenticator.authenticate(stream, creds)).await;
+    let (stream, creds) = match authed {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, transport = transport.as_str(), reason = %e, "authentication failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, transport = transport.as_str(), timeout = ?config.auth_timeout, "authentication timed out");
+            return;
+        }
+    };
+    tracing::info!(%peer, transport = transport.as_str(), identity = creds.display_identity(), "authenticated");
+    let policy = (config.policy)(&creds);
+    let conn = Connection::start(stream, service, config.connection.clone(), creds, policy);
+    tokio::select! {
+        _ = conn.closed() => {}
+        _ = crate::connection::wait_true(&mut shutdown) => {
+            conn.abort("server shutting down");
+            conn.closed().await;
+        }
+    }
+    tracing::debug!(%peer, reason = conn.close_reason().unwrap_or_default(), "connection ended");
+}

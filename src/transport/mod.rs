@@ -1,0 +1,206 @@
+//! Layer 1: byte streams under the RPC connection.
+//!
+//! The engine runs over anything that is `AsyncRead + AsyncWrite` (the
+//! [`Stream`] trait); this module only opens and accepts such streams. An
+//! [`Endpoint`] says where to connect, a [`Listener`] accepts. TCP and Unix
+//! sockets live here; TLS and SSH wrap the same two traits, so switching
+//! transport never touches the engine.
+
+use crate::error::{Error, Result};
+use crate::identity::{Credentials, PeerAddr, TransportKind};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A byte stream an RPyC connection can run over.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A boxed [`Stream`].
+pub type BoxStream = Box<dyn Stream>;
+
+/// TCP socket options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TcpOptions {
+    /// Disable Nagle's algorithm. Default: true — RPyC is request/reply, and
+    /// Nagle plus delayed ACKs add up to 40 ms to small messages.
+    pub nodelay: bool,
+    /// Send TCP keepalives after this much idle time. Default: `None`.
+    pub keepalive: Option<Duration>,
+    /// How long a connect attempt may take. Default: 10 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions { nodelay: true, keepalive: None, connect_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Where to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// `host:port` over TCP (IPv4 or IPv6; names are resolved).
+    Tcp(String),
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// Parses `tcp://host:port`, `unix:///path`, or a bare `host:port`.
+    pub fn parse(s: &str) -> Result<Endpoint> {
+        if let Some(rest) = s.strip_prefix("tcp://") {
+            return Ok(Endpoint::Tcp(rest.trim_end_matches('/').to_string()));
+        }
+        if let Some(rest) = s.strip_prefix("unix://") {
+            return Ok(Endpoint::Unix(PathBuf::from(rest)));
+        }
+        if s.contains("://") {
+            return Err(Error::Transport(format!(
+                "unsupported address '{s}': use tcp://host:port or unix:///path"
+            )));
+        }
+        if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            return Ok(Endpoint::Tcp(s.to_string()));
+        }
+        Err(Error::Transport(format!("address '{s}' has no port: use host:port, tcp://host:port or unix:///path")))
+    }
+}
+
+/// Opens a TCP stream with the given options.
+pub async fn connect_tcp(addr: &str, opts: &TcpOptions) -> Result<(TcpStream, Credentials)> {
+    let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Error::Transport(format!("cannot connect to {addr}: {e}"))),
+        Err(_) => {
+            return Err(Error::Transport(format!("connecting to {addr} timed out after {:?}", opts.connect_timeout)))
+        }
+    };
+    apply_tcp_options(&stream, opts)?;
+    let peer = stream.peer_addr().map(PeerAddr::Ip).unwrap_or_default();
+    Ok((stream, Credentials::anonymous(TransportKind::Tcp, peer)))
+}
+
+pub(crate) fn apply_tcp_options(stream: &TcpStream, opts: &TcpOptions) -> Result<()> {
+    stream.set_nodelay(opts.nodelay)?;
+    if let Some(idle) = opts.keepalive {
+        let ka = socket2::TcpKeepalive::new().with_time(idle);
+        socket2::SockRef::from(stream).set_tcp_keepalive(&ka)?;
+    }
+    Ok(())
+}
+
+/// Opens a stream to an endpoint.
+pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<(BoxStream, Credentials)> {
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let (s, c) = connect_tcp(addr, opts).await?;
+            Ok((Box::new(s), c))
+        }
+        #[cfg(unix)]
+        Endpoint::Unix(path) => {
+            let s = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| Error::Transport(format!("cannot connect to unix socket {}: {e}", path.display())))?;
+            Ok((Box::new(s), Credentials::anonymous(TransportKind::Unix, PeerAddr::Unix(Some(path.clone())))))
+        }
+        #[cfg(not(unix))]
+        Endpoint::Unix(_) => Err(Error::Transport("unix sockets are not available on this platform".into())),
+    }
+}
+
+/// An accepting socket.
+#[non_exhaustive]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener, TcpOptions),
+    /// Unix domain socket (the path is removed when the listener is dropped).
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Binds TCP (`"127.0.0.1:0"` picks a free port).
+    pub async fn tcp(addr: &str) -> Result<Listener> {
+        let l = TcpListener::bind(addr).await.map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
+        Ok(Listener::Tcp(l, TcpOptions::default()))
+    }
+
+    /// Binds a Unix socket, replacing a stale socket file.
+    #[cfg(unix)]
+    pub async fn unix(path: impl Into<PathBuf>) -> Result<Listener> {
+        let path = path.into();
+        if path.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+        let l = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::Transport(format!("cannot listen on unix socket {}: {e}", path.display())))?;
+        Ok(Listener::Unix(l, path))
+    }
+
+    /// The bound TCP address (None for Unix sockets).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l, _) => l.local_addr().ok(),
+            #[cfg(unix)]
+            Listener::Unix(..) => None,
+        }
+    }
+
+    /// A short description for logs, e.g. `tcp://127.0.0.1:18861`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l, _) => match l.local_addr() {
+                Ok(a) => format!("tcp://{a}"),
+                Err(_) => "tcp://?".into(),
+            },
+            #[cfg(unix)]
+            Listener::Unix(_, p) => format!("unix://{}", p.display()),
+        }
+    }
+
+    /// Accepts the next stream with the credentials the transport alone establishes.
+    pub async fn accept(&self) -> std::io::Result<(BoxStream, Credentials)> {
+        match self {
+            Listener::Tcp(l, opts) => {
+                let (s, peer) = l.accept().await?;
+                if let Err(e) = apply_tcp_options(&s, opts) {
+                    tracing::debug!(error = %e, "could not set TCP options");
+                }
+                Ok((Box::new(s), Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer))))
+            }
+            #[cfg(unix)]
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), Credentials::anonymous(TransportKind::Unix, PeerAddr::Unix(None))))
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(Endpoint::parse("tcp://h:1").ok(), Some(Endpoint::Tcp("h:1".into())));
+        assert_eq!(Endpoint::parse("127.0.0.1:18861").ok(), Some(Endpoint::Tcp("127.0.0.1:18861".into())));
+        assert_eq!(Endpoint::parse("unix:///tmp/x").ok(), Some(Endpoint::Unix("/tmp/x".into())));
+        assert!(Endpoint::parse("http://x:1").is_err());
+        assert!(Endpoint::parse("nohost").is_err());
+    }
+}

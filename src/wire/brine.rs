@@ -1,0 +1,488 @@
+//! Brine: the byte format of values (mirrors `rpyc/core/brine.py`).
+//!
+//! Encoding is byte-identical to Python's `brine.dump`. Decoding treats its
+//! input as hostile: every claimed length is checked against the bytes that
+//! are actually present *before* anything is allocated, nesting depth and
+//! integer size are capped, and no input can make it panic.
+
+use super::value::{Int, Value};
+use num_bigint::BigInt;
+use thiserror::Error;
+
+const TAG_NONE: u8 = 0x00;
+const TAG_EMPTY_BYTES: u8 = 0x01;
+const TAG_EMPTY_TUPLE: u8 = 0x02;
+const TAG_TRUE: u8 = 0x03;
+const TAG_FALSE: u8 = 0x04;
+const TAG_NOT_IMPLEMENTED: u8 = 0x05;
+const TAG_ELLIPSIS: u8 = 0x06;
+const TAG_STR: u8 = 0x08;
+const TAG_BYTES1: u8 = 0x0a;
+const TAG_BYTES4: u8 = 0x0d;
+const TAG_BYTES_L1: u8 = 0x0e;
+const TAG_BYTES_L4: u8 = 0x0f;
+const TAG_TUP1: u8 = 0x10;
+const TAG_TUP4: u8 = 0x13;
+const TAG_TUP_L1: u8 = 0x14;
+const TAG_TUP_L4: u8 = 0x15;
+const TAG_INT_L1: u8 = 0x16;
+const TAG_INT_L4: u8 = 0x17;
+const TAG_FLOAT: u8 = 0x18;
+const TAG_SLICE: u8 = 0x19;
+const TAG_FSET: u8 = 0x1a;
+const TAG_COMPLEX: u8 = 0x1b;
+/// Immediate ints: tag = value + 0x50 for -48 ..= 159.
+const IMM_MIN: i64 = -0x30;
+const IMM_MAX: i64 = 0x9f;
+const IMM_BIAS: i64 = 0x50;
+
+/// Limits applied while decoding untrusted brine.
+///
+/// Every field has a default that is safe for a server on the open network
+/// and generous for legitimate RPyC traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeLimits {
+    /// Deepest nesting of tuples/frozensets/slices accepted. Default: 64
+    /// (RPyC messages themselves use about 5 levels).
+    pub max_depth: usize,
+    /// Most items in one tuple or frozenset. Default: 1,000,000.
+    pub max_items: usize,
+    /// Most decimal digits in one integer. Default: 4300, the same limit
+    /// CPython applies to `int(str)` since 3.11.
+    pub max_int_digits: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_depth: 64, max_items: 1_000_000, max_int_digits: 4300 }
+    }
+}
+
+/// Why bytes could not be decoded as brine.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrineError {
+    /// The input ended in the middle of a value.
+    #[error("brine value truncated: needed {needed} more bytes at offset {offset}")]
+    Truncated {
+        /// Byte offset where more data was needed.
+        offset: usize,
+        /// How many bytes were missing.
+        needed: usize,
+    },
+    /// A tag byte that brine does not define.
+    #[error("unknown brine tag 0x{tag:02x} at offset {offset}")]
+    UnknownTag {
+        /// The tag byte.
+        tag: u8,
+        /// Where it was found.
+        offset: usize,
+    },
+    /// Nesting deeper than [`DecodeLimits::max_depth`].
+    #[error("brine nesting deeper than the limit of {limit}")]
+    TooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A tuple or frozenset longer than allowed or than the input can hold.
+    #[error("brine tuple claims {claimed} items but at most {limit} are possible here")]
+    TooManyItems {
+        /// Claimed item count.
+        claimed: u64,
+        /// The effective limit.
+        limit: usize,
+    },
+    /// An integer with more digits than [`DecodeLimits::max_int_digits`].
+    #[error("brine integer of {digits} digits exceeds the limit of {limit}")]
+    IntTooLong {
+        /// Digits claimed.
+        digits: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Integer text that is not a decimal number.
+    #[error("brine integer is not decimal text")]
+    BadInt,
+    /// A `str` whose bytes are not UTF-8.
+    #[error("brine str is not valid UTF-8: {0}")]
+    BadUtf8(String),
+    /// A structurally wrong value (e.g. a slice that is not a 3-tuple).
+    #[error("malformed brine value: {0}")]
+    Malformed(&'static str),
+    /// Bytes left over after the top-level value.
+    #[error("{0} trailing bytes after the brine value")]
+    Trailing(usize),
+}
+
+/// Appends the brine encoding of `v` to `out`.
+pub fn encode_into(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::None => out.push(TAG_NONE),
+        Value::Bool(true) => out.push(TAG_TRUE),
+        Value::Bool(false) => out.push(TAG_FALSE),
+        Value::NotImplemented => out.push(TAG_NOT_IMPLEMENTED),
+        Value::Ellipsis => out.push(TAG_ELLIPSIS),
+        Value::Int(i) => encode_int(i, out),
+        Value::Float(f) => {
+            out.push(TAG_FLOAT);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Complex(r, i) => {
+            out.push(TAG_COMPLEX);
+            out.extend_from_slice(&r.to_be_bytes());
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Str(s) => {
+            out.push(TAG_STR);
+            encode_bytes(s.as_bytes(), out);
+        }
+        Value::Bytes(b) => encode_bytes(b, out),
+        Value::Tuple(items) => {
+            encode_tuple_header(items.len(), out);
+            for item in items {
+                encode_into(item, out);
+            }
+        }
+        Value::FrozenSet(items) => {
+            out.push(TAG_FSET);
+            encode_tuple_header(items.len(), out);
+            for item in items {
+                encode_into(item, out);
+            }
+        }
+        Value::Slice(parts) => {
+            out.push(TAG_SLICE);
+            out.push(TAG_TUP1 + 2);
+            encode_into(&parts.0, out);
+            encode_into(&parts.1, out);
+            encode_into(&parts.2, out);
+        }
+    }
+}
+
+/// The brine encoding of `v`, as Python's `brine.dump(v)`.
+pub fn encode(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(v, &mut out);
+    out
+}
+
+/// Encodes an `i64` without building a [`Value`].
+pub(crate) fn encode_i64(v: i64, out: &mut Vec<u8>) {
+    if (IMM_MIN..=IMM_MAX).contains(&v) {
+        out.push((v + IMM_BIAS) as u8);
+    } else {
+        let text = v.to_string();
+        out.push(TAG_INT_L1);
+        out.push(text.len() as u8);
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+fn encode_int(i: &Int, out: &mut Vec<u8>) {
+    match i {
+        Int::Small(v) => encode_i64(*v, out),
+        Int::Big(b) => {
+            let text = b.to_string();
+            if text.len() < 256 {
+                out.push(TAG_INT_L1);
+                out.push(text.len() as u8);
+            } else {
+                out.push(TAG_INT_L4);
+                out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            }
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+pub(crate) fn encode_bytes(b: &[u8], out: &mut Vec<u8>) {
+    match b.len() {
+        0 => out.push(TAG_EMPTY_BYTES),
+        n @ 1..=4 => {
+            out.push(TAG_BYTES1 + (n as u8 - 1));
+            out.extend_from_slice(b);
+        }
+        n if n < 256 => {
+            out.push(TAG_BYTES_L1);
+            out.push(n as u8);
+            out.extend_from_slice(b);
+        }
+        n => {
+            out.push(TAG_BYTES_L4);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+pub(crate) fn encode_tuple_header(n: usize, out: &mut Vec<u8>) {
+    match n {
+        0 => out.push(TAG_EMPTY_TUPLE),
+        1..=4 => out.push(TAG_TUP1 + (n as u8 - 1)),
+        n if n < 256 => {
+            out.push(TAG_TUP_L1);
+            out.push(n as u8);
+        }
+        n => {
+            out.push(TAG_TUP_L4);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+}
+
+/// Decodes exactly one brine value occupying all of `data`.
+pub fn decode(data: &[u8], limits: &DecodeLimits) -> Result<Value, BrineError> {
+    let mut d = Decoder { data, pos: 0, limits };
+    let v = d.value(0)?;
+    if d.pos != data.len() {
+        return Err(BrineError::Trailing(data.len() - d.pos));
+    }
+    Ok(v)
+}
+
+/// Decodes with [`DecodeLimits::default`].
+pub fn decode_default(data: &[u8]) -> Result<Value, BrineError> {
+    decode(data, &DecodeLimits::default())
+}
+
+struct Decoder<'a> {
+    data: &'a [u8],
+    pos: usize,
+    limits: &'a DecodeLimits,
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BrineError> {
+        let remaining = self.data.len() - self.pos;
+        if n > remaining {
+            return Err(BrineError::Truncated { offset: self.pos, needed: n - remaining });
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(&self.data[start..start + n])
+    }
+
+    fn u8(&mut self) -> Result<u8, BrineError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, BrineError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn f64(&mut self) -> Result<f64, BrineError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(f64::from_be_bytes(a))
+    }
+
+    fn bytes_body(&mut self, tag: u8) -> Result<&'a [u8], BrineError> {
+        match tag {
+            TAG_EMPTY_BYTES => Ok(&[]),
+            TAG_BYTES1..=TAG_BYTES4 => self.take(usize::from(tag - TAG_BYTES1) + 1),
+            TAG_BYTES_L1 => {
+                let n = self.u8()?;
+                self.take(usize::from(n))
+            }
+            TAG_BYTES_L4 => {
+                let n = self.u32()?;
+                self.take(n as usize)
+            }
+            _ => Err(BrineError::Malformed("str payload is not bytes")),
+        }
+    }
+
+    fn tuple_len(&mut self, tag: u8) -> Result<Option<usize>, BrineError> {
+        let n = match tag {
+            TAG_EMPTY_TUPLE => 0,
+            TAG_TUP1..=TAG_TUP4 => usize::from(tag - TAG_TUP1) + 1,
+            TAG_TUP_L1 => usize::from(self.u8()?),
+            TAG_TUP_L4 => self.u32()? as usize,
+            _ => return Ok(None),
+        };
+        // Every item takes at least one byte: a claim beyond the bytes present
+        // is a lie, and must not size an allocation.
+        let possible = (self.data.len() - self.pos).min(self.limits.max_items);
+        if n > possible {
+            return Err(BrineError::TooManyItems { claimed: n as u64, limit: possible });
+        }
+        Ok(Some(n))
+    }
+
+    fn items(&mut self, n: usize, depth: usize) -> Result<Vec<Value>, BrineError> {
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(items)
+    }
+
+    fn int_text(&mut self, n: usize) -> Result<Value, BrineError> {
+        if n > self.limits.max_int_digits + 1 {
+            return Err(BrineError::IntTooLong { digits: n, limit: self.limits.max_int_digits });
+        }
+        let text = self.take(n)?;
+        parse_int(text).map(Value::Int)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, BrineError> {
+        if depth > self.limits.max_depth {
+            return Err(BrineError::TooDeep { limit: self.limits.max_depth });
+        }
+        let at = self.pos;
+        let tag = self.u8()?;
+        Ok(match tag {
+            TAG_NONE => Value::None,
+            TAG_TRUE => Value::Bool(true),
+            TAG_FALSE => Value::Bool(false),
+            TAG_NOT_IMPLEMENTED => Value::NotImplemented,
+            TAG_ELLIPSIS => Value::Ellipsis,
+            TAG_EMPTY_BYTES | TAG_BYTES1..=TAG_BYTES4 | TAG_BYTES_L1 | TAG_BYTES_L4 => {
+                Value::Bytes(self.bytes_body(tag)?.to_vec())
+            }
+            TAG_STR => {
+                let inner = self.u8()?;
+                let raw = self.bytes_body(inner)?;
+                match std::str::from_utf8(raw) {
+                    Ok(s) => Value::Str(s.to_string()),
+                    Err(e) => return Err(BrineError::BadUtf8(e.to_string())),
+                }
+            }
+            TAG_EMPTY_TUPLE | TAG_TUP1..=TAG_TUP4 | TAG_TUP_L1 | TAG_TUP_L4 => {
+                let n = self.tuple_len(tag)?.unwrap_or(0);
+                Value::Tuple(self.items(n, depth)?)
+            }
+            TAG_INT_L1 => {
+                let n = self.u8()?;
+                self.int_text(usize::from(n))?
+            }
+            TAG_INT_L4 => {
+                let n = self.u32()?;
+                self.int_text(n as usize)?
+            }
+            TAG_FLOAT => Value::Float(self.f64()?),
+            TAG_COMPLEX => {
+                let r = self.f64()?;
+                let i = self.f64()?;
+                Value::Complex(r, i)
+            }
+            TAG_SLICE => {
+                let inner = self.u8()?;
+                match self.tuple_len(inner)? {
+                    Some(3) => {
+                        let a = self.value(depth + 1)?;
+                        let b = self.value(depth + 1)?;
+                        let c = self.value(depth + 1)?;
+                        Value::Slice(Box::new((a, b, c)))
+                    }
+                    _ => return Err(BrineError::Malformed("slice is not a 3-tuple")),
+                }
+            }
+            TAG_FSET => {
+                let inner = self.u8()?;
+                match self.tuple_len(inner)? {
+                    Some(n) => Value::FrozenSet(self.items(n, depth)?),
+                    None => return Err(BrineError::Malformed("frozenset body is not a tuple")),
+                }
+            }
+            t if t >= (IMM_MIN + IMM_BIAS) as u8 && t <= (IMM_MAX + IMM_BIAS) as u8 => {
+                Value::Int(Int::Small(i64::from(t) - IMM_BIAS))
+            }
+            t => return Err(BrineError::UnknownTag { tag: t, offset: at }),
+        })
+    }
+}
+
+/// Parses integer text the way Python's `int(bytes)` does for what brine
+/// produces: optional sign, ASCII digits, optional surrounding whitespace and
+/// single underscores between digits.
+fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
+    let s = std::str::from_utf8(text).map_err(|_| BrineError::BadInt)?.trim();
+    let (neg, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+        || !digits.bytes().all(|c| c.is_ascii_digit() || c == b'_')
+    {
+        return Err(BrineError::BadInt);
+    }
+    let clean: String = digits.chars().filter(|c| *c != '_').collect();
+    if clean.len() <= 18 {
+        let v: i64 = clean.parse().map_err(|_| BrineError::BadInt)?;
+        return Ok(Int::Small(if neg { -v } else { v }));
+    }
+    let big = BigInt::parse_bytes(clean.as_bytes(), 10).ok_or(BrineError::BadInt)?;
+    Ok(Int::from_big(if neg { -big } else { big }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn python_doc_example() {
+        // The example in brine.py's module docstring.
+        let x = Value::Tuple(vec![
+            Value::Bytes(b"he".to_vec()),
+            7.into(),
+            "llo".into(),
+            8.into(),
+            Value::Tuple(vec![]),
+            900.into(),
+            Value::None,
+            true.into(),
+            Value::Ellipsis,
+            18.2.into(),
+            Value::Complex(13.0, 18.2),
+            Value::Slice(Box::new((1.into(), 2.into(), 3.into()))),
+            Value::FrozenSet(vec![5.into(), 6.into(), 7.into()]),
+            Value::NotImplemented,
+        ]);
+        assert_eq!(
+            hex(&encode(&x)),
+            "140e0b686557080c6c6c6f580216033930300003061840323333333333331b402a000000000000403233333333333319125152531a1255565705"
+        );
+        assert_eq!(decode_default(&encode(&x)).ok(), Some(x));
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        // A tuple claiming 4 billion items in 6 bytes.
+        let r = decode_default(&[TAG_TUP_L4, 0xff, 0xff, 0xff, 0xff, 0x00]);
+        assert!(matches!(r, Err(BrineError::TooManyItems { .. })));
+        let r = decode_default(&[TAG_BYTES_L4, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(r, Err(BrineError::Truncated { .. })));
+        let r = decode_default(&[TAG_INT_L4, 0x00, 0x10, 0x00, 0x00]);
+        assert!(matches!(r, Err(BrineError::IntTooLong { .. })));
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let mut deep = vec![TAG_TUP1; 10_000];
+        deep.push(TAG_NONE);
+        assert!(matches!(decode_default(&deep), Err(BrineError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn ints_at_the_edges() {
+        for v in [-49i64, -48, 159, 160, i64::MIN, i64::MAX] {
+            let enc = encode(&v.into());
+            assert_eq!(decode_default(&enc).ok(), Some(v.into()));
+        }
+        assert_eq!(encode(&(-48).into()), vec![0x20]);
+        assert_eq!(encode(&159.into()), vec![0xef]);
+    }
+}
