@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::identity::{Credentials, PeerAddr};
 use crate::policy::AccessPolicy;
 use crate::service::Service;
-use crate::transport::Listener;
+use crate::transport::{Incoming, Listener};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -195,7 +195,7 @@ async fn accept_loop(
             _ = crate::connection::wait_true(&mut shutdown) => break,
             a = listener.accept() => a,
         };
-        let (stream, creds) = match accepted {
+        let incoming = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -205,10 +205,10 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %creds.peer, limit = config.max_connections, "connection refused: server is at max_connections");
+            tracing::warn!(peer = %incoming.peer, limit = config.max_connections, "connection refused: server is at max_connections");
             continue;
         };
-        let ip = match creds.peer {
+        let ip = match incoming.peer {
             PeerAddr::Ip(a) => Some(a.ip()),
             _ => None,
         };
@@ -216,45 +216,51 @@ async fn accept_loop(
             let mut m = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             let n = m.entry(ip).or_insert(0);
             if *n >= config.max_connections_per_peer {
-                tracing::warn!(peer = %creds.peer, limit = config.max_connections_per_peer, "connection refused: too many connections from this address");
+                tracing::warn!(peer = %incoming.peer, limit = config.max_connections_per_peer, "connection refused: too many connections from this address");
                 continue;
             }
             *n += 1;
         }
         let guard = PeerGuard { state: state.clone(), ip };
-        tracing::debug!(peer = %creds.peer, transport = creds.transport.as_str(), "accepted");
+        tracing::debug!(peer = %incoming.peer, "accepted");
         let service = service.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            serve_stream(stream, creds, service, config, shutdown).await;
+            serve_stream(incoming, service, config, shutdown).await;
         });
     }
 }
 
 async fn serve_stream(
-    stream: crate::transport::BoxStream,
-    creds: Credentials,
+    incoming: Incoming,
     service: Service,
     config: Arc<ServerConfig>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = creds.peer.clone();
-    let transport = creds.transport;
-    let authed = tokio::time::timeout(config.auth_timeout, config.authenticator.authenticate(stream, creds)).await;
+    let peer = incoming.peer.clone();
+    let auth = config.authenticator.clone();
+    // The transport handshake and the authenticator share one deadline.
+    let authed = tokio::time::timeout(config.auth_timeout, async move {
+        let (stream, creds) = incoming.handshake.await.map_err(|e| e.to_string())?;
+        let transport = creds.transport;
+        auth.authenticate(stream, creds).await.map_err(|e| format!("{} ({})", e, transport.as_str()))
+    })
+    .await;
     let (stream, creds) = match authed {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, transport = transport.as_str(), reason = %e, "authentication failed");
+        Ok(Err(reason)) => {
+            tracing::warn!(%peer, %reason, "connection refused: authentication failed");
             return;
         }
         Err(_) => {
-            tracing::warn!(%peer, transport = transport.as_str(), timeout = ?config.auth_timeout, "authentication timed out");
+            tracing::warn!(%peer, timeout = ?config.auth_timeout, "connection refused: authentication timed out");
             return;
         }
     };
+    let transport = creds.transport;
     tracing::info!(%peer, transport = transport.as_str(), identity = creds.display_identity(), "authenticated");
     let policy = (config.policy)(&creds);
     let conn = Connection::start(stream, service, config.connection.clone(), creds, policy);

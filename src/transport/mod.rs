@@ -113,81 +113,161 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
     }
 }
 
-/// An accepting socket.
-#[non_exhaustive]
-pub enum Listener {
-    /// TCP.
-    Tcp(TcpListener, TcpOptions),
-    /// Unix domain socket (the path is removed when the listener is dropped).
-    #[cfg(unix)]
-    Unix(tokio::net::UnixListener, PathBuf),
+/// A boxed future borrowing from `'a`.
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A freshly accepted peer whose transport handshake (TLS, nothing for TCP)
+/// has not run yet. The server runs `handshake` in the connection's own task
+/// under the authentication deadline, so one slow peer never holds up the
+/// accept loop.
+pub struct Incoming {
+    /// Where the peer connected from.
+    pub peer: PeerAddr,
+    /// Completes the transport handshake and yields the stream with the
+    /// credentials the transport establishes (e.g. the client certificate).
+    pub handshake: BoxFut<'static, Result<(BoxStream, Credentials)>>,
 }
 
+impl Incoming {
+    /// An incoming stream that needs no handshake.
+    pub fn ready(stream: BoxStream, creds: Credentials) -> Incoming {
+        Incoming { peer: creds.peer.clone(), handshake: Box::pin(std::future::ready(Ok((stream, creds)))) }
+    }
+}
+
+/// A source of incoming streams: TCP, Unix, TLS, SSH channels…
+pub trait Accept: Send + Sync + 'static {
+    /// Waits for the next peer. Must return quickly once a peer is there;
+    /// slow work belongs in [`Incoming::handshake`].
+    fn accept(&self) -> BoxFut<'_, std::io::Result<Incoming>>;
+    /// A short description for logs, e.g. `tcp://127.0.0.1:18861`.
+    fn describe(&self) -> String;
+    /// The bound TCP address, if any.
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
+/// A listener: any [`Accept`] implementation, boxed.
+pub struct Listener(Box<dyn Accept>);
+
 impl Listener {
+    /// Wraps a custom acceptor.
+    pub fn new(acceptor: impl Accept) -> Listener {
+        Listener(Box::new(acceptor))
+    }
+
     /// Binds TCP (`"127.0.0.1:0"` picks a free port).
     pub async fn tcp(addr: &str) -> Result<Listener> {
-        let l = TcpListener::bind(addr).await.map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
-        Ok(Listener::Tcp(l, TcpOptions::default()))
+        Ok(Listener::new(TcpAcceptor::bind(addr).await?))
     }
 
     /// Binds a Unix socket, replacing a stale socket file.
     #[cfg(unix)]
     pub async fn unix(path: impl Into<PathBuf>) -> Result<Listener> {
-        let path = path.into();
-        if path.exists() {
-            let _ = std::fs::remove_file(&path);
-        }
-        let l = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| Error::Transport(format!("cannot listen on unix socket {}: {e}", path.display())))?;
-        Ok(Listener::Unix(l, path))
+        Ok(Listener::new(UnixAcceptor::bind(path.into())?))
     }
 
     /// The bound TCP address (None for Unix sockets).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Listener::Tcp(l, _) => l.local_addr().ok(),
-            #[cfg(unix)]
-            Listener::Unix(..) => None,
-        }
+        self.0.local_addr()
     }
 
-    /// A short description for logs, e.g. `tcp://127.0.0.1:18861`.
+    /// A short description for logs.
     pub fn describe(&self) -> String {
-        match self {
-            Listener::Tcp(l, _) => match l.local_addr() {
-                Ok(a) => format!("tcp://{a}"),
-                Err(_) => "tcp://?".into(),
-            },
-            #[cfg(unix)]
-            Listener::Unix(_, p) => format!("unix://{}", p.display()),
-        }
+        self.0.describe()
     }
 
-    /// Accepts the next stream with the credentials the transport alone establishes.
-    pub async fn accept(&self) -> std::io::Result<(BoxStream, Credentials)> {
-        match self {
-            Listener::Tcp(l, opts) => {
-                let (s, peer) = l.accept().await?;
-                if let Err(e) = apply_tcp_options(&s, opts) {
-                    tracing::debug!(error = %e, "could not set TCP options");
-                }
-                Ok((Box::new(s), Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer))))
-            }
-            #[cfg(unix)]
-            Listener::Unix(l, _) => {
-                let (s, _) = l.accept().await?;
-                Ok((Box::new(s), Credentials::anonymous(TransportKind::Unix, PeerAddr::Unix(None))))
-            }
+    /// Waits for the next peer.
+    pub async fn accept(&self) -> std::io::Result<Incoming> {
+        self.0.accept().await
+    }
+}
+
+/// Plain TCP.
+pub struct TcpAcceptor {
+    listener: TcpListener,
+    opts: TcpOptions,
+}
+
+impl TcpAcceptor {
+    /// Binds `addr`.
+    pub async fn bind(addr: &str) -> Result<TcpAcceptor> {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
+        Ok(TcpAcceptor { listener, opts: TcpOptions::default() })
+    }
+
+    /// Accepts one TCP stream (used by TLS and other layers on top of TCP).
+    pub async fn accept_tcp(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (s, peer) = self.listener.accept().await?;
+        if let Err(e) = apply_tcp_options(&s, &self.opts) {
+            tracing::debug!(error = %e, "could not set TCP options");
         }
+        Ok((s, peer))
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+impl Accept for TcpAcceptor {
+    fn accept(&self) -> BoxFut<'_, std::io::Result<Incoming>> {
+        Box::pin(async move {
+            let (s, peer) = self.accept_tcp().await?;
+            Ok(Incoming::ready(Box::new(s), Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer))))
+        })
+    }
+    fn describe(&self) -> String {
+        match self.addr() {
+            Some(a) => format!("tcp://{a}"),
+            None => "tcp://?".into(),
+        }
+    }
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr()
+    }
+}
+
+/// A Unix domain socket; the socket file is removed when dropped.
+#[cfg(unix)]
+pub struct UnixAcceptor {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+}
+
+#[cfg(unix)]
+impl UnixAcceptor {
+    /// Binds `path`, replacing a stale socket file.
+    pub fn bind(path: PathBuf) -> Result<UnixAcceptor> {
+        if path.exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::Transport(format!("cannot listen on unix socket {}: {e}", path.display())))?;
+        Ok(UnixAcceptor { listener, path })
     }
 }
 
 #[cfg(unix)]
-impl Drop for Listener {
+impl Accept for UnixAcceptor {
+    fn accept(&self) -> BoxFut<'_, std::io::Result<Incoming>> {
+        Box::pin(async move {
+            let (s, _) = self.listener.accept().await?;
+            Ok(Incoming::ready(Box::new(s), Credentials::anonymous(TransportKind::Unix, PeerAddr::Unix(None))))
+        })
+    }
+    fn describe(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+#[cfg(unix)]
+impl Drop for UnixAcceptor {
     fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -1,0 +1,140 @@
+//! Helpers shared by the integration test binaries: real peers in-process
+//! or as child processes, always on 127.0.0.1 port 0, always bounded in time,
+//! always killed by the test that started them.
+#![allow(dead_code)]
+
+use rpyc::transport::Listener;
+use rpyc::{Server, ServerConfig, Service};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python_from_env(var: &str, version: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if PathBuf::from(&p).exists() => PathBuf::from(p),
+        _ => {
+            let local = root().join(format!(".venv{}", &version[..1])).join("bin/python");
+            if local.exists() {
+                return local;
+            }
+            panic!(
+                "Python rpyc {version} is required for interop tests: run `bash scripts/test.sh` \
+                 (it creates .venv6/.venv5), or set {var} to a python that has rpyc=={version}"
+            )
+        }
+    }
+}
+
+/// Python with rpyc 6.0.2.
+pub fn python6() -> PathBuf {
+    python_from_env("RPYC_PYTHON6", "6.0.2")
+}
+
+/// Python with rpyc 5.3.1.
+pub fn python5() -> PathBuf {
+    python_from_env("RPYC_PYTHON5", "5.3.1")
+}
+
+/// A script under tests/python.
+pub fn script(name: &str) -> PathBuf {
+    root().join("tests/python").join(name)
+}
+
+/// A child process that is killed when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildGuard {
+    /// Waits (bounded) for a stdout line starting with `prefix`; returns the rest.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+/// Spawns a command, capturing stdout line by line.
+pub fn spawn(mut cmd: Command) -> ChildGuard {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    ChildGuard { child, lines: rx }
+}
+
+/// Runs a command to completion with a deadline; returns (success, stdout+stderr).
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> (bool, String) {
+    let out_path = tempfile::NamedTempFile::new().expect("temp file");
+    let file = out_path.reopen().expect("reopen");
+    let file2 = file.try_clone().expect("clone");
+    cmd.stdout(Stdio::from(file)).stderr(Stdio::from(file2)).stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(out_path.path()).unwrap_or_default();
+    match status {
+        Some(st) => (st.success(), output),
+        None => (false, format!("{output}\n*** killed after {timeout:?} ***")),
+    }
+}
+
+/// Starts a Python rpyc server (`tests/python/run_server.py`) and returns it
+/// with its port.
+pub fn python_server(python: &std::path::Path, args: &[&str]) -> (ChildGuard, u16) {
+    let mut cmd = Command::new(python);
+    cmd.arg(script("run_server.py")).args(args).arg("--lifetime").arg("300");
+    let child = spawn(cmd);
+    let port = child.wait_line("PORT ", Duration::from_secs(30)).parse().expect("port number");
+    (child, port)
+}
+
+/// Serves `service` on 127.0.0.1:0 in the current runtime.
+pub async fn serve(service: Service, config: ServerConfig) -> (SocketAddr, rpyc::server::ShutdownHandle) {
+    let listener = Listener::tcp("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("tcp addr");
+    let server = Server::new(service, config).listen(listener);
+    (addr, server.spawn())
+}
