@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod ssh;
+
 /// A byte stream an RPyC connection can run over.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
@@ -48,6 +50,14 @@ pub enum Endpoint {
     Tcp(String),
     /// A Unix domain socket path.
     Unix(PathBuf),
+    /// A `direct-tcpip` channel of a new SSH session (see [`ssh`]); parsed
+    /// from `ssh://user@host:port/target_host:target_port`.
+    Ssh {
+        /// The RPyC server's `host:port` as seen from the SSH server.
+        target: String,
+        /// The SSH server, login and host key checking.
+        config: std::sync::Arc<ssh::SshConfig>,
+    },
 }
 
 impl Endpoint {
@@ -58,6 +68,10 @@ impl Endpoint {
         }
         if let Some(rest) = s.strip_prefix("unix://") {
             return Ok(Endpoint::Unix(PathBuf::from(rest)));
+        }
+        if s.starts_with("ssh://") {
+            let (config, target) = ssh::parse_url(s)?;
+            return Ok(Endpoint::Ssh { target, config: std::sync::Arc::new(config) });
         }
         if s.contains("://") {
             return Err(Error::Transport(format!(
@@ -110,6 +124,7 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => Err(Error::Transport("unix sockets are not available on this platform".into())),
+        Endpoint::Ssh { target, config } => ssh::connect(config, target).await,
     }
 }
 
@@ -166,6 +181,12 @@ impl Listener {
     #[cfg(unix)]
     pub async fn unix(path: impl Into<PathBuf>) -> Result<Listener> {
         Ok(Listener::new(UnixAcceptor::bind(path.into())?))
+    }
+
+    /// Starts an embedded SSH endpoint whose `direct-tcpip` channels are
+    /// served as RPyC connections (see [`ssh::SshAcceptor`]).
+    pub async fn ssh(addr: &str, config: ssh::SshServerConfig) -> Result<Listener> {
+        Ok(Listener::new(ssh::SshAcceptor::bind(addr, config).await?))
     }
 
     /// The bound TCP address (None for Unix sockets).
