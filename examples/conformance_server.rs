@@ -7,7 +7,21 @@
 //! ```
 //!
 //! Options: `--host H` (default 127.0.0.1), `--port P` (0 picks a free port,
-//! printed as `PORT <n>` on stdout), `--unix PATH`, `--allow-public-attrs`.
+//! printed as `PORT <n>` on stdout), `--unix PATH`, `--allow-public-attrs`,
+//! `--ssh-port P --host-key FILE --authorized-keys FILE`.
+//!
+//! With `--ssh-port P --host-key FILE --authorized-keys FILE` an embedded SSH
+//! endpoint listens too (see `rpyc::transport::ssh`): keys in the OpenSSH
+//! `authorized_keys` file may log in, every `direct-tcpip` channel is served
+//! as a connection, and `whoami()` returns the SSH user. The host key is
+//! created on first start; its fingerprint is printed as `SSH_HOST_KEY …`:
+//!
+//! ```text
+//! cargo run --release --example conformance_server -- --port 18861 \
+//!     --ssh-port 2222 --host-key /tmp/rpyc_host_key --authorized-keys ~/.ssh/id_ed25519.pub
+//! ssh -N -L 18862:localhost:18861 -p 2222 -o UserKnownHostsFile=/tmp/rpyc_known_hosts alice@127.0.0.1
+//! python -c "import rpyc; print(rpyc.connect('localhost', 18862).root.whoami())"
+//! ```
 
 use clap::Parser;
 use rpyc::transport::Listener;
@@ -28,6 +42,15 @@ struct Cli {
     /// Switch on allow_public_attrs for every connection.
     #[arg(long)]
     allow_public_attrs: bool,
+    /// Also run an embedded SSH endpoint on this port (0 = any free port).
+    #[arg(long, requires_all = ["host_key", "authorized_keys"])]
+    ssh_port: Option<u16>,
+    /// SSH host key file (created, ed25519, if absent).
+    #[arg(long, value_name = "FILE")]
+    host_key: Option<std::path::PathBuf>,
+    /// OpenSSH authorized_keys file of the keys that may log in over SSH.
+    #[arg(long, value_name = "FILE")]
+    authorized_keys: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -49,6 +72,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &cli.unix {
         server = server.listen(Listener::unix(path).await?);
         println!("UNIX {}", path.display());
+    }
+    if let Some(port) = cli.ssh_port {
+        use rpyc::transport::ssh::{SshAcceptor, SshServerConfig};
+        let (Some(host_key), Some(keys)) = (&cli.host_key, &cli.authorized_keys) else {
+            return Err("--ssh-port needs --host-key and --authorized-keys".into());
+        };
+        let addr = format!("{}:{port}", cli.host);
+        let ssh = SshAcceptor::bind(&addr, SshServerConfig::new(host_key, keys)).await?;
+        println!("SSH_PORT {}", ssh.addr().port());
+        println!("SSH_HOST_KEY {}", ssh.host_key_fingerprint());
+        server = server.listen(Listener::new(ssh));
     }
     use std::io::Write;
     std::io::stdout().flush()?;
