@@ -8,7 +8,19 @@
 //!
 //! Options: `--host H` (default 127.0.0.1), `--port P` (0 picks a free port,
 //! printed as `PORT <n>` on stdout), `--unix PATH`, `--allow-public-attrs`,
-//! `--ssh-port P --host-key FILE --authorized-keys FILE`.
+//! `--tls CERTDIR`, `--ssh-port P --host-key FILE --authorized-keys FILE`.
+//!
+//! With `--tls CERTDIR` the TCP port speaks mutual TLS: the server presents
+//! `CERTDIR/server.pem` (key `server.key`) and requires a client certificate
+//! signed by `CERTDIR/ca.pem`; `whoami()` returns that certificate's common
+//! name:
+//!
+//! ```text
+//! cargo run --bin rpyc -- certs init --dir certs
+//! cargo run --release --example conformance_server -- --port 18821 --tls certs
+//! python -c "import rpyc; c = rpyc.ssl_connect('localhost', 18821, keyfile='certs/client.key', \
+//!     certfile='certs/client.pem', ca_certs='certs/ca.pem'); print(c.root.whoami())"
+//! ```
 //!
 //! With `--ssh-port P --host-key FILE --authorized-keys FILE` an embedded SSH
 //! endpoint listens too (see `rpyc::transport::ssh`): keys in the OpenSSH
@@ -24,6 +36,7 @@
 //! ```
 
 use clap::Parser;
+use rpyc::transport::tls::TlsServerConfig;
 use rpyc::transport::Listener;
 use rpyc::{AccessPolicy, Server, ServerConfig};
 
@@ -42,6 +55,9 @@ struct Cli {
     /// Switch on allow_public_attrs for every connection.
     #[arg(long)]
     allow_public_attrs: bool,
+    /// Serve the TCP port over mutual TLS with CERTDIR/{ca.pem,server.pem,server.key}.
+    #[arg(long, value_name = "CERTDIR")]
+    tls: Option<std::path::PathBuf>,
     /// Also run an embedded SSH endpoint on this port (0 = any free port).
     #[arg(long, requires_all = ["host_key", "authorized_keys"])]
     ssh_port: Option<u16>,
@@ -64,7 +80,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server = Server::new(rpyc::conformance::service(), ServerConfig::default().with_policy(policy));
     if cli.port.is_some() || cli.unix.is_none() {
         let addr = format!("{}:{}", cli.host, cli.port.unwrap_or(18861));
-        server = server.listen(Listener::tcp(&addr).await?);
+        let listener = match &cli.tls {
+            Some(dir) => Listener::tls(&addr, &TlsServerConfig::from_dir(dir)?).await?,
+            None => Listener::tcp(&addr).await?,
+        };
+        server = server.listen(listener);
         for a in server.local_addrs() {
             println!("PORT {}", a.port());
         }

@@ -35,6 +35,7 @@ pub struct ClientBuilder {
     config: ConnectionConfig,
     policy: AccessPolicy,
     tcp: TcpOptions,
+    tls: Option<crate::transport::tls::TlsClientConfig>,
 }
 
 impl Default for ClientBuilder {
@@ -47,7 +48,13 @@ impl ClientBuilder {
     /// Defaults: void service, rpyc 6 framing, 30 s request timeout.
     pub fn new() -> ClientBuilder {
         let config = ConnectionConfig { dialect: Some(Dialect::V6), ..ConnectionConfig::default() };
-        ClientBuilder { service: None, config, policy: AccessPolicy::default(), tcp: TcpOptions::default() }
+        ClientBuilder {
+            service: None,
+            config,
+            policy: AccessPolicy::default(),
+            tcp: TcpOptions::default(),
+            tls: None,
+        }
     }
 
     /// The service the server may call back into (Python's `service=`).
@@ -87,9 +94,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects over TLS: [`connect`](Self::connect) then takes
+    /// `tls://host:port` or `host:port`.
+    pub fn tls(mut self, config: crate::transport::tls::TlsClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Connects to an address string.
     pub async fn connect(self, addr: &str) -> Result<Connection> {
-        let ep = Endpoint::parse(addr)?;
+        let ep = match &self.tls {
+            Some(tls) => Endpoint::parse_tls(addr, tls.clone())?,
+            None => Endpoint::parse(addr)?,
+        };
         self.connect_endpoint(&ep).await
     }
 

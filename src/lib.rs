@@ -30,7 +30,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | values and messages (no I/O) | [`wire`], [`identity`] |
-//! | frames and streams | [`channel`], [`transport`] |
+//! | frames and streams | [`channel`], [`transport`], [`certs`] |
 //! | access | [`auth`], [`policy`] |
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod certs;
 pub mod channel;
 pub mod classic;
 pub mod client;

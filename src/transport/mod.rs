@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod ssh;
+pub mod tls;
 
 /// A byte stream an RPyC connection can run over.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -50,6 +51,14 @@ pub enum Endpoint {
     Tcp(String),
     /// A Unix domain socket path.
     Unix(PathBuf),
+    /// `host:port` over TLS (see [`tls`]); build with [`Endpoint::tls`] or
+    /// [`Endpoint::parse_tls`].
+    Tls {
+        /// `host:port`.
+        addr: String,
+        /// CA, client certificate, server name.
+        config: std::sync::Arc<tls::TlsClientConfig>,
+    },
     /// A `direct-tcpip` channel of a new SSH session (see [`ssh`]); parsed
     /// from `ssh://user@host:port/target_host:target_port`.
     Ssh {
@@ -72,6 +81,12 @@ impl Endpoint {
         if s.starts_with("ssh://") {
             let (config, target) = ssh::parse_url(s)?;
             return Ok(Endpoint::Ssh { target, config: std::sync::Arc::new(config) });
+        }
+        if s.starts_with("tls://") {
+            return Err(Error::Transport(format!(
+                "'{s}' needs a TLS client configuration (CA, client certificate): use \
+                 Endpoint::parse_tls or ClientBuilder::tls"
+            )));
         }
         if s.contains("://") {
             return Err(Error::Transport(format!(
@@ -124,6 +139,7 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => Err(Error::Transport("unix sockets are not available on this platform".into())),
+        Endpoint::Tls { addr, config } => tls::connect_tls_with(addr, config, opts).await,
         Endpoint::Ssh { target, config } => ssh::connect(config, target).await,
     }
 }

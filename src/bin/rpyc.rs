@@ -1,0 +1,150 @@
+//! `rpyc`: the command-line companion of the `rpyc` crate.
+//!
+//! ```text
+//! rpyc certs init --dir certs [--san NAME]...   # development CA, server and client certificates
+//! rpyc certs client alice --dir certs           # one more client certificate (CN = alice)
+//! ```
+//!
+//! Each subcommand is one variant of [`Command`] and one `run_*` function;
+//! add new ones (registry, discover, call, serve, ping, gateway) the same
+//! way. Exit status: 0 on success, 1 when the command failed, 2 for usage
+//! errors (reported by clap).
+
+use clap::{Args, Parser, Subcommand};
+use rpyc::certs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// What a subcommand returns; the error is printed as `rpyc: error: …`.
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "rpyc",
+    version,
+    about = "Tools for RPyC (Remote Python Call) in Rust",
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create development TLS certificates (never use them in production).
+    #[command(subcommand, arg_required_else_help = true)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a CA, a server certificate and a client certificate named "client".
+    ///
+    /// Writes ca.pem, ca.key, server.pem, server.key, client.pem and
+    /// client.key into DIR (private keys with permission 0600). The server
+    /// certificate is valid for localhost, 127.0.0.1 and ::1 plus every
+    /// --san.
+    Init(CertsInitArgs),
+    /// Sign a client certificate whose common name (the identity a server
+    /// sees) is NAME, with the CA in DIR.
+    ///
+    /// Writes NAME.pem and NAME.key into DIR.
+    Client(CertsClientArgs),
+}
+
+#[derive(Args)]
+struct CertsInitArgs {
+    /// Directory for the certificates (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+    /// Another DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
+    /// Overwrite existing files (every certificate signed by the old CA stops working).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CertsClientArgs {
+    /// The client's identity: the certificate's common name and file name.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Directory holding ca.pem and ca.key.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+    /// Overwrite NAME.pem and NAME.key if they exist.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Certs(CertsCommand::Init(args)) => run_certs_init(&args),
+        Command::Certs(CertsCommand::Client(args)) => run_certs_client(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rpyc: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_certs_init(args: &CertsInitArgs) -> CmdResult {
+    if args.force {
+        for f in certs::INIT_FILES {
+            remove_if_exists(&args.dir.join(f))?;
+        }
+    }
+    let files = certs::init_dir(&args.dir, &args.sans)?;
+    println!(
+        "Created DEVELOPMENT certificates in {} (not for production):",
+        args.dir.display()
+    );
+    for f in &files {
+        let what = match f.file_name().and_then(|n| n.to_str()).unwrap_or_default() {
+            "ca.pem" => "CA certificate: both sides trust it",
+            "ca.key" => "CA private key (0600): signs new client certificates; keep it secret",
+            "server.pem" => "server certificate",
+            "server.key" => "server private key (0600)",
+            "client.pem" => "client certificate, identity \"client\"",
+            _ => "client private key (0600)",
+        };
+        println!("  {:<28} {what}", f.display());
+    }
+    let dir = args.dir.display();
+    println!();
+    println!("Serve:   cargo run --example tls_server -- --certs {dir}");
+    println!("Connect: cargo run --example tls_client -- --certs {dir}");
+    println!("More clients: rpyc certs client NAME --dir {dir}");
+    Ok(())
+}
+
+fn run_certs_client(args: &CertsClientArgs) -> CmdResult {
+    if args.force {
+        let (cert, key) = certs::client_paths(&args.dir, &args.name)?;
+        remove_if_exists(&cert)?;
+        remove_if_exists(&key)?;
+    }
+    let (cert, key) = certs::client_cert(&args.dir, &args.name)?;
+    println!(
+        "Created client certificate for identity {:?} (development only):",
+        args.name
+    );
+    println!("  {}", cert.display());
+    println!("  {} (0600)", key.display());
+    Ok(())
+}
+
+fn remove_if_exists(path: &Path) -> CmdResult {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove {}: {e}", path.display()).into()),
+    }
+}
