@@ -74,7 +74,7 @@ pub struct ShutdownHandle(watch::Sender<bool>);
 impl ShutdownHandle {
     /// Stops accepting, then closes every connection.
     pub fn shutdown(&self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
 }
 

@@ -247,6 +247,38 @@ impl IntoObject for Netref {
     }
 }
 
+/// Keyword arguments for a call, built fluently:
+/// `Kwargs::new().arg("x", 1).arg("y", "two")`.
+#[derive(Debug, Default, Clone)]
+pub struct Kwargs(pub Vec<(String, Object)>);
+
+impl Kwargs {
+    /// No keyword arguments.
+    pub fn new() -> Kwargs {
+        Kwargs(Vec::new())
+    }
+
+    /// Adds `name=value`. A value that cannot be converted becomes `None`
+    /// and is reported by [`Kwargs::try_arg`] instead, for callers who care.
+    pub fn arg(mut self, name: &str, value: impl IntoObject) -> Kwargs {
+        let v = value.into_object().unwrap_or_else(|_| Object::none());
+        self.0.push((name.to_string(), v));
+        self
+    }
+
+    /// Adds `name=value`, failing if the value cannot be converted.
+    pub fn try_arg(mut self, name: &str, value: impl IntoObject) -> Result<Kwargs> {
+        self.0.push((name.to_string(), value.into_object()?));
+        Ok(self)
+    }
+}
+
+impl From<Vec<(String, Object)>> for Kwargs {
+    fn from(v: Vec<(String, Object)>) -> Kwargs {
+        Kwargs(v)
+    }
+}
+
 /// Converts call arguments: tuples of [`IntoObject`] values, `Vec<Object>`, or [`Args`].
 pub trait IntoArgs {
     /// Performs the conversion.

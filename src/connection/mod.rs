@@ -21,7 +21,7 @@ pub mod netref;
 pub mod object;
 
 pub use async_result::AsyncResult;
-pub use handler::{Args, FromCall, IntoArgs, IntoObject, SelfObject, Signature, This};
+pub use handler::{Args, FromCall, IntoArgs, IntoObject, Kwargs, SelfObject, Signature, This};
 pub use netref::{Netref, RemoteIter};
 pub use object::{Class, ClassBuilder, ClassDef, Instance, Object};
 
@@ -627,7 +627,7 @@ impl Shared {
         }
         *lock(&self.close_reason) = Some(reason.to_string());
         tracing::debug!(service = self.service.name(), reason, "connection closing");
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
         let _ = self.out.send(Out::Close);
         self.fail_pending();
     }
@@ -647,7 +647,7 @@ impl Shared {
         lock(&self.proxies).clear();
         let root = lock(&self.remote_root).take();
         drop(root);
-        let _ = self.done.send(true);
+        self.done.send_replace(true);
     }
 }
 

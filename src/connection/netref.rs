@@ -6,7 +6,7 @@
 //! clone of the proxy is dropped one `DEL(obj, count)` tells the peer to
 //! release that many references.
 
-use super::handler::IntoArgs;
+use super::handler::{IntoArgs, Kwargs};
 use super::object::Object;
 use super::{Connection, Shared};
 use crate::error::{Error, Result};
@@ -85,24 +85,24 @@ impl Netref {
 
     /// `obj(*args)`.
     pub async fn call(&self, args: impl IntoArgs) -> Result<Object> {
-        self.call_kw(args, Vec::new()).await
+        self.call_kw(args, Kwargs::new()).await
     }
 
     /// `obj(*args, **kwargs)`.
-    pub async fn call_kw(&self, args: impl IntoArgs, kwargs: Vec<(String, Object)>) -> Result<Object> {
+    pub async fn call_kw(&self, args: impl IntoArgs, kwargs: impl Into<Kwargs>) -> Result<Object> {
         let args = Object::Tuple(args.into_args()?);
-        self.req(Handler::Call, vec![args, kwargs_value(kwargs)]).await
+        self.req(Handler::Call, vec![args, kwargs_value(kwargs.into().0)]).await
     }
 
     /// `obj.name(*args)` in one round trip.
     pub async fn callattr(&self, name: &str, args: impl IntoArgs) -> Result<Object> {
-        self.callattr_kw(name, args, Vec::new()).await
+        self.callattr_kw(name, args, Kwargs::new()).await
     }
 
     /// `obj.name(*args, **kwargs)` in one round trip.
-    pub async fn callattr_kw(&self, name: &str, args: impl IntoArgs, kwargs: Vec<(String, Object)>) -> Result<Object> {
+    pub async fn callattr_kw(&self, name: &str, args: impl IntoArgs, kwargs: impl Into<Kwargs>) -> Result<Object> {
         let args = Object::Tuple(args.into_args()?);
-        self.req(Handler::CallAttr, vec![Value::from(name).into(), args, kwargs_value(kwargs)]).await
+        self.req(Handler::CallAttr, vec![Value::from(name).into(), args, kwargs_value(kwargs.into().0)]).await
     }
 
     /// Calls a method and converts the result.

@@ -23,6 +23,16 @@ use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 use std::fmt;
 
+// Marker names that let a `Value` pass through serde without losing the
+// brine types serde has no notion of. Foreign serializers see the inner
+// data (a newtype struct is transparent); ours restores the exact type.
+const MARK_BIGINT: &str = "$rpyc::BigInt";
+const MARK_FROZENSET: &str = "$rpyc::FrozenSet";
+const MARK_SLICE: &str = "$rpyc::Slice";
+const MARK_COMPLEX: &str = "$rpyc::Complex";
+const MARK_ELLIPSIS: &str = "$rpyc::Ellipsis";
+const MARK_NOT_IMPLEMENTED: &str = "$rpyc::NotImplemented";
+
 /// A Rust value could not be converted to or from a [`Value`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -136,14 +146,37 @@ impl ser::Serializer for ValueSerializer {
     fn serialize_unit(self) -> Result<Value, ConvertError> {
         Ok(Value::None)
     }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<Value, ConvertError> {
-        Ok(Value::None)
+    fn serialize_unit_struct(self, name: &'static str) -> Result<Value, ConvertError> {
+        Ok(match name {
+            MARK_ELLIPSIS => Value::Ellipsis,
+            MARK_NOT_IMPLEMENTED => Value::NotImplemented,
+            _ => Value::None,
+        })
     }
     fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<Value, ConvertError> {
         Ok(Value::Str(variant.to_string()))
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Result<Value, ConvertError> {
-        v.serialize(self)
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, v: &T) -> Result<Value, ConvertError> {
+        let inner = v.serialize(self)?;
+        Ok(match (name, inner) {
+            (MARK_BIGINT, Value::Str(digits)) => match digits.parse::<BigInt>() {
+                Ok(b) => Value::Int(Int::from_big(b)),
+                Err(_) => return Err(ConvertError(format!("bad integer text {digits:?}"))),
+            },
+            (MARK_FROZENSET, Value::Tuple(items)) => Value::FrozenSet(items),
+            (MARK_FROZENSET, Value::Bytes(b)) => Value::FrozenSet(b.into_iter().map(Value::from).collect()),
+            (MARK_SLICE, Value::Tuple(mut p)) if p.len() == 3 => {
+                let c = p.pop().unwrap_or(Value::None);
+                let b = p.pop().unwrap_or(Value::None);
+                let a = p.pop().unwrap_or(Value::None);
+                Value::Slice(Box::new((a, b, c)))
+            }
+            (MARK_COMPLEX, Value::Tuple(p)) if p.len() == 2 => match (&p[0], &p[1]) {
+                (Value::Float(r), Value::Float(i)) => Value::Complex(*r, *i),
+                _ => Value::Tuple(p),
+            },
+            (_, inner) => inner,
+        })
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -396,32 +429,35 @@ fn not_u8() -> ConvertError {
     ConvertError(String::new())
 }
 
-impl Serialize for Value {
+struct Items<'a>(&'a [Value]);
+
+impl Serialize for Items<'_> {
     fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for i in self.0 {
+            t.serialize_element(i)?;
+        }
+        t.end()
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: ser::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Value::None | Value::Ellipsis | Value::NotImplemented => s.serialize_unit(),
+            Value::None => s.serialize_unit(),
+            Value::Ellipsis => s.serialize_unit_struct(MARK_ELLIPSIS),
+            Value::NotImplemented => s.serialize_unit_struct(MARK_NOT_IMPLEMENTED),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(Int::Small(v)) => s.serialize_i64(*v),
-            Value::Int(Int::Big(b)) => match i128::try_from(b) {
-                Ok(v) => s.serialize_i128(v),
-                Err(_) => match u128::try_from(b) {
-                    Ok(v) => s.serialize_u128(v),
-                    Err(_) => s.serialize_str(&b.to_string()),
-                },
-            },
+            Value::Int(Int::Big(b)) => s.serialize_newtype_struct(MARK_BIGINT, &b.to_string()),
             Value::Float(f) => s.serialize_f64(*f),
-            Value::Complex(r, i) => (r, i).serialize(s),
+            Value::Complex(r, i) => s.serialize_newtype_struct(MARK_COMPLEX, &(r, i)),
             Value::Str(v) => s.serialize_str(v),
             Value::Bytes(b) => s.serialize_bytes(b),
-            Value::Tuple(items) | Value::FrozenSet(items) => {
-                let mut t = s.serialize_tuple(items.len())?;
-                for i in items {
-                    t.serialize_element(i)?;
-                }
-                t.end()
-            }
-            Value::Slice(p) => (&p.0, &p.1, &p.2).serialize(s),
+            Value::Tuple(items) => Items(items).serialize(s),
+            Value::FrozenSet(items) => s.serialize_newtype_struct(MARK_FROZENSET, &Items(items)),
+            Value::Slice(p) => s.serialize_newtype_struct(MARK_SLICE, &(&p.0, &p.1, &p.2)),
         }
     }
 }
@@ -490,8 +526,38 @@ impl<'de> Visitor<'de> for ValueVisitor {
         while let Some((k, v)) = map.next_entry::<Value, Value>()? {
             items.push(Value::Tuple(vec![k, v]));
         }
+        // A single-entry map keyed by a marker is how our own deserializer
+        // hands over the brine types serde cannot express.
+        if let [Value::Tuple(kv)] = items.as_slice() {
+            if let (Some(Value::Str(k)), Some(v)) = (kv.first(), kv.get(1)) {
+                if let Some(restored) = restore_marked(k, v) {
+                    return Ok(restored);
+                }
+            }
+        }
         Ok(Value::Tuple(items))
     }
+}
+
+fn restore_marked(mark: &str, v: &Value) -> Option<Value> {
+    Some(match (mark, v) {
+        (MARK_BIGINT, Value::Str(d)) => Value::Int(Int::from_big(d.parse::<BigInt>().ok()?)),
+        (MARK_FROZENSET, Value::Tuple(items)) => Value::FrozenSet(items.clone()),
+        (MARK_SLICE, Value::Tuple(p)) if p.len() == 3 => {
+            Value::Slice(Box::new((p[0].clone(), p[1].clone(), p[2].clone())))
+        }
+        (MARK_COMPLEX, Value::Tuple(p)) if p.len() == 2 => match (&p[0], &p[1]) {
+            (Value::Float(r), Value::Float(i)) => Value::Complex(*r, *i),
+            _ => return None,
+        },
+        (MARK_ELLIPSIS, Value::None) => Value::Ellipsis,
+        (MARK_NOT_IMPLEMENTED, Value::None) => Value::NotImplemented,
+        _ => return None,
+    })
+}
+
+fn marked<'de, V: Visitor<'de>>(mark: &'static str, inner: Value, v: V) -> Result<V::Value, ConvertError> {
+    v.visit_map(de::value::MapDeserializer::new(std::iter::once((Value::Str(mark.to_string()), inner))))
 }
 
 fn invalid(v: &Value, exp: &dyn de::Expected) -> ConvertError {
@@ -523,26 +589,21 @@ impl<'de> de::Deserializer<'de> for Value {
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ConvertError> {
         match self {
-            Value::None | Value::Ellipsis | Value::NotImplemented => v.visit_unit(),
+            Value::None => v.visit_unit(),
+            Value::Ellipsis => marked(MARK_ELLIPSIS, Value::None, v),
+            Value::NotImplemented => marked(MARK_NOT_IMPLEMENTED, Value::None, v),
             Value::Bool(b) => v.visit_bool(b),
             Value::Int(Int::Small(i)) => v.visit_i64(i),
-            Value::Int(Int::Big(b)) => {
-                if let Ok(x) = i128::try_from(&b) {
-                    v.visit_i128(x)
-                } else if let Ok(x) = u128::try_from(&b) {
-                    v.visit_u128(x)
-                } else {
-                    Err(ConvertError(format!("integer {b} does not fit in 128 bits")))
-                }
-            }
+            Value::Int(Int::Big(b)) => marked(MARK_BIGINT, Value::Str(b.to_string()), v),
             Value::Float(f) => v.visit_f64(f),
-            Value::Complex(r, i) => v.visit_seq(de::value::SeqDeserializer::new(vec![r, i].into_iter())),
+            Value::Complex(r, i) => marked(MARK_COMPLEX, Value::Tuple(vec![Value::Float(r), Value::Float(i)]), v),
             Value::Str(s) => v.visit_string(s),
             Value::Bytes(b) => v.visit_byte_buf(b),
-            Value::Tuple(items) | Value::FrozenSet(items) => v.visit_seq(de::value::SeqDeserializer::new(items.into_iter())),
+            Value::Tuple(items) => v.visit_seq(de::value::SeqDeserializer::new(items.into_iter())),
+            Value::FrozenSet(items) => marked(MARK_FROZENSET, Value::Tuple(items), v),
             Value::Slice(p) => {
                 let (a, b, c) = *p;
-                v.visit_seq(de::value::SeqDeserializer::new(vec![a, b, c].into_iter()))
+                marked(MARK_SLICE, Value::Tuple(vec![a, b, c]), v)
             }
         }
     }
@@ -658,8 +719,38 @@ impl<'de> de::Deserializer<'de> for Value {
         self.deserialize_bytes(v)
     }
 
+    fn deserialize_i128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ConvertError> {
+        match self {
+            Value::Int(Int::Big(b)) => match i128::try_from(&b) {
+                Ok(x) => v.visit_i128(x),
+                Err(_) => Err(ConvertError(format!("integer {b} does not fit in i128"))),
+            },
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ConvertError> {
+        match self {
+            Value::Int(Int::Big(b)) => match u128::try_from(&b) {
+                Ok(x) => v.visit_u128(x),
+                Err(_) => Err(ConvertError(format!("integer {b} does not fit in u128"))),
+            },
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ConvertError> {
+        match self {
+            Value::Int(Int::Big(b)) => match u64::try_from(&b) {
+                Ok(x) => v.visit_u64(x),
+                Err(_) => Err(ConvertError(format!("integer {b} does not fit in u64"))),
+            },
+            other => other.deserialize_any(v),
+        }
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string identifier ignored_any
+        bool i8 i16 i32 i64 u8 u16 u32 char str string identifier ignored_any
     }
 }
 
@@ -733,6 +824,23 @@ mod tests {
         let v = v.unwrap_or(Value::None);
         let blob = v.as_tuple().and_then(|t| t.get(3)).cloned();
         assert_eq!(blob, Some(Value::Tuple(vec!["blob".into(), Value::Bytes(vec![1, 2])])));
+    }
+
+    #[test]
+    fn values_pass_through_serde_unchanged() {
+        let v = Value::Tuple(vec![
+            Value::Int(Int::from_big("1".repeat(50).parse().unwrap_or_default())),
+            Value::FrozenSet(vec![1.into(), 2.into()]),
+            Value::Slice(Box::new((Value::None, 3.into(), Value::None))),
+            Value::Complex(1.0, 2.0),
+            Value::Ellipsis,
+            Value::NotImplemented,
+            Value::Bytes(vec![1, 2]),
+        ]);
+        assert_eq!(to_value(&v).ok(), Some(v.clone()));
+        assert_eq!(from_value::<Value>(v.clone()).ok(), Some(v.clone()));
+        assert_eq!(from_value::<Vec<Value>>(v.clone()).ok().map(Value::Tuple), Some(v));
+        assert_eq!(from_value::<u64>(Value::from(u64::MAX)).ok(), Some(u64::MAX));
     }
 
     #[test]

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The test command (README's second command; .ci/run calls it too).
+#
+# Sets up everything the tests talk to — Python rpyc 6.0.2 and 5.3.1 in
+# venvs, an OpenSSH server and the unprivileged user the SSH tests log in
+# as — then runs the format check, clippy and the whole test suite.
+# Interop tests never skip: if a peer is missing, they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+setup_venv() {
+    local dir=$1 version=$2
+    if [ -x "$dir/bin/python" ] &&
+        "$dir/bin/python" -c "import sys, importlib.metadata as m; sys.exit(m.version('rpyc') != '$version')" 2>/dev/null; then
+        return
+    fi
+    log "creating $dir with rpyc==$version"
+    rm -rf "$dir"
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "rpyc==$version"
+}
+
+setup_venv .venv6 6.0.2
+setup_venv .venv5 5.3.1
+export RPYC_PYTHON6="$PWD/.venv6/bin/python"
+export RPYC_PYTHON5="$PWD/.venv5/bin/python"
+
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "OpenSSH server and client are needed for the SSH tests: install openssh-server (as root) and rerun"
+        exit 1
+    fi
+    log "installing openssh-server"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+fi
+if ! id rpyctest >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "the SSH tests log in as user 'rpyctest': create it (useradd -m rpyctest) and rerun"
+        exit 1
+    fi
+    log "creating user rpyctest for the SSH tests"
+    useradd -m -s /bin/bash rpyctest
+fi
+if [ "$(id -u)" -eq 0 ]; then
+    mkdir -p /run/sshd
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+log "cargo test"
+cargo test --locked --all-targets "$@"
+cargo test --locked --doc
