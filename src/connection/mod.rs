@@ -845,7 +845,11 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
         }
     };
     let conn = Connection::from_shared(shared.clone());
-    let fut = dispatch::handle(Ctx { conn }, handler, args);
+    // Synchronous handlers run while the future is built: catch their panics too.
+    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch::handle(Ctx { conn }, handler, args))) {
+        Ok(f) => f,
+        Err(panic) => Box::pin(std::future::ready(Err(panic_error(panic)))),
+    };
     let me = shared.clone();
     let task = async move {
         let result = CatchPanic { inner: fut }.await;
@@ -864,6 +868,16 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
     Ok(())
 }
 
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(%msg, "service handler panicked");
+    Error::Exception(Exception::runtime_error(format!("service handler panicked: {msg}")))
+}
+
 /// Turns a panic inside a handler into a `RuntimeError` reply instead of a
 /// lost reply (and, when polled inline, a dead reader).
 struct CatchPanic<F> {
@@ -876,15 +890,7 @@ impl<F: Future<Output = Result<Object>> + Unpin> Future for CatchPanic<F> {
         let inner = &mut self.inner;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
             Ok(p) => p,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(%msg, "service handler panicked");
-                Poll::Ready(Err(Error::Exception(Exception::runtime_error(format!("service handler panicked: {msg}")))))
-            }
+            Err(panic) => Poll::Ready(Err(panic_error(panic))),
         }
     }
 }

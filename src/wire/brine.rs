@@ -486,3 +486,60 @@ mod tests {
         assert_eq!(encode(&159.into()), vec![0xef]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::None),
+            Just(Value::Ellipsis),
+            Just(Value::NotImplemented),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<i128>().prop_map(Value::from),
+            any::<f64>().prop_filter("NaN never equals itself", |f| !f.is_nan()).prop_map(Value::Float),
+            (any::<f64>(), any::<f64>())
+                .prop_filter("no NaN", |(a, b)| !a.is_nan() && !b.is_nan())
+                .prop_map(|(a, b)| Value::Complex(a, b)),
+            ".{0,40}".prop_map(Value::Str),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Value::Bytes),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Tuple),
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::FrozenSet),
+                (inner.clone(), inner.clone(), inner).prop_map(|(a, b, c)| Value::Slice(Box::new((a, b, c)))),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(v in value()) {
+            let bytes = encode(&v);
+            let back = decode_default(&bytes);
+            prop_assert_eq!(back.as_ref().ok(), Some(&v));
+            prop_assert_eq!(encode(&back.unwrap_or(Value::None)), bytes);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_default(&bytes);
+        }
+
+        #[test]
+        fn mutated_encodings_never_panic(v in value(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = encode(&v);
+            for (i, b) in flips {
+                if !bytes.is_empty() {
+                    let n = bytes.len();
+                    bytes[i % n] = b;
+                }
+            }
+            let _ = decode_default(&bytes);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Hostile input: each test breaks the rules on one connection and checks
+//! that the server gives a clear answer (an exception or a close), keeps its
+//! memory bounded, and keeps serving a well-behaved second client.
+
+use crate::common::serve;
+use crate::raw::{boxed, callattr_args, local_ref, request_frame, rss, Raw};
+use rpyc::channel::{encode_frame, ChannelConfig};
+use rpyc::wire::message::{Handler, MSG_EXCEPTION, MSG_REPLY};
+use rpyc::wire::Value;
+use rpyc::ServerConfig;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const MB: u64 = 1 << 20;
+
+async fn server() -> (SocketAddr, rpyc::server::ShutdownHandle) {
+    serve(rpyc::conformance::service(), ServerConfig::default()).await
+}
+
+/// A well-behaved client still gets served.
+async fn still_serving(addr: SocketAddr) {
+    let conn = tokio::time::timeout(Duration::from_secs(5), rpyc::connect(&addr.to_string())).await.expect("connect in time").expect("connect");
+    let root = conn.root().await.expect("root");
+    assert_eq!(root.call_method::<i64>("add", (20, 22)).await.expect("add"), 42);
+}
+
+fn exception_class(m: &rpyc::wire::message::Message) -> String {
+    assert_eq!(m.kind, MSG_EXCEPTION, "expected an exception, got {m:?}");
+    rpyc::Exception::load(m.args.clone()).class
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_lengths_close_at_once() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let (addr, stop) = server().await;
+    let before = rss();
+    for first_bytes in [
+        vec![0xff, 0xff, 0xff, 0xff, 0x00],             // a 4 GiB frame
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), // HTTP to a plain listener
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01],       // a TLS ClientHello
+    ] {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&first_bytes).await;
+        assert!(raw.closed_within(Duration::from_secs(2)).await, "not closed for {first_bytes:?}");
+    }
+    assert!(rss() < before + 64 * MB, "memory grew");
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_then_silence_costs_little_and_blocks_nobody() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let (addr, stop) = server().await;
+    let before = rss();
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut raw = Raw::connect(addr).await;
+        // Claims 60 MB, sends 10 bytes, then goes quiet.
+        let mut header = (60u32 << 20).to_be_bytes().to_vec();
+        header.push(0);
+        header.extend_from_slice(&[1; 10]);
+        raw.send(&header).await;
+        idle.push(raw);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rss() < before + 64 * MB, "lying length claims reserved memory");
+    still_serving(addr).await;
+    drop(idle);
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_dropped_after_the_idle_timeout() {
+    let mut config = ServerConfig::default();
+    config.connection.idle_timeout = Some(Duration::from_millis(300));
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&[0, 0, 0, 9]).await; // half a header
+    assert!(raw.closed_within(Duration::from_secs(3)).await);
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zlib_bomb_is_refused() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let (addr, stop) = server().await;
+    let before = rss();
+    let zeros = vec![0u8; 200 << 20];
+    let mut e = flate2_compress(&zeros);
+    let mut frame = (e.len() as u32).to_be_bytes().to_vec();
+    frame.push(1);
+    frame.append(&mut e);
+    frame.push(b'\n');
+    drop(zeros);
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&frame).await;
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+    assert!(rss() < before + 128 * MB, "inflation was not bounded");
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+fn flate2_compress(data: &[u8]) -> Vec<u8> {
+    // Reuse the channel's own compressor: a 256 MiB limit lets it compress.
+    let mut cfg = ChannelConfig::default();
+    cfg.compress_up_to = usize::MAX;
+    let frame = encode_frame(data, &cfg);
+    frame[5..frame.len() - 1].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_close_only_that_connection() {
+    let (addr, stop) = server().await;
+    let mut deep = vec![2u8]; // v6 message type 2 then (seq, deep nesting)
+    deep.extend([0x11, 0x51]);
+    deep.extend(std::iter::repeat_n(0x10, 100_000));
+    deep.push(0x00);
+    let bad_utf8 = {
+        let mut p = vec![1u8, 0x11, 0x51, 0x11, 0x53, 0x11, 0x51, 0x08, 0x0b, 0xff, 0xfe];
+        p.truncate(p.len());
+        p
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("deep nesting", deep),
+        ("invalid utf-8", bad_utf8),
+        ("unknown message type", vec![9, 0x02]),
+        ("not brine", vec![1, 0xfe, 0xfe]),
+        ("huge tuple claim", vec![1, 0x15, 0xff, 0xff, 0xff, 0xff]),
+        ("huge bytes claim", vec![1, 0x0f, 0xff, 0xff, 0xff, 0x00]),
+        ("first byte is neither dialect", vec![0x42]),
+    ];
+    for (what, payload) in cases {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&encode_frame(&payload, &ChannelConfig::default())).await;
+        assert!(raw.closed_within(Duration::from_secs(3)).await, "{what}: connection not closed");
+    }
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_exceptions_and_the_connection_lives_on() {
+    let (addr, stop) = server().await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+
+    // Unknown handler.
+    let frame = {
+        let mut payload = Vec::new();
+        rpyc::wire::message::encode_message(
+            rpyc::Dialect::V6,
+            1,
+            77,
+            &Value::Tuple(vec![Value::from(99), boxed(Value::Tuple(vec![]))]),
+            &mut payload,
+        );
+        encode_frame(&payload, &ChannelConfig::default())
+    };
+    raw.send(&frame).await;
+    let m = raw.reply_to(77, Duration::from_secs(3)).await.expect("reply");
+    assert_eq!(exception_class(&m), "KeyError");
+
+    // A forged object reference.
+    let forged = Value::Tuple(vec![Value::from("rpyc_rust.ConformanceService"), Value::from(1), Value::from(999_999)]);
+    let seq = 78;
+    raw.send(&request_frame(seq, Handler::CallAttr, callattr_args(&forged, "add", vec![1.into(), 2.into()]))).await;
+    let m = raw.reply_to(seq, Duration::from_secs(3)).await.expect("reply");
+    assert_eq!(exception_class(&m), "KeyError");
+
+    // DEL underflow: release the root far more times than it was handed out.
+    let del = Value::Tuple(vec![Value::from(2), Value::Tuple(vec![local_ref(&root), boxed(Value::from(1_000_000))])]);
+    raw.send(&request_frame(79, Handler::Del, del.clone())).await;
+    raw.send(&request_frame(80, Handler::Del, del)).await;
+    let m = raw.reply_to(80, Duration::from_secs(3)).await.expect("reply");
+    assert_eq!(m.kind, MSG_REPLY);
+
+    // Replies to sequence numbers we never used are ignored.
+    let mut payload = Vec::new();
+    rpyc::wire::message::encode_message(rpyc::Dialect::V6, MSG_REPLY, 123_456, &boxed(Value::None), &mut payload);
+    raw.send(&encode_frame(&payload, &ChannelConfig::default())).await;
+
+    // The connection still works: fetch the root again and call.
+    let root = raw.root().await;
+    raw.send(&request_frame(81, Handler::CallAttr, callattr_args(&root, "add", vec![1.into(), 2.into()]))).await;
+    let m = raw.reply_to(81, Duration::from_secs(3)).await.expect("reply");
+    assert_eq!(m.kind, MSG_REPLY);
+    assert_eq!(m.args, boxed(Value::from(3)));
+
+    // A frozenset of 100,000 equal members decodes in linear time.
+    let fset = Value::FrozenSet(vec![Value::from("same"); 100_000]);
+    raw.send(&request_frame(82, Handler::CallAttr, callattr_args(&root, "echo", vec![fset]))).await;
+    let m = raw.reply_to(82, Duration::from_secs(10)).await.expect("reply");
+    assert_eq!(m.kind, MSG_REPLY);
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_pipelined_requests_in_one_write_are_all_answered() {
+    let (addr, stop) = server().await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    let mut batch = Vec::new();
+    for i in 0..500i64 {
+        batch.extend(request_frame(10_000 + i, Handler::CallAttr, callattr_args(&root, "add", vec![i.into(), 1.into()])));
+    }
+    raw.send(&batch).await;
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < 500 {
+        let m = raw.read(Duration::from_secs(10)).await.expect("reply");
+        assert_eq!(m.kind, MSG_REPLY);
+        let i = m.seq - 10_000;
+        assert_eq!(m.args, boxed(Value::from(i + 1)));
+        answered.insert(m.seq);
+    }
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_replies_is_cut_off() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let mut config = ServerConfig::default();
+    config.connection.max_requests_in_flight = 1000;
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    // Each request asks for a 64 KiB reply; nothing is read back.
+    let blob = Value::Bytes(vec![7; 64 << 10]);
+    let frame = request_frame(5, Handler::CallAttr, callattr_args(&root, "echo", vec![blob]));
+    let before = rss();
+    let writer = tokio::spawn(async move {
+        for _ in 0..20_000 {
+            if raw.send_checked(&frame).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let cut_off = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("bounded").unwrap();
+    assert!(cut_off, "the server kept accepting requests from a peer that reads nothing");
+    assert!(rss() < before + 512 * MB, "unread replies piled up");
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_distinct_exception_classes_grow_nothing() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    // The server raises whatever class name the client asks for; each
+    // arrives intact and nothing is cached per name.
+    let (addr, stop) = server().await;
+    let conn = rpyc::connect(&addr.to_string()).await.unwrap();
+    let root = conn.root().await.unwrap();
+    let before = rss();
+    for i in 0..3000 {
+        let class = format!("Custom{i}Error");
+        let e = root.callattr("fail", (class.as_str(), "x")).await.unwrap_err();
+        assert_eq!(e.exception().unwrap().class, class);
+    }
+    assert!(rss() < before + 32 * MB);
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_only_the_excess() {
+    let mut config = ServerConfig::default();
+    config.max_connections_per_peer = 5;
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let c = rpyc::connect(&addr.to_string()).await.unwrap();
+        c.root().await.unwrap();
+        conns.push(c);
+    }
+    let mut extra = Raw::connect(addr).await;
+    assert!(extra.closed_within(Duration::from_secs(3)).await, "the sixth connection was accepted");
+    // The first five are unaffected.
+    for c in &conns {
+        assert_eq!(c.root().await.unwrap().call_method::<i64>("add", (1, 1)).await.unwrap(), 2);
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+impl Raw {
+    async fn send_checked(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(Duration::from_secs(5), self.stream.write_all(bytes))
+            .await
+            .map_err(|_| std::io::Error::other("write stalled: the server stopped reading"))?
+    }
+}

@@ -1,0 +1,9 @@
+//! The engine, Rust to Rust: calls, callbacks, concurrency, timeouts,
+//! reference counting, async results — and hostile peers speaking raw bytes.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod calls;
+mod hostile;
+mod raw;
