@@ -1,42 +1,405 @@
-//! Layer 2: the authenticator hook.
+//! Layer 2: the authenticator hook (mirrors `rpyc/utils/authenticators.py`).
 //!
-//! An [`Authenticator`] runs on every accepted stream before a single RPyC
-//! frame is read (Python: `rpyc/utils/authenticators.py`). It may wrap the
-//! stream and returns the peer's [`Credentials`], or refuses the connection;
-//! the reason is logged, never sent. The server enforces a deadline, so a
-//! peer that stalls during authentication is dropped.
+//! An [`Authenticator`] runs on every accepted stream after the transport
+//! handshake and before a single RPyC frame is read. It may wrap the stream
+//! and returns the peer's [`Credentials`], or refuses the connection; the
+//! reason is logged, never sent. The server enforces one deadline for the
+//! handshake and the authenticator together, so a peer that stalls is
+//! dropped.
+//!
+//! Built-ins:
+//!
+//! | authenticator | proves | transport |
+//! |---|---|---|
+//! | [`TlsClientCert`] | a client certificate verified by the TLS layer (optionally from a list of names) | TLS |
+//! | [`SshPublicKey`] | a public key the SSH layer accepted (optionally users/fingerprints from a list) | SSH |
+//! | [`ChallengeResponse`] | knowledge of a shared secret, without sending it | plain TCP / Unix |
+//! | [`AllowAll`] | nothing (development only) | any |
+//! | [`FirstMatch`], [`AllOf`] | combinations | — |
 
 use crate::connection::handler::BoxFuture;
-use crate::identity::Credentials;
+use crate::identity::{Credentials, TransportKind};
 use crate::transport::BoxStream;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::sync::Arc;
-use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why a peer was refused.
-#[derive(Debug, Error)]
-#[error("authentication failed: {0}")]
-pub struct AuthError(pub String);
+///
+/// When an authenticator declines *without touching the stream* (for
+/// example a TLS-certificate check on a plain TCP connection) it hands the
+/// stream back, so a [`FirstMatch`] can offer it to the next one.
+pub struct AuthError {
+    /// What went wrong (logged by the server, never sent to the peer).
+    pub reason: String,
+    /// The untouched stream and credentials, if the authenticator passed.
+    pub untouched: Option<(BoxStream, Credentials)>,
+}
+
+impl AuthError {
+    /// A refusal after the stream was used (or that must not fall through).
+    pub fn refused(reason: impl Into<String>) -> AuthError {
+        AuthError { reason: reason.into(), untouched: None }
+    }
+
+    /// "Not for me": the stream is returned unread.
+    pub fn pass(stream: BoxStream, creds: Credentials, reason: impl Into<String>) -> AuthError {
+        AuthError { reason: reason.into(), untouched: Some((stream, creds)) }
+    }
+}
+
+impl fmt::Debug for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthError").field("reason", &self.reason).field("untouched", &self.untouched.is_some()).finish()
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "authentication failed: {}", self.reason)
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// The result type of an authenticator.
+pub type AuthResult = Result<(BoxStream, Credentials), AuthError>;
 
 /// Decides who the peer is before the RPC connection starts.
 pub trait Authenticator: Send + Sync + 'static {
     /// Inspects (and possibly wraps) the stream; `creds` holds what the
-    /// transport already established (peer address, TLS certificate…).
-    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<Result<(BoxStream, Credentials), AuthError>>;
+    /// transport already established (peer address, TLS certificate, SSH user).
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult>;
 }
 
-/// Accepts everyone with the transport's credentials. For development and
+impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult> {
+        (**self).authenticate(stream, creds)
+    }
+}
+
+impl Authenticator for Box<dyn Authenticator> {
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult> {
+        (**self).authenticate(stream, creds)
+    }
+}
+
+/// Accepts everyone with the transport's credentials. For development, and
 /// for transports that authenticate by themselves.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
-    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<Result<(BoxStream, Credentials), AuthError>> {
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult> {
         Box::pin(std::future::ready(Ok((stream, creds))))
     }
 }
 
-impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
-    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<Result<(BoxStream, Credentials), AuthError>> {
-        (**self).authenticate(stream, creds)
+/// Optional identity → groups mapping shared by the built-ins.
+fn add_groups(creds: &mut Credentials, groups: &BTreeMap<String, Vec<String>>) {
+    if let Some(id) = &creds.identity {
+        if let Some(gs) = groups.get(id) {
+            for g in gs {
+                if !creds.groups.contains(g) {
+                    creds.groups.push(g.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Accepts connections that presented a client certificate the TLS layer
+/// verified; the identity is the certificate's common name.
+#[derive(Clone, Debug, Default)]
+pub struct TlsClientCert {
+    allowed: Option<BTreeSet<String>>,
+    groups: BTreeMap<String, Vec<String>>,
+}
+
+impl TlsClientCert {
+    /// Any certificate the TLS layer verified.
+    pub fn new() -> TlsClientCert {
+        TlsClientCert::default()
+    }
+
+    /// Only these common names.
+    pub fn allow(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.allowed = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Puts an identity in groups (policies are often chosen by group).
+    pub fn group(mut self, identity: &str, groups: &[&str]) -> Self {
+        self.groups.insert(identity.into(), groups.iter().map(|g| g.to_string()).collect());
+        self
+    }
+}
+
+impl Authenticator for TlsClientCert {
+    fn authenticate(&self, stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
+        let result = (|| {
+            if creds.transport != TransportKind::Tls {
+                return Err(AuthError::pass(stream, creds, "not a TLS connection"));
+            }
+            let Some(cert) = &creds.certificate else {
+                return Err(AuthError::refused("no client certificate was presented"));
+            };
+            let Some(cn) = cert.common_name.clone() else {
+                return Err(AuthError::refused("the client certificate has no common name"));
+            };
+            if let Some(allowed) = &self.allowed {
+                if !allowed.contains(&cn) {
+                    return Err(AuthError::refused(format!("certificate CN {cn:?} is not allowed")));
+                }
+            }
+            creds.identity = Some(cn);
+            add_groups(&mut creds, &self.groups);
+            Ok((stream, creds))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Accepts SSH channels whose user the SSH layer authenticated by public
+/// key; the identity is the SSH user.
+#[derive(Clone, Debug, Default)]
+pub struct SshPublicKey {
+    users: Option<BTreeSet<String>>,
+    fingerprints: Option<BTreeSet<String>>,
+    groups: BTreeMap<String, Vec<String>>,
+}
+
+impl SshPublicKey {
+    /// Any user the SSH layer authenticated.
+    pub fn new() -> SshPublicKey {
+        SshPublicKey::default()
+    }
+
+    /// Only these users.
+    pub fn allow_users(mut self, users: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.users = Some(users.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Only keys with these fingerprints (`SHA256:…`).
+    pub fn allow_fingerprints(mut self, fps: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fingerprints = Some(fps.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Puts an identity in groups.
+    pub fn group(mut self, identity: &str, groups: &[&str]) -> Self {
+        self.groups.insert(identity.into(), groups.iter().map(|g| g.to_string()).collect());
+        self
+    }
+}
+
+impl Authenticator for SshPublicKey {
+    fn authenticate(&self, stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
+        let result = (|| {
+            if creds.transport != TransportKind::Ssh {
+                return Err(AuthError::pass(stream, creds, "not an SSH channel"));
+            }
+            let Some(user) = creds.ssh_user.clone() else {
+                return Err(AuthError::refused("the SSH layer reported no user"));
+            };
+            if let Some(users) = &self.users {
+                if !users.contains(&user) {
+                    return Err(AuthError::refused(format!("SSH user {user:?} is not allowed")));
+                }
+            }
+            if let Some(fps) = &self.fingerprints {
+                let fp = creds.ssh_key_fingerprint.clone().unwrap_or_default();
+                if !fps.contains(&fp) {
+                    return Err(AuthError::refused(format!("SSH key {fp} is not allowed")));
+                }
+            }
+            creds.identity = Some(user);
+            add_groups(&mut creds, &self.groups);
+            Ok((stream, creds))
+        })();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// The greeting that starts the challenge–response exchange.
+const CR_MAGIC: &[u8; 12] = b"RPYC-CHAL-1\n";
+const CR_NONCE_LEN: usize = 32;
+const CR_OK: &[u8; 3] = b"OK\n";
+const CR_CONTEXT: &[u8] = b"rpyc-rust challenge-response v1";
+
+fn cr_tag(secret: &[u8], nonce: &[u8], identity: &str) -> hmac::Tag {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(CR_CONTEXT);
+    ctx.update(nonce);
+    ctx.update(&(identity.len() as u32).to_be_bytes());
+    ctx.update(identity.as_bytes());
+    ctx.sign()
+}
+
+/// Shared-secret challenge–response for plain TCP or Unix sockets.
+///
+/// Before any RPyC byte, the server sends `RPYC-CHAL-1\n` and a 32-byte
+/// random nonce; the client answers with its identity (u8 length + UTF-8)
+/// and `HMAC-SHA256(secret, context ‖ nonce ‖ identity)`; the server checks
+/// the tag in constant time and replies `OK\n`. The secret never crosses
+/// the wire and a recorded answer is useless for another nonce. It
+/// authenticates the client only and encrypts nothing: on untrusted
+/// networks run it inside TLS or SSH, or use those instead.
+///
+/// Python rpyc has no such authenticator; Rust clients use
+/// [`challenge_response_client`] (or `ClientBuilder::challenge_response`).
+#[derive(Clone, Default)]
+pub struct ChallengeResponse {
+    secrets: BTreeMap<String, Vec<u8>>,
+    groups: BTreeMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for ChallengeResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print secrets.
+        f.debug_struct("ChallengeResponse").field("identities", &self.secrets.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl ChallengeResponse {
+    /// No identities yet.
+    pub fn new() -> ChallengeResponse {
+        ChallengeResponse::default()
+    }
+
+    /// Adds an identity and its secret.
+    pub fn identity(mut self, name: &str, secret: impl AsRef<[u8]>) -> Self {
+        self.secrets.insert(name.to_string(), secret.as_ref().to_vec());
+        self
+    }
+
+    /// Puts an identity in groups.
+    pub fn group(mut self, identity: &str, groups: &[&str]) -> Self {
+        self.groups.insert(identity.into(), groups.iter().map(|g| g.to_string()).collect());
+        self
+    }
+}
+
+impl Authenticator for ChallengeResponse {
+    fn authenticate(&self, mut stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
+        let me = self.clone();
+        Box::pin(async move {
+            let mut nonce = [0u8; CR_NONCE_LEN];
+            SystemRandom::new().fill(&mut nonce).map_err(|_| AuthError::refused("no system randomness"))?;
+            let mut hello = CR_MAGIC.to_vec();
+            hello.extend_from_slice(&nonce);
+            stream.write_all(&hello).await.map_err(|e| AuthError::refused(format!("sending challenge: {e}")))?;
+            stream.flush().await.map_err(|e| AuthError::refused(format!("sending challenge: {e}")))?;
+            let mut len = [0u8; 1];
+            stream.read_exact(&mut len).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
+            let mut id = vec![0u8; usize::from(len[0])];
+            stream.read_exact(&mut id).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
+            let mut tag = [0u8; 32];
+            stream.read_exact(&mut tag).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
+            let identity = String::from_utf8(id).map_err(|_| AuthError::refused("identity is not UTF-8"))?;
+            // Compute a tag even for unknown identities so timing does not
+            // reveal which identities exist.
+            let secret = me.secrets.get(&identity).cloned();
+            let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_deref().unwrap_or(b"\0unknown identity\0"));
+            let mut msg = CR_CONTEXT.to_vec();
+            msg.extend_from_slice(&nonce);
+            msg.extend_from_slice(&(identity.len() as u32).to_be_bytes());
+            msg.extend_from_slice(identity.as_bytes());
+            let ok = hmac::verify(&key, &msg, &tag).is_ok() && secret.is_some();
+            if !ok {
+                return Err(AuthError::refused(format!("challenge-response failed for identity {identity:?}")));
+            }
+            stream.write_all(CR_OK).await.map_err(|e| AuthError::refused(format!("confirming: {e}")))?;
+            creds.identity = Some(identity);
+            creds.attributes.insert("auth".into(), "challenge-response".into());
+            add_groups(&mut creds, &me.groups);
+            Ok((stream, creds))
+        })
+    }
+}
+
+/// The client side of [`ChallengeResponse`]: answers the server's challenge
+/// on a freshly opened stream, before the RPyC connection starts.
+pub async fn challenge_response_client(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    identity: &str,
+    secret: &[u8],
+) -> crate::Result<()> {
+    let fail = |what: &str, e: std::io::Error| crate::Error::Transport(format!("challenge-response: {what}: {e}"));
+    let mut hello = [0u8; CR_MAGIC.len() + CR_NONCE_LEN];
+    stream.read_exact(&mut hello).await.map_err(|e| fail("reading the challenge", e))?;
+    if &hello[..CR_MAGIC.len()] != CR_MAGIC {
+        return Err(crate::Error::Transport(
+            "challenge-response: the server did not send a challenge (is it configured for challenge-response?)".into(),
+        ));
+    }
+    if identity.len() > 255 {
+        return Err(crate::Error::Transport("challenge-response: identity longer than 255 bytes".into()));
+    }
+    let tag = cr_tag(secret, &hello[CR_MAGIC.len()..], identity);
+    let mut answer = vec![identity.len() as u8];
+    answer.extend_from_slice(identity.as_bytes());
+    answer.extend_from_slice(tag.as_ref());
+    stream.write_all(&answer).await.map_err(|e| fail("sending the response", e))?;
+    stream.flush().await.map_err(|e| fail("sending the response", e))?;
+    let mut ok = [0u8; 3];
+    match stream.read_exact(&mut ok).await {
+        Ok(_) if &ok == CR_OK => Ok(()),
+        _ => Err(crate::Error::Transport(format!(
+            "challenge-response: the server refused identity {identity:?} (wrong secret or unknown identity)"
+        ))),
+    }
+}
+
+/// Tries authenticators in order; the first that accepts wins. One that
+/// *passes* (hands the stream back untouched, e.g. a TLS check on a plain
+/// TCP connection) lets the next one try; one that refuses ends the attempt.
+pub struct FirstMatch(pub Vec<Arc<dyn Authenticator>>);
+
+impl Authenticator for FirstMatch {
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult> {
+        let list = self.0.clone();
+        Box::pin(async move {
+            let mut current = (stream, creds);
+            let mut reasons = Vec::new();
+            for a in list {
+                match a.authenticate(current.0, current.1).await {
+                    Ok(ok) => return Ok(ok),
+                    Err(AuthError { reason, untouched: Some(back) }) => {
+                        reasons.push(reason);
+                        current = back;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(AuthError::refused(if reasons.is_empty() {
+                "no authenticator configured".to_string()
+            } else {
+                format!("no authenticator accepted the connection ({})", reasons.join("; "))
+            }))
+        })
+    }
+}
+
+/// Runs every authenticator in turn, each on the stream and credentials the
+/// previous one returned; all must accept (e.g. a TLS certificate *and* a
+/// challenge–response inside it).
+pub struct AllOf(pub Vec<Arc<dyn Authenticator>>);
+
+impl Authenticator for AllOf {
+    fn authenticate(&self, stream: BoxStream, creds: Credentials) -> BoxFuture<AuthResult> {
+        let list = self.0.clone();
+        Box::pin(async move {
+            let mut cur = (stream, creds);
+            for a in list {
+                cur = a.authenticate(cur.0, cur.1).await.map_err(|e| AuthError::refused(e.reason))?;
+            }
+            Ok(cur)
+        })
     }
 }

@@ -29,13 +29,26 @@ pub fn connect_stream(stream: impl Stream, service: Service, config: ConnectionC
 }
 
 /// Client settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     service: Option<Service>,
     config: ConnectionConfig,
     policy: AccessPolicy,
     tcp: TcpOptions,
     tls: Option<crate::transport::tls::TlsClientConfig>,
+    challenge: Option<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The challenge-response secret is never printed.
+        f.debug_struct("ClientBuilder")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("tls", &self.tls)
+            .field("challenge_identity", &self.challenge.as_ref().map(|c| &c.0))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientBuilder {
@@ -54,6 +67,7 @@ impl ClientBuilder {
             policy: AccessPolicy::default(),
             tcp: TcpOptions::default(),
             tls: None,
+            challenge: None,
         }
     }
 
@@ -101,6 +115,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Answers a [`ChallengeResponse`](crate::auth::ChallengeResponse)
+    /// server as `identity` with `secret` before the RPyC connection starts.
+    pub fn challenge_response(mut self, identity: &str, secret: impl AsRef<[u8]>) -> Self {
+        self.challenge = Some((identity.to_string(), secret.as_ref().to_vec()));
+        self
+    }
+
     /// Connects to an address string.
     pub async fn connect(self, addr: &str) -> Result<Connection> {
         let ep = match &self.tls {
@@ -112,7 +133,13 @@ impl ClientBuilder {
 
     /// Connects to an endpoint.
     pub async fn connect_endpoint(self, ep: &Endpoint) -> Result<Connection> {
-        let (stream, creds) = connect_endpoint(ep, &self.tcp).await?;
+        let (mut stream, creds) = connect_endpoint(ep, &self.tcp).await?;
+        if let Some((identity, secret)) = &self.challenge {
+            let deadline = self.tcp.connect_timeout;
+            tokio::time::timeout(deadline, crate::auth::challenge_response_client(&mut stream, identity, secret))
+                .await
+                .map_err(|_| crate::Error::Transport(format!("challenge-response: no answer within {deadline:?}")))??;
+        }
         Ok(self.start(stream, creds))
     }
 

@@ -197,6 +197,152 @@ pub enum Resolved<'n> {
     Missing(&'n str),
 }
 
+/// Policies chosen per identity: the access-policy resolver.
+///
+/// Resolution order: the identity's own entry, then the first of the
+/// credentials' groups that has an entry, then `anonymous` for connections
+/// without an identity (if set), then `default`.
+///
+/// ```toml
+/// [default]                 # everyone else: exposed names only
+///
+/// [policies.ops]            # a named policy
+/// allow_public_attrs = true
+///
+/// [policies.calculator]
+/// allow_methods = ["add", "get_answer"]
+///
+/// [identities]              # identity -> policy name
+/// alice = "ops"
+/// bob = "calculator"
+///
+/// [groups]                  # group -> policy name
+/// ops = "ops"
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PolicySet {
+    /// The policy for identities that match nothing else.
+    pub default: AccessPolicy,
+    /// The policy for connections without an identity; `None` uses `default`.
+    pub anonymous: Option<AccessPolicy>,
+    /// Named policies.
+    pub policies: std::collections::BTreeMap<String, AccessPolicy>,
+    /// Identity → policy name.
+    pub identities: std::collections::BTreeMap<String, String>,
+    /// Group → policy name.
+    pub groups: std::collections::BTreeMap<String, String>,
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown fields.
+    #[error("invalid policy file {path}: {message}")]
+    Parse {
+        /// The file (or `<string>`).
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// An identity or group names a policy that is not defined.
+    #[error("policy file {path}: {what} refers to undefined policy {name:?} (define it under [policies.{name}])")]
+    UndefinedPolicy {
+        /// The file.
+        path: String,
+        /// E.g. `identity "alice"`.
+        what: String,
+        /// The missing policy name.
+        name: String,
+    },
+}
+
+impl PolicySet {
+    /// Everyone gets `policy`.
+    pub fn uniform(policy: AccessPolicy) -> PolicySet {
+        PolicySet { default: policy, ..PolicySet::default() }
+    }
+
+    /// Parses TOML text (see the type docs for the format).
+    pub fn from_toml(text: &str) -> Result<PolicySet, PolicyError> {
+        Self::parse(text, "<string>")
+    }
+
+    /// Loads a TOML file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<PolicySet, PolicyError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    fn parse(text: &str, path: &str) -> Result<PolicySet, PolicyError> {
+        let set: PolicySet =
+            toml::from_str(text).map_err(|e| PolicyError::Parse { path: path.to_string(), message: e.to_string() })?;
+        for (what, map) in [("identity", &set.identities), ("group", &set.groups)] {
+            for (key, name) in map {
+                if !set.policies.contains_key(name) {
+                    return Err(PolicyError::UndefinedPolicy {
+                        path: path.to_string(),
+                        what: format!("{what} {key:?}"),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Names a policy.
+    pub fn with_policy(mut self, name: &str, policy: AccessPolicy) -> Self {
+        self.policies.insert(name.to_string(), policy);
+        self
+    }
+
+    /// Maps an identity to a named policy.
+    pub fn with_identity(mut self, identity: &str, policy: &str) -> Self {
+        self.identities.insert(identity.to_string(), policy.to_string());
+        self
+    }
+
+    /// Maps a group to a named policy.
+    pub fn with_group(mut self, group: &str, policy: &str) -> Self {
+        self.groups.insert(group.to_string(), policy.to_string());
+        self
+    }
+
+    /// The policy for a connection with these credentials.
+    pub fn resolve(&self, creds: &crate::identity::Credentials) -> AccessPolicy {
+        self.resolve_name(creds).and_then(|n| self.policies.get(n)).cloned().unwrap_or_else(|| {
+            match (&creds.identity, &self.anonymous) {
+                (None, Some(anon)) => anon.clone(),
+                _ => self.default.clone(),
+            }
+        })
+    }
+
+    /// The name of the policy chosen for these credentials (`None` = the
+    /// default or anonymous policy).
+    pub fn resolve_name(&self, creds: &crate::identity::Credentials) -> Option<&str> {
+        if let Some(id) = &creds.identity {
+            if let Some(name) = self.identities.get(id) {
+                return Some(name);
+            }
+        }
+        creds.groups.iter().find_map(|g| self.groups.get(g)).map(String::as_str)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +370,37 @@ mod tests {
     }
 
     #[test]
+    fn policy_file_parses_and_resolves() {
+        let set = PolicySet::from_toml(
+            r#"
+            [default]
+            [policies.ops]
+            allow_public_attrs = true
+            [policies.calc]
+            allow_methods = ["add"]
+            [identities]
+            bob = "calc"
+            [groups]
+            ops = "ops"
+            "#,
+        );
+        let set = match set {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let mut alice = crate::identity::Credentials { identity: Some("alice".into()), ..Default::default() };
+        assert!(!set.resolve(&alice).allow_public_attrs);
+        alice.groups.push("ops".into());
+        assert!(set.resolve(&alice).allow_public_attrs);
+        let bob = crate::identity::Credentials { identity: Some("bob".into()), ..Default::default() };
+        assert!(set.resolve(&bob).method_allowed("add") && !set.resolve(&bob).method_allowed("foo"));
+        let err = PolicySet::from_toml("[identities]\nx = \"nope\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("undefined policy \"nope\""), "{err}");
+        let err = PolicySet::from_toml("[default]\nallow_everything = true\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("allow_everything"), "{err}");
+    }
+
+    #[test]
     fn public_and_all() {
         let p = AccessPolicy::default().with_public_attrs(true);
         assert_eq!(p.resolve("public", Access::Get, members), Some(Resolved::Member("public".into())));
@@ -231,5 +408,89 @@ mod tests {
         assert_eq!(p.resolve("nothing", Access::Get, members), Some(Resolved::Missing("nothing")));
         let all = AccessPolicy { allow_all_attrs: true, ..AccessPolicy::default() };
         assert_eq!(all.resolve("_private", Access::Get, members), Some(Resolved::Member("_private".into())));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::identity::Credentials;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-d]{1,2}"
+    }
+
+    fn policy() -> impl Strategy<Value = AccessPolicy> {
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, c, d)| AccessPolicy {
+            allow_public_attrs: a,
+            allow_all_attrs: b,
+            allow_setattr: c,
+            allow_exposed_attrs: d,
+            ..AccessPolicy::default()
+        })
+    }
+
+    fn set() -> impl Strategy<Value = PolicySet> {
+        (
+            policy(),
+            proptest::collection::btree_map(name(), policy(), 0..4),
+            proptest::collection::btree_map(name(), name(), 0..4),
+            proptest::collection::btree_map(name(), name(), 0..4),
+        )
+            .prop_map(|(default, policies, ids, groups)| {
+                let known: Vec<String> = policies.keys().cloned().collect();
+                let pick = |n: &String| known.iter().find(|k| *k == n).cloned();
+                PolicySet {
+                    default,
+                    anonymous: None,
+                    identities: ids.iter().filter_map(|(k, v)| pick(v).map(|p| (k.clone(), p))).collect(),
+                    groups: groups.iter().filter_map(|(k, v)| pick(v).map(|p| (k.clone(), p))).collect(),
+                    policies,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn identity_entry_wins(set in set(), id in name(), groups in proptest::collection::vec(name(), 0..3)) {
+            let creds = Credentials { identity: Some(id.clone()), groups, ..Credentials::default() };
+            let got = set.resolve(&creds);
+            if let Some(p) = set.identities.get(&id) {
+                prop_assert_eq!(&got, &set.policies[p]);
+            }
+        }
+
+        #[test]
+        fn unmatched_identities_get_the_default(set in set(), id in "[x-z]{3}") {
+            let creds = Credentials { identity: Some(id), ..Credentials::default() };
+            prop_assert_eq!(set.resolve(&creds), set.default.clone());
+        }
+
+        #[test]
+        fn resolution_is_one_of_the_configured_policies(set in set(), id in name(), groups in proptest::collection::vec(name(), 0..3)) {
+            let creds = Credentials { identity: Some(id), groups, ..Credentials::default() };
+            let got = set.resolve(&creds);
+            prop_assert!(got == set.default || set.policies.values().any(|p| *p == got));
+        }
+
+        #[test]
+        fn toml_round_trip(set in set()) {
+            let text = toml::to_string(&set).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back = PolicySet::from_toml(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, set);
+        }
+
+        #[test]
+        fn nothing_is_reachable_when_every_allow_flag_is_off(n in "[_a-z]{1,12}") {
+            let p = AccessPolicy {
+                allow_safe_attrs: false,
+                allow_exposed_attrs: false,
+                allow_public_attrs: false,
+                allow_all_attrs: false,
+                ..AccessPolicy::default()
+            };
+            prop_assert_eq!(p.resolve(&n, Access::Get, |_| Some(Visibility::Plain)), None);
+        }
     }
 }

@@ -60,6 +60,12 @@ impl ServerConfig {
         self
     }
 
+    /// Chooses policies per identity from a [`PolicySet`](crate::policy::PolicySet).
+    pub fn with_policy_set(mut self, set: crate::policy::PolicySet) -> Self {
+        self.policy = Arc::new(move |creds| set.resolve(creds));
+        self
+    }
+
     /// Uses an authenticator.
     pub fn with_authenticator(mut self, auth: impl Authenticator) -> Self {
         self.authenticator = Arc::new(auth);

@@ -150,7 +150,7 @@ pub(crate) struct Shared {
     service: Service,
     credentials: Credentials,
     policy: AccessPolicy,
-    remote_root: Mutex<Option<Netref>>,
+    remote_root: Mutex<Weak<NetrefInner>>,
     closed: AtomicBool,
     close_reason: Mutex<Option<String>>,
     shutdown: watch::Sender<bool>,
@@ -181,9 +181,7 @@ impl Clone for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.begin_close("every handle to the connection was dropped");
-        }
+        self.shared.release_handle();
     }
 }
 
@@ -239,7 +237,7 @@ impl Connection {
             service,
             credentials,
             policy,
-            remote_root: Mutex::new(None),
+            remote_root: Mutex::new(Weak::new()),
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             shutdown,
@@ -258,11 +256,12 @@ impl Connection {
 
     /// The peer's root object (its service), fetched once and cached.
     pub async fn root(&self) -> Result<Netref> {
-        if let Some(r) = lock(&self.shared.remote_root).clone() {
-            return Ok(r);
+        // Cached weakly: a strong cache would keep the connection open forever.
+        if let Some(inner) = lock(&self.shared.remote_root).upgrade() {
+            return Ok(Netref(inner));
         }
         let root = self.shared.request(Handler::GetRoot, vec![]).await?.into_netref()?;
-        *lock(&self.shared.remote_root) = Some(root.clone());
+        *lock(&self.shared.remote_root) = Arc::downgrade(&root.0);
         Ok(root)
     }
 
@@ -444,6 +443,14 @@ impl Shared {
         res
     }
 
+    /// A user-facing handle (connection, context or proxy) went away; the
+    /// last one closes the connection.
+    pub(crate) fn release_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.begin_close("every handle to the connection (connections, proxies) was dropped");
+        }
+    }
+
     /// Called when the last clone of a proxy is dropped.
     pub(crate) fn forget_proxy(&self, id_pack: &IdPack, count: u64) {
         {
@@ -587,6 +594,7 @@ impl Shared {
             inner.refcount.fetch_add(1, Ordering::AcqRel);
             return Netref(inner);
         }
+        self.handles.fetch_add(1, Ordering::AcqRel);
         let inner =
             Arc::new(NetrefInner { conn: self.clone(), id_pack: pack.clone(), refcount: std::sync::atomic::AtomicU64::new(1) });
         proxies.insert(pack, Arc::downgrade(&inner));
@@ -645,8 +653,6 @@ impl Shared {
         let objects = std::mem::take(&mut *lock(&self.objects));
         drop(objects);
         lock(&self.proxies).clear();
-        let root = lock(&self.remote_root).take();
-        drop(root);
         self.done.send_replace(true);
     }
 }

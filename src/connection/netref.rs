@@ -27,11 +27,14 @@ impl Drop for NetrefInner {
     fn drop(&mut self) {
         let count = self.refcount.load(Ordering::Relaxed);
         self.conn.forget_proxy(&self.id_pack, count);
+        // A proxy keeps its connection open, as in Python.
+        self.conn.release_handle();
     }
 }
 
 /// A proxy for an object on the peer. Cloning is cheap; the peer's object is
-/// released when the last clone is dropped.
+/// released when the last clone is dropped. Like a [`Connection`] handle, a
+/// live proxy keeps its connection open.
 #[derive(Clone)]
 pub struct Netref(pub(crate) Arc<NetrefInner>);
 
