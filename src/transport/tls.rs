@@ -32,6 +32,16 @@
 //! are long-lived, so resumption buys little: [`TlsServerConfig`] sends
 //! **no** TLS 1.3 tickets unless you raise `send_tls13_tickets`.
 //!
+//! # Protocol quirk: one RPyC frame per TLS record
+//!
+//! Python rpyc waits for the next frame by polling the socket's file
+//! descriptor, blind to plaintext `ssl.SSLSocket` has already decrypted and
+//! buffered. If one TLS record carried two frames, the Python peer would
+//! read the first and then wait for the second forever (or until
+//! `sync_request_timeout`). The engine batches frames into one write, so the
+//! TLS streams made here cut every write at frame boundaries; Python peers
+//! write one frame per `send` themselves.
+//!
 //! # Protocol quirk: a refused client certificate shows up late (TLS 1.3)
 //!
 //! In TLS 1.3 the client finishes its handshake before the server has
@@ -682,15 +692,17 @@ async fn server_handshake(
     peer: SocketAddr,
     config: Arc<rustls::ServerConfig>,
 ) -> Result<(BoxStream, Credentials)> {
-    let stream = tokio_rustls::TlsAcceptor::from(config)
-        .accept(tcp)
-        .await
-        .map_err(|e| {
-            Error::Transport(format!(
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let stream = match accept.into_fallible().await {
+        Ok(s) => s,
+        Err((e, tcp)) => {
+            linger_close(tcp).await;
+            return Err(Error::Transport(format!(
                 "TLS handshake with {peer} failed: {}",
                 describe_io(&e, Side::Server)
-            ))
-        })?;
+            )));
+        }
+    };
     let mut creds = Credentials::anonymous(TransportKind::Tls, PeerAddr::Ip(peer));
     // With a client verifier in place, rustls only completes the handshake
     // when a presented certificate verified, so any certificate here is
@@ -705,13 +717,30 @@ async fn server_handshake(
         creds.identity = info.common_name.clone();
         creds.certificate = Some(info);
     }
-    Ok((
-        Box::new(TlsStream {
-            inner: stream,
-            side: Side::Server,
-        }),
-        creds,
-    ))
+    Ok((Box::new(TlsStream::new(stream, Side::Server)), creds))
+}
+
+/// How long a refused peer may take to close after our alert.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Closes a refused peer's socket gracefully: FIN after the alert, then
+/// discard whatever the peer still sends until it closes (at most
+/// [`LINGER`]). In TLS 1.3 the client's handshake is over before we check
+/// its certificate, so its first request may already be in our receive
+/// buffer; closing with unread bytes makes the kernel send RST, and the
+/// client would see "connection reset" instead of the alert that says why.
+async fn linger_close(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 impl Listener {
@@ -843,17 +872,13 @@ async fn client_handshake<S: Stream>(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| certificate_info(c));
-    Ok((
-        Box::new(TlsStream {
-            inner: stream,
-            side: Side::Client,
-        }),
-        creds,
-    ))
+    Ok((Box::new(TlsStream::new(stream, Side::Client)), creds))
 }
 
 /// A TLS stream (either side) as the RPyC engine sees it:
 ///
+/// - each TLS record carries bytes of one RPyC frame only (see
+///   [`FrameCut`]);
 /// - rustls errors that arrive after the handshake (in TLS 1.3, the
 ///   server's refusal of our client certificate) become text that says
 ///   what to do;
@@ -864,9 +889,18 @@ async fn client_handshake<S: Stream>(
 struct TlsStream<T> {
     inner: T,
     side: Side,
+    cut: FrameCut,
 }
 
 impl<T> TlsStream<T> {
+    fn new(inner: T, side: Side) -> Self {
+        TlsStream {
+            inner,
+            side,
+            cut: FrameCut::default(),
+        }
+    }
+
     fn map<R>(&self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         match r {
             Poll::Ready(Err(e)) if tls_error(&e).is_some() => {
@@ -874,6 +908,82 @@ impl<T> TlsStream<T> {
                 Poll::Ready(Err(io::Error::new(e.kind(), format!("TLS: {text}"))))
             }
             other => other,
+        }
+    }
+}
+
+/// Tracks RPyC frame boundaries (`!LB` header, payload, `\n`; see
+/// [`crate::channel`]) in the bytes written, so that one write — and hence
+/// one TLS record — never holds the end of one frame and the start of the
+/// next.
+///
+/// Why: Python rpyc waits for the next frame by polling the socket's file
+/// descriptor (`SocketStream.poll`), which knows nothing of plaintext that
+/// `ssl.SSLSocket` already decrypted and buffered. A record carrying two
+/// frames leaves the second one in that buffer after the first is read,
+/// and the Python peer waits for it until `sync_request_timeout` expires.
+/// Python's own peers write every frame with its own `send`, so they never
+/// do this; the engine batches frames into one write for speed, so we cut
+/// them apart again here. Splitting writes never changes the byte stream.
+#[derive(Default)]
+struct FrameCut {
+    /// Header bytes of the current frame seen so far.
+    header: [u8; crate::channel::HEADER_LEN],
+    have: usize,
+    /// Payload and `\n` bytes of the current frame still to come.
+    left: usize,
+}
+
+impl FrameCut {
+    const FLUSHER: usize = 1;
+
+    /// How many bytes of `buf` may go into the next write.
+    fn next_chunk(&self, buf: &[u8]) -> usize {
+        if self.left > 0 {
+            return self.left.min(buf.len());
+        }
+        let need = crate::channel::HEADER_LEN - self.have;
+        let Some(rest) = buf.get(..need) else {
+            return buf.len();
+        };
+        let mut header = self.header;
+        if let Some(h) = header.get_mut(self.have..) {
+            h.copy_from_slice(rest);
+        }
+        need.saturating_add(Self::frame_rest(&header))
+            .min(buf.len())
+    }
+
+    /// Payload plus `\n` of a frame with this header.
+    fn frame_rest(header: &[u8; crate::channel::HEADER_LEN]) -> usize {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .saturating_add(Self::FLUSHER)
+    }
+
+    /// Accounts for bytes that were written.
+    fn advance(&mut self, mut written: &[u8]) {
+        while !written.is_empty() {
+            if self.left == 0 {
+                let take = (crate::channel::HEADER_LEN - self.have).min(written.len());
+                let (head, rest) = written.split_at(take);
+                if let Some(h) = self.header.get_mut(self.have..self.have + take) {
+                    h.copy_from_slice(head);
+                }
+                self.have += take;
+                written = rest;
+                if self.have == crate::channel::HEADER_LEN {
+                    self.left = Self::frame_rest(&self.header);
+                }
+            } else {
+                let take = self.left.min(written.len());
+                self.left -= take;
+                written = written.get(take..).unwrap_or_default();
+                if self.left == 0 {
+                    self.have = 0;
+                }
+            }
         }
     }
 }
@@ -898,21 +1008,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let chunk = buf.get(..self.cut.next_chunk(buf)).unwrap_or(buf);
+        let r = Pin::new(&mut self.inner).poll_write(cx, chunk);
+        if let Poll::Ready(Ok(n)) = r {
+            self.cut.advance(chunk.get(..n).unwrap_or(chunk));
+        }
         self.map(r)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.map(r)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1156,6 +1257,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no certificate found"), "{e}");
+    }
+
+    #[test]
+    fn frame_cut_splits_batched_frames() {
+        let frame = |n: usize| {
+            let mut f = (n as u32).to_be_bytes().to_vec();
+            f.push(0);
+            f.extend(std::iter::repeat_n(7u8, n));
+            f.push(b'\n');
+            f
+        };
+        let (a, b, c) = (frame(3), frame(0), frame(40_000));
+        let batch = [a.clone(), b.clone(), c.clone()].concat();
+        let mut cut = FrameCut::default();
+        let mut chunks = Vec::new();
+        let mut rest = batch.as_slice();
+        while !rest.is_empty() {
+            // A short write (at most 1000 bytes) must not confuse the tracking.
+            let n = cut.next_chunk(rest).min(1000);
+            cut.advance(&rest[..n]);
+            chunks.push(n);
+            rest = &rest[n..];
+        }
+        // no chunk crosses a frame boundary
+        let bounds = [a.len(), a.len() + b.len(), batch.len()];
+        let mut at = 0;
+        for n in chunks {
+            assert!(
+                bounds.iter().all(|&bd| !(at < bd && at + n > bd)),
+                "chunk {at}+{n}"
+            );
+            at += n;
+        }
+        // a header split over two writes
+        let mut cut = FrameCut::default();
+        cut.advance(&a[..2]);
+        assert_eq!(cut.next_chunk(&batch[2..]), a.len() - 2);
     }
 
     #[test]
