@@ -6,5 +6,6 @@
 mod common;
 
 mod brine_corpus;
+mod policy_parity;
 mod python_clients;
 mod python_servers;
