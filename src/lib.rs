@@ -34,7 +34,7 @@
 //! | access | [`auth`], [`policy`] |
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
-//! | applications | [`server`], [`classic`] |
+//! | applications | [`server`], [`classic`], [`registry`] |
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +48,7 @@ pub mod connection;
 mod error;
 pub mod identity;
 pub mod policy;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod transport;

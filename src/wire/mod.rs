@@ -7,6 +7,7 @@
 //! serde bridge so Rust types convert to and from [`Value`].
 
 pub mod brine;
+pub mod literal;
 pub mod message;
 pub mod serde_bridge;
 pub mod value;
