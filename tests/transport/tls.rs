@@ -13,7 +13,7 @@ use crate::common;
 use rpyc::certs::{self, CertKeyPem, DevCa};
 use rpyc::identity::TransportKind;
 use rpyc::transport::tls::{
-    connect_tls, TlsAcceptor, TlsClientConfig, TlsIdentity, TlsServerConfig,
+    connect_tls, ClientAuth, TlsAcceptor, TlsClientConfig, TlsIdentity, TlsServerConfig,
 };
 use rpyc::transport::Listener;
 use rpyc::{ClientBuilder, Connection, Server, ServerConfig};
@@ -558,4 +558,108 @@ fn read_pair(dir: &Path, name: &str) -> CertKeyPem {
         cert_pem: std::fs::read_to_string(dir.join(format!("{name}.pem"))).unwrap(),
         key_pem: std::fs::read_to_string(dir.join(format!("{name}.key"))).unwrap(),
     }
+}
+
+// ---------------------------------------------------------------------------
+// client-certificate modes and the `rpyc certs` command
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_and_no_client_auth() {
+    bounded(async {
+        let pki = Pki::new();
+        let optional = pki.server_config().with_client_auth(ClientAuth::Optional);
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &optional).await.unwrap()).await;
+        // Optional: anonymous clients get in without identity, certificates still count…
+        let conn = step("anonymous", tls_conn(addr, pki.anonymous_client()))
+            .await
+            .unwrap();
+        assert_eq!(step("whoami", whoami(&conn)).await.unwrap(), None);
+        conn.close().await;
+        assert_serves(addr, pki.client("alice"), "alice").await;
+        // …and must verify when presented.
+        let other = DevCa::generate().unwrap().client_cert("mallory").unwrap();
+        let err = rust_client_error(addr, pki.client_with(&other)).await;
+        assert_mentions(&err, &["does not trust our client certificate"]);
+        stop.shutdown();
+
+        // None: no certificate is asked for; everyone is anonymous.
+        let none = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("server.key"))
+            .unwrap()
+            .with_client_auth(ClientAuth::None);
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &none).await.unwrap()).await;
+        let conn = step("with cert, not asked", tls_conn(addr, pki.client("alice")))
+            .await
+            .unwrap();
+        assert_eq!(step("whoami", whoami(&conn)).await.unwrap(), None);
+        conn.close().await;
+        stop.shutdown();
+
+        // Required without a CA is a configuration error, said before binding.
+        let no_ca = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("server.key"))
+            .unwrap();
+        let err = Listener::tls("127.0.0.1:0", &no_ca)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert_mentions(&err, &["no CA"]);
+        // A key that does not belong to the certificate, too.
+        let mixed = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("client.key"));
+        let err = mixed
+            .unwrap()
+            .with_client_ca_file(pki.path("ca.pem"))
+            .unwrap()
+            .to_rustls();
+        assert_mentions(&err.err().unwrap().to_string(), &["does not belong"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpyc_certs_command() {
+    bounded(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs");
+        let rpyc = |args: &[&str]| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
+            cmd.args(args);
+            let out = cmd.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code(), text)
+        };
+        let d = dir.to_str().unwrap();
+        let (code, out) = rpyc(&["certs", "init", "--dir", d, "--san", "rpyc.test"]);
+        assert_eq!(code, Some(0), "{out}");
+        for f in certs::INIT_FILES {
+            assert!(dir.join(f).exists(), "{f} missing: {out}");
+        }
+        let (code, out) = rpyc(&["certs", "init", "--dir", d]);
+        assert_eq!(code, Some(1), "{out}");
+        assert_mentions(&out, &["already exists", "--force"]);
+        let (code, out) = rpyc(&["certs", "client", "bob", "--dir", d]);
+        assert_eq!(code, Some(0), "{out}");
+        let (code, out) = rpyc(&["certs", "client", "../evil", "--dir", d, "--force"]);
+        assert_eq!(code, Some(1), "{out}");
+        let (code, out) = rpyc(&["certs", "bogus"]);
+        assert_eq!(code, Some(2), "{out}");
+        let (code, out) = rpyc(&["certs", "init", "--help"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert_mentions(&out, &["--san", "--dir"]);
+
+        // The files work: a server from the directory, `bob` as client, by
+        // the extra name.
+        let config = TlsServerConfig::from_dir(&dir).unwrap();
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &config).await.unwrap()).await;
+        let client = TlsClientConfig::from_dir(&dir, "bob")
+            .unwrap()
+            .with_server_name("rpyc.test");
+        assert_serves(addr, client, "bob").await;
+        stop.shutdown();
+    })
+    .await;
 }
