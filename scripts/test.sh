@@ -55,3 +55,7 @@ cargo clippy --locked --all-targets -- -D warnings
 log "cargo test"
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc
+
+# A short fuzz run of every target (fuzz/README.md has the long-run recipe).
+log "fuzzing"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
