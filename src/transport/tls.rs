@@ -25,12 +25,15 @@
 //!
 //! A TLS 1.3 server normally sends session tickets right after the
 //! handshake. A Python rpyc client that starts a `BgServingThread`
-//! immediately after `ssl_connect` then has two threads reading the same
-//! `ssl.SSLSocket`; the ticket records make one thread's read consume bytes
-//! that belong to the other, and the reply to the client's first request can
-//! be lost (the call hangs until `sync_request_timeout`). RPyC connections
-//! are long-lived, so resumption buys little: [`TlsServerConfig`] sends
-//! **no** TLS 1.3 tickets unless you raise `send_tls13_tickets`.
+//! immediately after `ssl_connect` then has a thread reading the
+//! `ssl.SSLSocket` while the tickets arrive, and the reply to its first
+//! request can get stuck in the socket's TLS buffer, where rpyc's
+//! file-descriptor poll does not see it: the call hangs until
+//! `sync_request_timeout` (seen with rpyc 6.0.2, Python 3.11, OpenSSL 3.0:
+//! a hang within 100 connections with two tickets, none without). RPyC
+//! connections are long-lived, so resumption buys little:
+//! [`TlsServerConfig`] sends **no** TLS 1.3 tickets unless you raise
+//! `send_tls13_tickets`.
 //!
 //! # Protocol quirk: one RPyC frame per TLS record
 //!
