@@ -6,5 +6,6 @@ mod common;
 
 mod auth;
 mod calls;
+mod examples;
 mod hostile;
 mod raw;
