@@ -1334,7 +1334,10 @@ impl RegistryClient {
         let sock = UdpSocket::bind(self.local_bind(&target))
             .await
             .map_err(|e| self.io(e))?;
-        if self.mode == Mode::UdpBroadcast {
+        // Python broadcasts whenever an octet of the address is 255.
+        let broadcast = self.mode == Mode::UdpBroadcast
+            || matches!(target.ip(), IpAddr::V4(v4) if v4.octets().contains(&255));
+        if broadcast {
             sock.set_broadcast(true).map_err(|e| self.io(e))?;
         }
         sock.send_to(data, target).await.map_err(|e| self.io(e))?;
@@ -1355,13 +1358,8 @@ impl RegistryClient {
             };
             // Only the registry's answer counts (a broadcast is answered
             // from the registry's own address, so match the port there).
-            let expected = match self.mode {
-                Mode::UdpBroadcast => from.port() == target.port(),
-                _ => {
-                    from.port() == target.port()
-                        && from.ip().to_canonical() == target.ip().to_canonical()
-                }
-            };
+            let expected = from.port() == target.port()
+                && (broadcast || from.ip().to_canonical() == target.ip().to_canonical());
             if !expected {
                 tracing::debug!(%from, "ignoring a datagram that is not from the registry");
                 continue;

@@ -3,7 +3,16 @@
 //! ```text
 //! rpyc certs init --dir certs [--san NAME]...   # development CA, server and client certificates
 //! rpyc certs client alice --dir certs           # one more client certificate (CN = alice)
+//! rpyc registry --allow-listing                 # a registry, like Python's rpyc_registry
+//! rpyc serve --port 18861 --register            # the CONFORMANCE service, registered
+//! rpyc discover conformance                     # where it runs (UDP broadcast by default)
+//! rpyc list --registry 127.0.0.1                # what a registry knows
+//! rpyc ping tcp://127.0.0.1:18861               # round-trip time, any transport
+//! rpyc call 127.0.0.1:18861 add 1 2             # arguments as Python literals
 //! ```
+//!
+//! Results go to stdout (`--json` for scripts), progress and logs to stderr
+//! (`-v`, `-q`, or `RUST_LOG`).
 //!
 //! Each subcommand is one variant of [`Command`] and one `run_*` function;
 //! add new ones (registry, discover, call, serve, ping, gateway) the same
@@ -14,6 +23,17 @@ use clap::{Args, Parser, Subcommand};
 use rpyc::certs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+// The crate root is this file, so its modules live beside it under rpyc/
+// (a file directly in src/bin/ would be a binary of its own).
+#[path = "rpyc/discovery.rs"]
+mod discovery;
+#[path = "rpyc/remote.rs"]
+mod remote;
+#[path = "rpyc/serve.rs"]
+mod serve;
+#[path = "rpyc/support.rs"]
+mod support;
 
 /// What a subcommand returns; the error is printed as `rpyc: error: …`.
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
@@ -29,6 +49,12 @@ type CmdResult = Result<(), Box<dyn std::error::Error>>;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log output on stderr (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -36,6 +62,22 @@ enum Command {
     /// Create development TLS certificates (never use them in production).
     #[command(subcommand, arg_required_else_help = true)]
     Certs(CertsCommand),
+    /// Run a registry server (Python's rpyc_registry): servers register,
+    /// clients discover.
+    Registry(discovery::RegistryCmdArgs),
+    /// Print the servers (host:port, one per line) that expose a service.
+    #[command(arg_required_else_help = true)]
+    Discover(discovery::DiscoverArgs),
+    /// Print the service names a registry knows (it must allow listing).
+    List(discovery::ListArgs),
+    /// Connect to a server and measure the round-trip time of a ping.
+    #[command(arg_required_else_help = true)]
+    Ping(remote::PingArgs),
+    /// Call a method of a server's root object and print the result.
+    #[command(arg_required_else_help = true)]
+    Call(remote::CallArgs),
+    /// Serve the CONFORMANCE test service, optionally registered with a registry.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,15 +124,31 @@ struct CertsClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Long-running commands report their progress at info level.
+    let default_log = match cli.command {
+        Command::Registry(_) | Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    support::init_logging(cli.verbose, cli.quiet, default_log);
     let result = match cli.command {
         Command::Certs(CertsCommand::Init(args)) => run_certs_init(&args),
         Command::Certs(CertsCommand::Client(args)) => run_certs_client(&args),
+        Command::Registry(args) => discovery::run_registry(&args),
+        Command::Discover(args) => discovery::run_discover(&args),
+        Command::List(args) => discovery::run_list(&args),
+        Command::Ping(args) => remote::run_ping(&args),
+        Command::Call(args) => remote::run_call(&args),
+        Command::Serve(args) => serve::run_serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rpyc: error: {e}");
-            ExitCode::FAILURE
+            if e.is::<support::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

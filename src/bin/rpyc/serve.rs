@@ -1,0 +1,140 @@
+//! `rpyc serve`: the CONFORMANCE service on TCP, TLS or a Unix socket,
+//! optionally kept registered with a registry.
+
+use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
+use super::CmdResult;
+use clap::Args;
+use rpyc::registry::{Registrar, RegistrarConfig};
+use rpyc::transport::tls::TlsServerConfig;
+use rpyc::transport::Listener;
+use rpyc::{Server, ServerConfig};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The address to listen on; 0.0.0.0 (or ::) serves every interface.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// The TCP port (0 picks a free one; the address is printed).
+    #[arg(long, short = 'p', value_name = "PORT", default_value_t = 18861)]
+    pub port: u16,
+    /// Serve on this Unix socket instead of TCP.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["tls", "register", "registry"])]
+    pub unix: Option<PathBuf>,
+    /// Serve TLS with the certificates in CERTDIR (server.pem, server.key,
+    /// and ca.pem for client certificates), as written by `rpyc certs init`.
+    #[arg(long, value_name = "CERTDIR")]
+    pub tls: Option<PathBuf>,
+    /// Keep the service registered with a registry (UDP broadcast unless
+    /// --registry is given); unregisters on Ctrl-C/SIGTERM.
+    #[arg(long)]
+    pub register: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Seconds between re-registrations.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub register_interval: Duration,
+    /// Print the listening address as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_serve(args: &ServeArgs) -> CmdResult {
+    let register = args.register || args.registry.registry.is_some();
+    let registry = if register {
+        Some(args.registry.client()?)
+    } else {
+        None
+    };
+    let host_ip: Option<IpAddr> = args.host.trim_matches(['[', ']']).parse().ok();
+    if args.unix.is_none() && host_ip.is_none() && args.host.contains(':') {
+        return Err(usage(format!(
+            "--host {:?} is not a host name or IP address",
+            args.host
+        )));
+    }
+    runtime()?.block_on(serve(args, registry, host_ip))
+}
+
+async fn serve(
+    args: &ServeArgs,
+    registry: Option<rpyc::registry::RegistryClient>,
+    host_ip: Option<IpAddr>,
+) -> CmdResult {
+    let service = rpyc::conformance::service();
+    let addr = match host_ip {
+        Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", args.port),
+        _ => format!("{}:{}", args.host, args.port),
+    };
+    let (listener, scheme) = match (&args.unix, &args.tls) {
+        #[cfg(unix)]
+        (Some(path), _) => (Listener::unix(path.clone()).await?, "unix"),
+        #[cfg(not(unix))]
+        (Some(_), _) => return Err("unix sockets are not available on this platform".into()),
+        (None, Some(dir)) => {
+            let config = TlsServerConfig::from_dir(dir)?;
+            (Listener::tls(&addr, &config).await?, "tls")
+        }
+        (None, None) => (Listener::tcp(&addr).await?, "tcp"),
+    };
+    let listening = match (listener.local_addr(), &args.unix) {
+        (_, Some(path)) => format!("unix://{}", path.display()),
+        (Some(a), None) => format!("{scheme}://{a}"),
+        (None, None) => listener.describe(),
+    };
+    let port = listener.local_addr().map(|a| a.port());
+    let server = Server::new(service.clone(), ServerConfig::default()).listen(listener);
+    if args.json {
+        let port = port.map(|p| p.to_string()).unwrap_or_else(|| "null".into());
+        println!(
+            "{{\"listening\": {}, \"port\": {port}}}",
+            json_str(&listening)
+        );
+    } else {
+        println!("listening on {listening}");
+    }
+    std::io::stdout().flush()?;
+    eprintln!(
+        "rpyc serve: {} on {listening} (Ctrl-C to stop)",
+        service.name()
+    );
+    let stop = server.spawn();
+
+    let registrar = match (registry, port) {
+        (Some(mut client), Some(port)) => {
+            // The registry records the address a registration comes from:
+            // send from the address we serve on, as Python does.
+            if let Some(ip) = host_ip.filter(|ip| !ip.is_unspecified()) {
+                client = client.bind_ip(ip);
+            }
+            eprintln!(
+                "rpyc serve: registering {} (port {port}) with {} every {:?}",
+                service.aliases().join(", "),
+                client.describe(),
+                args.register_interval
+            );
+            let mut config = RegistrarConfig::default();
+            config.interval = args.register_interval;
+            Some(Registrar::start_with(
+                client,
+                service.aliases().to_vec(),
+                port,
+                config,
+            ))
+        }
+        _ => None,
+    };
+
+    wait_for_signal().await;
+    eprintln!("rpyc serve: stopping");
+    if let Some(r) = registrar {
+        r.stop().await;
+    }
+    stop.shutdown();
+    // Give connections a moment to see the shutdown and close cleanly.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
