@@ -35,10 +35,12 @@
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
 //! | applications | [`server`], [`classic`], [`registry`] |
+//! | tools | [`blocking`] (a synchronous facade) |
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod blocking;
 pub mod certs;
 pub mod channel;
 pub mod classic;
