@@ -24,6 +24,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Driving a Python classic server (`rpyc_classic`), script style, without
+//! `async` (Python: `c = rpyc.classic.connect("localhost")`):
+//!
+//! ```no_run
+//! # fn demo() -> rpyc::Result<()> {
+//! let c = rpyc::blocking::Classic::connect("localhost:18812")?;
+//! c.execute("import math")?;
+//! let tau: f64 = c.eval_as("2*math.pi")?;
+//! let cwd: String = c.module("os")?.call_method("getcwd", ())?;
+//! # let _ = (tau, cwd); Ok(()) }
+//! ```
+//!
+//! Coming from Python rpyc? `docs/coming-from-python.md` maps each idiom
+//! (`conn.root.x`, `rpyc.async_`, `conn.modules.os`, `BgServingThread`,
+//! `ThreadedServer`, `ssl_connect`, `ssh_connect`…) to its counterpart here;
+//! [`classic`] has the classic-mode helpers (upload, download, remote files,
+//! redirected stdio, teleport) and [`blocking`] the synchronous facade.
+//!
 //! The crate is layered from bytes upward; each module's docs say which
 //! Python file it mirrors:
 //!
