@@ -36,7 +36,7 @@ pub struct AuthError {
     /// What went wrong (logged by the server, never sent to the peer).
     pub reason: String,
     /// The untouched stream and credentials, if the authenticator passed.
-    pub untouched: Option<(BoxStream, Credentials)>,
+    pub untouched: Option<Box<(BoxStream, Credentials)>>,
 }
 
 impl AuthError {
@@ -47,7 +47,7 @@ impl AuthError {
 
     /// "Not for me": the stream is returned unread.
     pub fn pass(stream: BoxStream, creds: Credentials, reason: impl Into<String>) -> AuthError {
-        AuthError { reason: reason.into(), untouched: Some((stream, creds)) }
+        AuthError { reason: reason.into(), untouched: Some(Box::new((stream, creds))) }
     }
 }
 
@@ -372,7 +372,7 @@ impl Authenticator for FirstMatch {
                     Ok(ok) => return Ok(ok),
                     Err(AuthError { reason, untouched: Some(back) }) => {
                         reasons.push(reason);
-                        current = back;
+                        current = *back;
                     }
                     Err(e) => return Err(e),
                 }

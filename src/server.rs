@@ -26,7 +26,8 @@ pub type PolicyResolver = Arc<dyn Fn(&Credentials) -> AccessPolicy + Send + Sync
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Per-connection settings.
+    /// Per-connection settings. Default: [`ConnectionConfig::default`] with
+    /// an idle timeout of one hour.
     pub connection: ConnectionConfig,
     /// Most connections served at once. Default: 10,000.
     pub max_connections: usize,
@@ -42,8 +43,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
+        // Servers drop connections that sent nothing for an hour; clients
+        // (ConnectionConfig's own default) wait forever, as in Python.
+        let connection = ConnectionConfig { idle_timeout: Some(Duration::from_secs(3600)), ..ConnectionConfig::default() };
         ServerConfig {
-            connection: ConnectionConfig::default(),
+            connection,
             max_connections: 10_000,
             max_connections_per_peer: 1_000,
             auth_timeout: Duration::from_secs(5),

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::policy::{Access, Resolved, Visibility};
 use crate::wire::message::{Handler, LABEL_LOCAL_REF, LABEL_TUPLE, LABEL_VALUE};
 use crate::wire::{Exception, IdPack, Value};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
 /// Most items one BUFFITER request may ask for.
@@ -371,9 +371,7 @@ fn text(ctx: Ctx, obj: Object, names: &[&str]) -> BoxFuture<Result<Object>> {
 
 fn object_hash(inst: &Arc<Instance>) -> i64 {
     static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    let mut h = KEYS.get_or_init(Default::default).build_hasher();
-    (Arc::as_ptr(inst) as *const () as usize).hash(&mut h);
-    (h.finish() >> 1) as i64
+    (KEYS.get_or_init(Default::default).hash_one(Arc::as_ptr(inst) as *const () as usize) >> 1) as i64
 }
 
 fn hash(ctx: Ctx, obj: Object) -> BoxFuture<Result<Object>> {

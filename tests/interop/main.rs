@@ -2,6 +2,9 @@
 //! Python clients against the Rust CONFORMANCE server, Rust clients against
 //! Python service and classic servers, and brine byte-for-byte.
 
+// Tests may unwrap: a failure should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

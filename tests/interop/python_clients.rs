@@ -20,7 +20,7 @@ fn assert_passed(ok: bool, output: &str) {
     assert!(ok, "Python conformance client failed:\n{output}");
     let summary = output.lines().rev().find(|l| l.starts_with("checks:")).unwrap_or("");
     assert!(!summary.contains("FAILURES"), "{output}");
-    let n: usize = summary.trim_start_matches("checks:").trim().split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let n: usize = summary.trim_start_matches("checks:").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(n > 0, "the client ran no checks:\n{output}");
 }
 
