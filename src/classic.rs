@@ -238,8 +238,9 @@ impl Classic {
     /// [`StdioRedirect::restore`] to put the originals back.
     ///
     /// Like Python's, the redirection is process-wide on the server: output
-    /// of every thread (and every other client) comes here until restored.
-    /// `sys.stdin` is not redirected.
+    /// of every thread (and every other client) comes here until restored,
+    /// and if this connection dies first, `print()` on the server fails
+    /// until something restores `sys.stdout`. `sys.stdin` is not redirected.
     pub async fn redirect_stdio(&self) -> Result<StdioRedirect> {
         self.redirect_stdio_to(|stream, text| {
             // Output that cannot be written locally is dropped, as print() to

@@ -51,6 +51,8 @@ fn examples_dir() -> PathBuf {
 }
 
 fn classic_server() -> (ChildGuard, String) {
+    // Build first: the server has a bounded lifetime, the build may be slow.
+    examples_dir();
     let (server, port) = python_server(&python6(), &["--kind", "classic"]);
     (server, format!("127.0.0.1:{port}"))
 }
