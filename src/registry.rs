@@ -126,7 +126,10 @@ pub enum RegistryError {
         timeout: Duration,
     },
     /// The registry answered, but no server exposes the service.
-    #[error("no servers exposing {name:?} were found (registry {registry})")]
+    #[error(
+        "no servers exposing {} were found (registry {registry})",
+        py_str(name)
+    )]
     NotFound {
         /// The service asked for.
         name: String,
@@ -143,7 +146,7 @@ pub enum RegistryError {
         registry: String,
     },
     /// Every server the registry named refused the connection.
-    #[error("all {} servers exposing {name:?} are down: {}", attempts.len(), describe_attempts(attempts))]
+    #[error("all {} servers exposing {} are down: {}", attempts.len(), py_str(name), describe_attempts(attempts))]
     AllDown {
         /// The service asked for.
         name: String,
@@ -188,6 +191,11 @@ pub enum RegistryError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// A name as Python's `repr()` shows it, as Python's error messages do.
+fn py_str(s: &str) -> String {
+    Value::from(s).repr()
 }
 
 fn describe_attempts(attempts: &[(ServerAddr, String)]) -> String {
