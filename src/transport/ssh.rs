@@ -62,7 +62,7 @@ use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};
 use known_hosts::HostKeyStatus;
 use russh::client;
-use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::client::{AgentClient, AgentStream};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelOpenFailure, ChannelStream, MethodKind, MethodSet};
@@ -105,6 +105,8 @@ pub enum SshAuth {
     },
     /// Every key the ssh-agent at `SSH_AUTH_SOCK` holds.
     Agent,
+    /// Every key the ssh-agent listening on this Unix socket holds.
+    AgentSocket(PathBuf),
     /// A password (only if the server allows password logins).
     Password(String),
 }
@@ -118,6 +120,7 @@ impl fmt::Debug for SshAuth {
                 .field("passphrase", &passphrase.as_ref().map(|_| "<redacted>"))
                 .finish(),
             SshAuth::Agent => f.write_str("Agent"),
+            SshAuth::AgentSocket(path) => f.debug_tuple("AgentSocket").field(path).finish(),
             SshAuth::Password(_) => f.write_str("Password(<redacted>)"),
         }
     }
@@ -446,15 +449,14 @@ impl SshSession {
 
     /// Disconnects; every stream opened through this session ends.
     pub async fn close(&self) {
-        let _ = self
-            .inner
-            .handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "closed by the client",
-                "en",
-            )
-            .await;
+        self.inner.state.set_closed("closed by the client".into());
+        let bye = self.inner.handle.disconnect(
+            russh::Disconnect::ByApplication,
+            "closed by the client",
+            "en",
+        );
+        // Bounded: a wedged session must not wedge the caller.
+        let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
     }
 
     fn closed_error(&self, reason: &str) -> Error {
@@ -557,8 +559,12 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
 
 /// A login method with its material loaded.
 enum Method {
-    Key { label: String, key: Arc<PrivateKey> },
-    Agent,
+    Key {
+        label: String,
+        key: Arc<PrivateKey>,
+    },
+    /// The agent at this socket, or at `SSH_AUTH_SOCK`.
+    Agent(Option<PathBuf>),
     Password(String),
 }
 
@@ -580,14 +586,15 @@ fn resolve_auth(config: &SshConfig) -> Result<(Vec<Method>, Vec<String>)> {
                     label: path.display().to_string(),
                     key: Arc::new(load_private_key(path, passphrase.as_deref())?),
                 },
-                SshAuth::Agent => Method::Agent,
+                SshAuth::Agent => Method::Agent(None),
+                SshAuth::AgentSocket(path) => Method::Agent(Some(path.clone())),
                 SshAuth::Password(p) => Method::Password(p.clone()),
             });
         }
         return Ok((methods, notes));
     }
     if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        methods.push(Method::Agent);
+        methods.push(Method::Agent(None));
     } else {
         notes.push("SSH_AUTH_SOCK is not set (no ssh-agent)".into());
     }
@@ -653,6 +660,24 @@ pub(crate) fn load_private_key(path: &Path, passphrase: Option<&str>) -> Result<
     })
 }
 
+type Agent = AgentClient<Box<dyn AgentStream + Send + Unpin + 'static>>;
+
+#[cfg(unix)]
+async fn connect_agent(socket: Option<&Path>) -> std::result::Result<Agent, String> {
+    let connected = match socket {
+        Some(path) => AgentClient::connect_uds(path).await,
+        None => AgentClient::connect_env().await,
+    };
+    connected
+        .map(AgentClient::dynamic)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(unix))]
+async fn connect_agent(_socket: Option<&Path>) -> std::result::Result<Agent, String> {
+    Err("ssh-agent support needs Unix sockets".into())
+}
+
 fn describe_methods(methods: &MethodSet) -> String {
     let names: Vec<&str> = methods.iter().map(<&str>::from).collect();
     if names.is_empty() {
@@ -711,8 +736,8 @@ async fn login(
                     Err(e) => return Err(gone(&e)),
                 }
             }
-            Method::Agent => {
-                let mut agent = match AgentClient::connect_env().await {
+            Method::Agent(socket) => {
+                let mut agent = match connect_agent(socket.as_deref()).await {
                     Ok(a) => a,
                     Err(e) => {
                         refused.push(("the ssh-agent".into(), format!("cannot reach it: {e}")));
@@ -964,6 +989,9 @@ impl client::Handler for ClientHandler {
                         self.keepalive.1,
                         self.keepalive.0.unwrap_or_default()
                     ),
+                    ClientError::Ssh(russh::Error::Disconnect | russh::Error::HUP) => {
+                        "the server closed the connection".into()
+                    }
                     ClientError::Ssh(e) => describe_ssh_error(e),
                     ClientError::HostKey(m) => m.clone(),
                 };

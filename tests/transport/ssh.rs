@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::common;
-use rpyc::transport::ssh::{SshAcceptor, SshConfig, SshServerConfig, SshSession};
+use rpyc::transport::ssh::{SshAcceptor, SshAuth, SshConfig, SshServerConfig, SshSession};
 use rpyc::transport::{connect_endpoint, Endpoint, Listener, TcpOptions};
 use rpyc::{ClientBuilder, Connection, Server, ServerConfig};
 use std::fs;
@@ -30,6 +30,11 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 /// Runs a test body under one overall deadline.
 async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
+    // RUST_LOG=rpyc=debug shows the library's logs with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     tokio::time::timeout(DEADLINE, body)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {DEADLINE:?}"));
@@ -255,21 +260,26 @@ fn err_text<T>(r: rpyc::Result<T>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_tunnels_to_python_and_rust_servers_on_one_session() {
     bounded(async {
+        let t0 = Instant::now();
+        let step = |what: &str| eprintln!("[{:>6.2?}] {what}", t0.elapsed());
         let keys = tempfile::tempdir().unwrap();
         let key = keygen(keys.path(), "id_ed25519", "");
         let sshd = Sshd::start(&[public_key(&key)]);
+        step("sshd up");
         let known_hosts = sshd.known_hosts(keys.path());
 
         let (_python, py_port) = common::python_server(&common::python6(), &["--kind", "service"]);
         let (rust_addr, stop) =
             common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
 
+        step("servers up");
         let config = SshConfig::new("127.0.0.1", sshd.port, USER)
             .with_key_file(&key)
             .with_known_hosts(&known_hosts);
         let ssh = SshSession::connect(&config)
             .await
             .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log_text()));
+        step("ssh session");
         assert_eq!(ssh.host_key_fingerprint(), sshd.fingerprint());
 
         // Two RPyC connections, one SSH session.
@@ -283,6 +293,7 @@ async fn sshd_tunnels_to_python_and_rust_servers_on_one_session() {
                 .unwrap(),
             ssh.credentials(),
         );
+        step("streams open");
         assert_eq!(add(&py, 5, 10).await, 15);
         assert_eq!(add(&rs, 20, 22).await, 42);
         let name: String = rs
@@ -296,10 +307,12 @@ async fn sshd_tunnels_to_python_and_rust_servers_on_one_session() {
         let creds = py.credentials();
         assert_eq!(creds.transport, rpyc::identity::TransportKind::Ssh);
         assert_eq!(creds.ssh_user.as_deref(), Some(USER));
+        step("calls done");
         // Interleaved calls on both connections.
         let (a, b) = tokio::join!(add(&py, 1, 2), add(&rs, 3, 4));
         assert_eq!((a, b), (3, 7));
 
+        step("interleaved done");
         // The Endpoint form: a session of its own that lives with the stream.
         let ep = Endpoint::Ssh {
             target: format!("127.0.0.1:{}", rust_addr.port()),
@@ -310,10 +323,15 @@ async fn sshd_tunnels_to_python_and_rust_servers_on_one_session() {
         let own = ClientBuilder::new().start(stream, creds);
         assert_eq!(add(&own, 2, 2).await, 4);
 
+        step("endpoint done");
         py.close().await;
+        step("py closed");
         rs.close().await;
+        step("rs closed");
         own.close().await;
+        step("own closed");
         ssh.close().await;
+        step("ssh closed");
         stop.shutdown();
     })
     .await;
@@ -440,6 +458,23 @@ async fn sshd_refusals_are_clear_and_the_server_keeps_serving() {
             "{e}"
         );
         good_client(&sshd, &base, &good, &known_hosts, rust_addr.port()).await;
+
+        // Passwords are off on this sshd: the error says so (after the key was refused).
+        let e = err_text(
+            SshSession::connect(
+                &base
+                    .clone()
+                    .with_key_file(&stranger)
+                    .with_password("secret")
+                    .with_known_hosts(&known_hosts),
+            )
+            .await,
+        );
+        assert!(
+            e.contains("refused every login") && e.contains("does not accept password logins"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
 
         // A channel to a port where nothing listens; the session survives it.
         let ssh = good_client(&sshd, &base, &good, &known_hosts, rust_addr.port()).await;
@@ -889,20 +924,29 @@ impl EmbeddedView {
 }
 
 /// A TCP relay that can be frozen: it stops moving bytes but keeps both
-/// sockets open, like a network that silently drops everything.
-async fn freezable_relay(to: u16) -> (u16, Arc<tokio::sync::Notify>) {
+/// sockets open, like a network that silently drops everything. Send on the
+/// returned channel to freeze it; the reply says it is frozen.
+async fn freezable_relay(
+    to: u16,
+) -> (
+    u16,
+    tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let freeze = Arc::new(tokio::sync::Notify::new());
-    let frozen = freeze.clone();
+    let (freeze, mut frozen) = tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     tokio::spawn(async move {
         let (mut a, _) = listener.accept().await.unwrap();
         let mut b = tokio::net::TcpStream::connect(("127.0.0.1", to))
             .await
             .unwrap();
-        tokio::select! {
-            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-            _ = frozen.notified() => {}
+        let ack = tokio::select! {
+            biased;
+            ack = frozen.recv() => ack,
+            _ = tokio::io::copy_bidirectional(&mut a, &mut b) => None,
+        };
+        if let Some(ack) = ack {
+            let _ = ack.send(());
         }
         // Hold both sockets open, silent, until the test ends.
         tokio::time::sleep(DEADLINE).await;
@@ -936,9 +980,11 @@ async fn a_dead_session_is_detected_by_keepalives_and_reported() {
         );
         assert_eq!(add(&conn, 1, 2).await, 3);
 
-        freeze.notify_one();
-        let started = Instant::now();
         let root = conn.root().await.unwrap();
+        let (ack, frozen) = tokio::sync::oneshot::channel();
+        freeze.send(ack).await.unwrap();
+        frozen.await.unwrap();
+        let started = Instant::now();
         let e = err_text(root.call_method::<i64>("add", (3, 4)).await);
         assert!(
             started.elapsed() < Duration::from_secs(15),
@@ -949,6 +995,95 @@ async fn a_dead_session_is_detected_by_keepalives_and_reported() {
         assert!(ssh.is_closed());
         let e = err_text(ssh.open_stream("localhost", 1).await);
         assert!(e.contains("is closed") && e.contains("keepalive"), "{e}");
+    })
+    .await;
+}
+
+/// An `ssh-agent` on its own socket, killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run ssh-agent (apt-get install -y openssh-client): {e}")
+            });
+        let agent = Agent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The socket file appears before ssh-agent listens on it.
+        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ssh-agent did not listen within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn add(&self, key: &Path) {
+        let mut cmd = Command::new("ssh-add");
+        cmd.env("SSH_AUTH_SOCK", &self.socket).arg(key);
+        let (ok, out) = common::run_with_timeout(cmd, Duration::from_secs(30));
+        assert!(ok, "ssh-add failed: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_agent_logins() {
+    bounded(async {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keygen(keys.path(), "id_ed25519", "");
+        let other = keygen(keys.path(), "other", "");
+        let server = Embedded::start(&[public_key(&key)], |_| {}).await;
+        let agent = Agent::start(keys.path());
+        let via_agent = |user: &str| {
+            let mut config = SshConfig::new("127.0.0.1", server.port, user)
+                .with_known_hosts(&server.known_hosts);
+            config.auth.push(SshAuth::AgentSocket(agent.socket.clone()));
+            config
+        };
+
+        let e = err_text(SshSession::connect(&via_agent("carol")).await);
+        assert!(
+            e.contains("ssh-agent") && e.contains("holds no keys"),
+            "{e}"
+        );
+
+        agent.add(&other);
+        let e = err_text(SshSession::connect(&via_agent("carol")).await);
+        assert!(
+            e.contains("ssh-agent's 1 key(s)") && e.contains("authorized_keys"),
+            "{e}"
+        );
+
+        agent.add(&key);
+        let ssh = SshSession::connect(&via_agent("carol")).await.unwrap();
+        let conn = ClientBuilder::new().start(
+            ssh.open_stream("localhost", 1).await.unwrap(),
+            ssh.credentials(),
+        );
+        assert_eq!(whoami(&conn).await.as_deref(), Some("carol"));
+        conn.close().await;
+        ssh.close().await;
     })
     .await;
 }
