@@ -286,3 +286,22 @@ async fn big_values_round_trip() {
     assert_eq!(root.callattr("echo", (big.clone(),)).await.unwrap().as_value(), Some(&big));
     stop.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_and_unix_sockets_work_too() {
+    let server = rpyc::Server::new(rpyc::conformance::service(), ServerConfig::default()).bind_tcp("[::1]:0").await.unwrap();
+    let addr = server.local_addrs()[0];
+    let stop = server.spawn();
+    let conn = rpyc::connect(&format!("tcp://{addr}")).await.unwrap();
+    assert_eq!(conn.root().await.unwrap().call_method::<i64>("add", (1, 2)).await.unwrap(), 3);
+    stop.shutdown();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let server = rpyc::Server::new(rpyc::conformance::service(), ServerConfig::default())
+        .listen(rpyc::transport::Listener::unix(&path).await.unwrap());
+    let stop = server.spawn();
+    let conn = rpyc::connect(&format!("unix://{}", path.display())).await.unwrap();
+    assert_eq!(conn.root().await.unwrap().call_method::<String>("foo", ()).await.unwrap(), "foo");
+    stop.shutdown();
+}
