@@ -491,6 +491,7 @@ async fn raw_serve<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> std::io::Result<(
             loop {
                 rd.read_exact(&mut m).await?;
                 wr.write_all(&m).await?;
+                wr.flush().await?;
             }
         }
         b'B' => {
@@ -501,6 +502,7 @@ async fn raw_serve<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> std::io::Result<(
                     return Ok(());
                 }
                 wr.write_all(buf.get(..n).unwrap_or_default()).await?;
+                wr.flush().await?;
             }
         }
         b'S' => loop {
@@ -508,6 +510,7 @@ async fn raw_serve<S: AsyncRead + AsyncWrite + Unpin>(s: S) -> std::io::Result<(
             let mut buf = vec![0u8; len];
             rd.read_exact(&mut buf).await?;
             wr.write_all(&buf).await?;
+            wr.flush().await?;
         },
         _ => Ok(()),
     }
@@ -541,6 +544,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
     let mut m = [7u8; MSG];
     for _ in 0..1000 {
         conn.write_all(&m).await?;
+        conn.flush().await?;
         conn.read_exact(&mut m).await?;
     }
     let mut samples = Vec::new();
@@ -548,6 +552,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
     while start.elapsed().as_secs_f64() < cli.secs {
         let t0 = Instant::now();
         conn.write_all(&m).await?;
+        conn.flush().await?;
         conn.read_exact(&mut m).await?;
         samples.push(t0.elapsed().as_nanos() as u64);
     }
@@ -572,6 +577,8 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
             let m = [1u8; MSG];
             while !stop.load(Ordering::Relaxed) {
                 if sent.load(Ordering::Relaxed) - recvd.load(Ordering::Acquire) >= window {
+                    // TLS may hold written records back until flushed.
+                    wr.flush().await?;
                     notify.notified().await;
                     continue;
                 }
@@ -585,7 +592,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
     let mut buf = [0u8; MSG];
     let mut got = 0u64;
     while start.elapsed().as_secs_f64() < cli.secs {
-        rd.read_exact(&mut buf).await?;
+        tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut buf)).await??;
         got += 1;
         recvd.store(got, Ordering::Release);
         notify.notify_one();
@@ -615,6 +622,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
             let d = data.clone();
             let w = tokio::spawn(async move {
                 wr.write_all(&d).await?;
+                wr.flush().await?;
                 Ok::<_, std::io::Error>(wr)
             });
             rd.read_exact(&mut back).await?;
@@ -629,6 +637,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
         while iters < 3 || start.elapsed().as_secs_f64() < cli.secs {
             conn.write_all(&(size as u32).to_be_bytes()).await?;
             conn.write_all(&data).await?;
+            conn.flush().await?;
             conn.read_exact(&mut back).await?;
             iters += 1;
         }
@@ -642,6 +651,7 @@ async fn raw_suite(cli: &Cli, rep: &mut Report, transport: &str, client: RawClie
         let t0 = Instant::now();
         let mut conn = client.open(b'M').await?;
         conn.write_all(&m).await?;
+        conn.flush().await?;
         conn.read_exact(&mut m).await?;
         samples.push(t0.elapsed().as_nanos() as u64);
     }
@@ -671,7 +681,14 @@ fn tls_client_config(dir: &Path) -> Res<TlsClientConfig> {
 fn main() -> Res<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
+    // Everything runs in a task on the runtime's workers, as in an async
+    // application (the thread in `block_on` is not a worker: every wake-up
+    // of it would be a cross-thread hop, raw and RPC alike).
+    rt.block_on(async move { tokio::spawn(run(cli)).await? })
+}
+
+async fn run(cli: Cli) -> Res<()> {
+    {
         let json = match &cli.json {
             Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
             None => None,
@@ -706,5 +723,5 @@ fn main() -> Res<()> {
             return Err("nothing to do: give --connect ADDR and/or --raw".into());
         }
         Ok(())
-    })
+    }
 }

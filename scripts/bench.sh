@@ -43,8 +43,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 log "building (release)"
 cargo build --release --example bench_server --example bench_client >&2
-SERVER=target/release/examples/bench_server
-CLIENT=target/release/examples/bench_client
+SERVER=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
+CLIENT=${CARGO_TARGET_DIR:-target}/release/examples/bench_client
 
 mkdir -p "$OUT"
 JSON="$OUT/results.jsonl"
