@@ -90,20 +90,12 @@ const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Brine limits for requests: a request is 3 levels deep and tiny.
 fn request_limits() -> DecodeLimits {
-    DecodeLimits {
-        max_depth: 4,
-        max_items: 256,
-        max_int_digits: 20,
-    }
+    DecodeLimits { max_depth: 4, max_items: 256, max_int_digits: 20 }
 }
 
 /// Brine limits for replies: shallow, but a LIST may name many services.
 fn reply_limits() -> DecodeLimits {
-    DecodeLimits {
-        max_depth: 4,
-        max_items: 100_000,
-        max_int_digits: 20,
-    }
+    DecodeLimits { max_depth: 4, max_items: 100_000, max_int_digits: 20 }
 }
 
 // ---------------------------------------------------------------------------
@@ -126,10 +118,7 @@ pub enum RegistryError {
         timeout: Duration,
     },
     /// The registry answered, but no server exposes the service.
-    #[error(
-        "no servers exposing {} were found (registry {registry})",
-        py_str(name)
-    )]
+    #[error("no servers exposing {} were found (registry {registry})", py_str(name))]
     NotFound {
         /// The service asked for.
         name: String,
@@ -199,11 +188,7 @@ fn py_str(s: &str) -> String {
 }
 
 fn describe_attempts(attempts: &[(ServerAddr, String)]) -> String {
-    attempts
-        .iter()
-        .map(|(a, e)| format!("{a} ({e})"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    attempts.iter().map(|(a, e)| format!("{a} ({e})")).collect::<Vec<_>>().join(", ")
 }
 
 impl From<RegistryError> for crate::Error {
@@ -224,10 +209,7 @@ pub struct ServerAddr {
 impl ServerAddr {
     /// A server address.
     pub fn new(host: impl Into<String>, port: u16) -> ServerAddr {
-        ServerAddr {
-            host: host.into(),
-            port,
-        }
+        ServerAddr { host: host.into(), port }
     }
 }
 
@@ -281,10 +263,7 @@ impl Request {
             Request::Query { name } => ("QUERY", Value::Tuple(vec![Value::from(name.as_str())])),
             Request::List { filter_host } => (
                 "LIST",
-                Value::Tuple(vec![Value::Tuple(vec![filter_host
-                    .as_deref()
-                    .map(Value::from)
-                    .unwrap_or(Value::None)])]),
+                Value::Tuple(vec![Value::Tuple(vec![filter_host.as_deref().map(Value::from).unwrap_or(Value::None)])]),
             ),
             Request::Register { aliases, port } => (
                 "REGISTER",
@@ -307,38 +286,25 @@ impl Request {
     /// registry would reject or misinterpret is an error).
     pub fn decode(data: &[u8]) -> Result<Request, RegistryError> {
         if data.len() > MAX_DGRAM_SIZE {
-            return Err(bad(format!(
-                "{} bytes exceed the {MAX_DGRAM_SIZE}-byte limit",
-                data.len()
-            )));
+            return Err(bad(format!("{} bytes exceed the {MAX_DGRAM_SIZE}-byte limit", data.len())));
         }
-        let v =
-            brine::decode(data, &request_limits()).map_err(|e| bad(format!("not brine: {e}")))?;
+        let v = brine::decode(data, &request_limits()).map_err(|e| bad(format!("not brine: {e}")))?;
         Request::from_value(&v)
     }
 
     /// Validates a decoded request value.
     pub fn from_value(v: &Value) -> Result<Request, RegistryError> {
         let [magic, cmd, args] = v.as_tuple().unwrap_or_default() else {
-            return Err(bad(format!(
-                "expected (\"RPYC\", command, args), got a {}",
-                v.type_name()
-            )));
+            return Err(bad(format!("expected (\"RPYC\", command, args), got a {}", v.type_name())));
         };
         if magic.as_str() != Some("RPYC") {
             return Err(bad(format!("invalid magic {}", short_repr(magic))));
         }
         let Some(cmd) = cmd.as_str() else {
-            return Err(bad(format!(
-                "the command is a {}, not a str",
-                cmd.type_name()
-            )));
+            return Err(bad(format!("the command is a {}, not a str", cmd.type_name())));
         };
         let Some(args) = args.as_tuple() else {
-            return Err(bad(format!(
-                "the {cmd} arguments are a {}, not a tuple",
-                args.type_name()
-            )));
+            return Err(bad(format!("the {cmd} arguments are a {}, not a tuple", args.type_name())));
         };
         // Python dispatches on `cmd.lower()`.
         match (cmd.to_ascii_lowercase().as_str(), args) {
@@ -363,25 +329,15 @@ impl Request {
                 for n in names {
                     match n {
                         Value::Str(s) => aliases.push(s.clone()),
-                        other => {
-                            return Err(bad(format!(
-                                "REGISTER alias is a {}, not a str",
-                                other.type_name()
-                            )))
-                        }
+                        other => return Err(bad(format!("REGISTER alias is a {}, not a str", other.type_name()))),
                     }
                 }
                 Ok(Request::Register { aliases, port })
             }
             ("register", _) => Err(bad("REGISTER takes ((alias, ...), port)".into())),
-            ("unregister", [port]) => Ok(Request::Unregister {
-                port: port_of(port)?,
-            }),
+            ("unregister", [port]) => Ok(Request::Unregister { port: port_of(port)? }),
             ("unregister", _) => Err(bad("UNREGISTER takes (port,)".into())),
-            _ => Err(bad(format!(
-                "unknown command {}",
-                short_repr(&Value::from(cmd))
-            ))),
+            _ => Err(bad(format!("unknown command {}", short_repr(&Value::from(cmd))))),
         }
     }
 }
@@ -392,13 +348,8 @@ fn bad(reason: String) -> RegistryError {
 
 fn port_of(v: &Value) -> Result<u16, RegistryError> {
     match v {
-        Value::Int(Int::Small(p)) => {
-            u16::try_from(*p).map_err(|_| bad(format!("port {p} is out of range")))
-        }
-        other => Err(bad(format!(
-            "the port is {}, not an integer",
-            short_repr(other)
-        ))),
+        Value::Int(Int::Small(p)) => u16::try_from(*p).map_err(|_| bad(format!("port {p} is out of range"))),
+        other => Err(bad(format!("the port is {}, not an integer", short_repr(other)))),
     }
 }
 
@@ -510,10 +461,7 @@ impl Table {
 
     fn prune_if_due(&mut self, now: Instant, timeout: Duration) {
         let every = timeout.min(Duration::from_secs(30));
-        if self
-            .last_prune
-            .is_none_or(|t| now.saturating_duration_since(t) >= every)
-        {
+        if self.last_prune.is_none_or(|t| now.saturating_duration_since(t) >= every) {
             self.prune(now, timeout);
         }
     }
@@ -532,12 +480,8 @@ impl Table {
         names.sort();
         names.dedup();
         let key = (ip, port);
-        let count_new = |t: &Table| {
-            names
-                .iter()
-                .filter(|n| !t.services.get(*n).is_some_and(|s| s.contains_key(&key)))
-                .count()
-        };
+        let count_new =
+            |t: &Table| names.iter().filter(|n| !t.services.get(*n).is_some_and(|s| s.contains_key(&key))).count();
         let mut new = count_new(self);
         let over = |t: &Table, new: usize| {
             t.total + new > config.max_entries
@@ -580,19 +524,13 @@ impl Table {
         let Some(servers) = self.services.get(&name) else {
             return Vec::new();
         };
-        let stale: Vec<Key> = servers
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) > timeout)
-            .map(|(k, _)| *k)
-            .collect();
+        let stale: Vec<Key> =
+            servers.iter().filter(|(_, t)| now.saturating_duration_since(**t) > timeout).map(|(k, _)| *k).collect();
         for k in stale {
             self.remove(&name, k, "pruned (no refresh within the pruning timeout)");
         }
-        let mut live: Vec<(Key, Instant)> = self
-            .services
-            .get(&name)
-            .map(|s| s.iter().map(|(k, t)| (*k, *t)).collect())
-            .unwrap_or_default();
+        let mut live: Vec<(Key, Instant)> =
+            self.services.get(&name).map(|s| s.iter().map(|(k, t)| (*k, *t)).collect()).unwrap_or_default();
         live.sort_by_key(|(k, t)| (*t, *k));
         live
     }
@@ -625,10 +563,7 @@ struct DropLog {
 impl DropLog {
     fn drop_request(&mut self, peer: SocketAddr, reason: &str) {
         let now = Instant::now();
-        if self
-            .last_warn
-            .is_none_or(|t| now.saturating_duration_since(t) >= DROP_WARN_INTERVAL)
-        {
+        if self.last_warn.is_none_or(|t| now.saturating_duration_since(t) >= DROP_WARN_INTERVAL) {
             if self.suppressed > 0 {
                 tracing::warn!(%peer, reason, suppressed = self.suppressed, "registry request dropped (and {} more since the last warning)", self.suppressed);
             } else {
@@ -644,12 +579,7 @@ impl DropLog {
 }
 
 /// Handles one request; `None` means "drop it, send nothing".
-fn handle(
-    state: &Mutex<State>,
-    config: &RegistryConfig,
-    peer: SocketAddr,
-    data: &[u8],
-) -> Option<Vec<u8>> {
+fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let req = match Request::decode(data) {
         Ok(r) => r,
@@ -672,9 +602,7 @@ fn handle(
                 tracing::debug!(%peer, "LIST refused: listing is disabled");
                 Value::None
             } else {
-                let names = st
-                    .table
-                    .list(filter_host.as_deref(), now, config.pruning_timeout);
+                let names = st.table.list(filter_host.as_deref(), now, config.pruning_timeout);
                 list_reply(names)
             }
         }
@@ -682,29 +610,18 @@ fn handle(
             if aliases.len() > config.max_aliases {
                 st.drops.drop_request(
                     peer,
-                    &format!(
-                        "REGISTER with {} aliases (limit {})",
-                        aliases.len(),
-                        config.max_aliases
-                    ),
+                    &format!("REGISTER with {} aliases (limit {})", aliases.len(), config.max_aliases),
                 );
                 return None;
             }
-            if let Some(long) = aliases
-                .iter()
-                .find(|a| a.chars().count() > config.max_name_len)
-            {
-                let reason = format!(
-                    "service name of {} characters (limit {})",
-                    long.chars().count(),
-                    config.max_name_len
-                );
+            if let Some(long) = aliases.iter().find(|a| a.chars().count() > config.max_name_len) {
+                let reason =
+                    format!("service name of {} characters (limit {})", long.chars().count(), config.max_name_len);
                 st.drops.drop_request(peer, &reason);
                 return None;
             }
             if let Err(reason) = st.table.register(ip, &aliases, port, now, config) {
-                st.drops
-                    .drop_request(peer, &format!("REGISTER refused: {reason}"));
+                st.drops.drop_request(peer, &format!("REGISTER refused: {reason}"));
                 return None;
             }
             Value::from("OK")
@@ -720,10 +637,8 @@ fn handle(
 /// `((host, port), …)` in one datagram: when there are too many servers to
 /// fit, the oldest registrations are left out (the newest are likeliest alive).
 fn query_reply(live: &[(Key, Instant)]) -> Value {
-    let items: Vec<Value> = live
-        .iter()
-        .map(|((ip, port), _)| Value::Tuple(vec![Value::Str(ip.to_string()), Value::from(*port)]))
-        .collect();
+    let items: Vec<Value> =
+        live.iter().map(|((ip, port), _)| Value::Tuple(vec![Value::Str(ip.to_string()), Value::from(*port)])).collect();
     let sizes: Vec<usize> = items.iter().map(|v| brine::encode(v).len()).collect();
     let mut budget = MAX_DGRAM_SIZE - 5; // the tuple header takes at most 5 bytes
     let mut keep = 0;
@@ -735,11 +650,7 @@ fn query_reply(live: &[(Key, Instant)]) -> Value {
         keep += 1;
     }
     if keep < items.len() {
-        tracing::warn!(
-            servers = items.len(),
-            sent = keep,
-            "QUERY reply truncated to fit one datagram"
-        );
+        tracing::warn!(servers = items.len(), sent = keep, "QUERY reply truncated to fit one datagram");
     }
     Value::Tuple(items[items.len() - keep..].to_vec())
 }
@@ -753,11 +664,7 @@ fn list_reply(names: Vec<String>) -> Value {
         let v = Value::Str(n);
         let size = brine::encode(&v).len();
         if size > budget {
-            tracing::warn!(
-                services = total,
-                sent = out.len(),
-                "LIST reply truncated to {MAX_LIST_REPLY} bytes"
-            );
+            tracing::warn!(services = total, sent = out.len(), "LIST reply truncated to {MAX_LIST_REPLY} bytes");
             break;
         }
         budget -= size;
@@ -837,38 +744,20 @@ impl RegistryHandle {
 
 impl RegistryServer {
     /// Binds a UDP registry (`"0.0.0.0:18811"` is Python's default).
-    pub async fn bind_udp(
-        addr: &str,
-        config: RegistryConfig,
-    ) -> Result<RegistryServer, RegistryError> {
+    pub async fn bind_udp(addr: &str, config: RegistryConfig) -> Result<RegistryServer, RegistryError> {
         let sock = UdpSocket::bind(addr)
             .await
-            .map_err(|source| RegistryError::Bind {
-                addr: format!("udp://{addr}"),
-                source,
-            })?;
-        let local_addr = sock.local_addr().map_err(|source| RegistryError::Bind {
-            addr: addr.into(),
-            source,
-        })?;
+            .map_err(|source| RegistryError::Bind { addr: format!("udp://{addr}"), source })?;
+        let local_addr = sock.local_addr().map_err(|source| RegistryError::Bind { addr: addr.into(), source })?;
         Ok(Self::new(Socket::Udp(sock), local_addr, config))
     }
 
     /// Binds a TCP registry.
-    pub async fn bind_tcp(
-        addr: &str,
-        config: RegistryConfig,
-    ) -> Result<RegistryServer, RegistryError> {
+    pub async fn bind_tcp(addr: &str, config: RegistryConfig) -> Result<RegistryServer, RegistryError> {
         let sock = TcpListener::bind(addr)
             .await
-            .map_err(|source| RegistryError::Bind {
-                addr: format!("tcp://{addr}"),
-                source,
-            })?;
-        let local_addr = sock.local_addr().map_err(|source| RegistryError::Bind {
-            addr: addr.into(),
-            source,
-        })?;
+            .map_err(|source| RegistryError::Bind { addr: format!("tcp://{addr}"), source })?;
+        let local_addr = sock.local_addr().map_err(|source| RegistryError::Bind { addr: addr.into(), source })?;
         Ok(Self::new(Socket::Tcp(sock), local_addr, config))
     }
 
@@ -878,10 +767,7 @@ impl RegistryServer {
             socket,
             local_addr,
             config: Arc::new(config),
-            state: Arc::new(Mutex::new(State {
-                table: Table::default(),
-                drops: DropLog::default(),
-            })),
+            state: Arc::new(Mutex::new(State { table: Table::default(), drops: DropLog::default() })),
             shutdown,
         }
     }
@@ -957,10 +843,7 @@ async fn serve_udp(
         };
         if n > MAX_DGRAM_SIZE {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.drops.drop_request(
-                peer,
-                &format!("datagram larger than {MAX_DGRAM_SIZE} bytes"),
-            );
+            st.drops.drop_request(peer, &format!("datagram larger than {MAX_DGRAM_SIZE} bytes"));
             continue;
         }
         let Some(data) = buf.get(..n) else { continue };
@@ -994,13 +877,7 @@ async fn serve_tcp(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.drops.drop_request(
-                peer,
-                &format!(
-                    "{} TCP requests already in progress",
-                    config.max_tcp_connections
-                ),
-            );
+            st.drops.drop_request(peer, &format!("{} TCP requests already in progress", config.max_tcp_connections));
             continue;
         };
         let (config, state) = (config.clone(), state.clone());
@@ -1011,30 +888,17 @@ async fn serve_tcp(
     }
 }
 
-async fn serve_tcp_request(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    config: &RegistryConfig,
-    state: &Mutex<State>,
-) {
+async fn serve_tcp_request(mut stream: TcpStream, peer: SocketAddr, config: &RegistryConfig, state: &Mutex<State>) {
     let read = tokio::time::timeout(config.tcp_timeout, read_request(&mut stream)).await;
     let data = match read {
         Ok(Ok(d)) => d,
         Ok(Err(reason)) => {
-            state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drops
-                .drop_request(peer, &reason);
+            state.lock().unwrap_or_else(|p| p.into_inner()).drops.drop_request(peer, &reason);
             return;
         }
         Err(_) => {
             let reason = format!("no complete request within {:?}", config.tcp_timeout);
-            state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .drops
-                .drop_request(peer, &reason);
+            state.lock().unwrap_or_else(|p| p.into_inner()).drops.drop_request(peer, &reason);
             return;
         }
     };
@@ -1057,10 +921,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut data = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
             return Ok(data);
         }
@@ -1132,13 +993,7 @@ impl RegistryClient {
     }
 
     fn with(mode: Mode, host: String, port: u16) -> RegistryClient {
-        RegistryClient {
-            mode,
-            host,
-            port,
-            timeout: DEFAULT_CLIENT_TIMEOUT,
-            bind_ip: None,
-        }
+        RegistryClient { mode, host, port, timeout: DEFAULT_CLIENT_TIMEOUT, bind_ip: None }
     }
 
     /// How long to wait for a reply. Default: 2 s, as Python.
@@ -1163,41 +1018,26 @@ impl RegistryClient {
             Mode::UdpBroadcast => "udp-broadcast",
             Mode::Tcp => "tcp",
         };
-        format!(
-            "{scheme}://{}",
-            ServerAddr::new(self.host.clone(), self.port)
-        )
+        format!("{scheme}://{}", ServerAddr::new(self.host.clone(), self.port))
     }
 
     /// The servers registered for `name` (any case), oldest registration
     /// first; empty if the registry knows none. [`discover`] makes "none"
     /// an error.
     pub async fn discover(&self, name: &str) -> Result<Vec<ServerAddr>, RegistryError> {
-        let reply = self
-            .request(
-                &Request::Query {
-                    name: name.to_string(),
-                },
-                MAX_DGRAM_SIZE,
-            )
-            .await?;
+        let reply = self.request(&Request::Query { name: name.to_string() }, MAX_DGRAM_SIZE).await?;
         let Some(items) = reply.as_tuple() else {
-            return Err(self.bad_reply(format!(
-                "QUERY reply is a {}, not a tuple",
-                reply.type_name()
-            )));
+            return Err(self.bad_reply(format!("QUERY reply is a {}, not a tuple", reply.type_name())));
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             match item.as_tuple() {
-                Some([Value::Str(host), Value::Int(Int::Small(port))]) => {
-                    match u16::try_from(*port) {
-                        Ok(port) => out.push(ServerAddr::new(host.clone(), port)),
-                        Err(_) => {
-                            tracing::debug!(entry = %short_repr(item), "skipping a server with an invalid port")
-                        }
+                Some([Value::Str(host), Value::Int(Int::Small(port))]) => match u16::try_from(*port) {
+                    Ok(port) => out.push(ServerAddr::new(host.clone(), port)),
+                    Err(_) => {
+                        tracing::debug!(entry = %short_repr(item), "skipping a server with an invalid port")
                     }
-                }
+                },
                 // A Python server on a Unix socket registers its path as the port.
                 _ => {
                     tracing::debug!(entry = %short_repr(item), "skipping an entry that is not (host, port)")
@@ -1211,37 +1051,25 @@ impl RegistryClient {
     /// `filter_host`). [`RegistryError::ListingDisabled`] if the registry
     /// does not allow listing.
     pub async fn list(&self, filter_host: Option<&str>) -> Result<Vec<String>, RegistryError> {
-        let req = Request::List {
-            filter_host: filter_host.map(str::to_string),
-        };
+        let req = Request::List { filter_host: filter_host.map(str::to_string) };
         let reply = self.request(&req, MAX_REPLY).await?;
         match reply {
-            Value::None => Err(RegistryError::ListingDisabled {
-                registry: self.describe(),
-            }),
+            Value::None => Err(RegistryError::ListingDisabled { registry: self.describe() }),
             Value::Tuple(items) => items
                 .into_iter()
                 .map(|v| match v {
                     Value::Str(s) => Ok(s),
-                    other => {
-                        Err(self.bad_reply(format!("LIST reply names a {}", other.type_name())))
-                    }
+                    other => Err(self.bad_reply(format!("LIST reply names a {}", other.type_name()))),
                 })
                 .collect(),
-            other => Err(self.bad_reply(format!(
-                "LIST reply is a {}, not a tuple",
-                other.type_name()
-            ))),
+            other => Err(self.bad_reply(format!("LIST reply is a {}, not a tuple", other.type_name()))),
         }
     }
 
     /// Registers `aliases` as served on `port` (from this host); succeeds
     /// when the registry acknowledges.
     pub async fn register(&self, aliases: &[String], port: u16) -> Result<(), RegistryError> {
-        let req = Request::Register {
-            aliases: aliases.to_vec(),
-            port,
-        };
+        let req = Request::Register { aliases: aliases.to_vec(), port };
         if req.encode().len() > MAX_DGRAM_SIZE {
             return Err(RegistryError::BadRequest(format!(
                 "the aliases {aliases:?} do not fit in one {MAX_DGRAM_SIZE}-byte request"
@@ -1249,10 +1077,7 @@ impl RegistryClient {
         }
         match self.request(&req, MAX_DGRAM_SIZE).await? {
             Value::Str(s) if s == "OK" => Ok(()),
-            other => Err(self.bad_reply(format!(
-                "REGISTER reply is {}, not 'OK'",
-                short_repr(&other)
-            ))),
+            other => Err(self.bad_reply(format!("REGISTER reply is {}, not 'OK'", short_repr(&other)))),
         }
     }
 
@@ -1261,56 +1086,39 @@ impl RegistryClient {
     /// server), but a registry that does not answer is not an error:
     /// Python's registrar does not wait at all.
     pub async fn unregister(&self, port: u16) -> Result<(), RegistryError> {
-        match self
-            .request(&Request::Unregister { port }, MAX_DGRAM_SIZE)
-            .await
-        {
+        match self.request(&Request::Unregister { port }, MAX_DGRAM_SIZE).await {
             Ok(_) | Err(RegistryError::NoReply { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     fn bad_reply(&self, reason: String) -> RegistryError {
-        RegistryError::BadReply {
-            registry: self.describe(),
-            reason,
-        }
+        RegistryError::BadReply { registry: self.describe(), reason }
     }
 
     fn io(&self, source: io::Error) -> RegistryError {
-        RegistryError::Io {
-            registry: self.describe(),
-            source,
-        }
+        RegistryError::Io { registry: self.describe(), source }
     }
 
     fn no_reply(&self) -> RegistryError {
-        RegistryError::NoReply {
-            registry: self.describe(),
-            timeout: self.timeout,
-        }
+        RegistryError::NoReply { registry: self.describe(), timeout: self.timeout }
     }
 
     async fn resolve(&self) -> Result<SocketAddr, RegistryError> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, self.port));
         }
-        let found = tokio::time::timeout(
-            self.timeout,
-            tokio::net::lookup_host((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| self.no_reply())?
-        .map_err(|e| self.io(e))?;
+        let found = tokio::time::timeout(self.timeout, tokio::net::lookup_host((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| self.no_reply())?
+            .map_err(|e| self.io(e))?;
         let all: Vec<SocketAddr> = found.collect();
         // Prefer the family of the bind address, then IPv4 (Python's client is IPv4).
         let pick = match self.bind_ip {
             Some(b) => all.iter().find(|a| a.is_ipv4() == b.is_ipv4()),
             None => all.iter().find(|a| a.is_ipv4()),
         };
-        pick.or(all.first())
-            .copied()
-            .ok_or_else(|| self.io(io::Error::other(format!("{} has no address", self.host))))
+        pick.or(all.first()).copied().ok_or_else(|| self.io(io::Error::other(format!("{} has no address", self.host))))
     }
 
     fn local_bind(&self, target: &SocketAddr) -> SocketAddr {
@@ -1329,22 +1137,14 @@ impl RegistryClient {
             Mode::Udp | Mode::UdpBroadcast => self.udp_exchange(target, &data, max_reply).await?,
             Mode::Tcp => self.tcp_exchange(target, &data, max_reply).await?,
         };
-        brine::decode(&reply, &reply_limits())
-            .map_err(|e| self.bad_reply(format!("not brine: {e}")))
+        brine::decode(&reply, &reply_limits()).map_err(|e| self.bad_reply(format!("not brine: {e}")))
     }
 
-    async fn udp_exchange(
-        &self,
-        target: SocketAddr,
-        data: &[u8],
-        max_reply: usize,
-    ) -> Result<Vec<u8>, RegistryError> {
-        let sock = UdpSocket::bind(self.local_bind(&target))
-            .await
-            .map_err(|e| self.io(e))?;
+    async fn udp_exchange(&self, target: SocketAddr, data: &[u8], max_reply: usize) -> Result<Vec<u8>, RegistryError> {
+        let sock = UdpSocket::bind(self.local_bind(&target)).await.map_err(|e| self.io(e))?;
         // Python broadcasts whenever an octet of the address is 255.
-        let broadcast = self.mode == Mode::UdpBroadcast
-            || matches!(target.ip(), IpAddr::V4(v4) if v4.octets().contains(&255));
+        let broadcast =
+            self.mode == Mode::UdpBroadcast || matches!(target.ip(), IpAddr::V4(v4) if v4.octets().contains(&255));
         if broadcast {
             sock.set_broadcast(true).map_err(|e| self.io(e))?;
         }
@@ -1352,22 +1152,18 @@ impl RegistryClient {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut buf = vec![0u8; max_reply + 1];
         loop {
-            let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf))
-                .await
-                .map_err(|_| self.no_reply())?;
+            let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await.map_err(|_| self.no_reply())?;
             let (n, from) = match got {
                 Ok(x) => x,
                 // "Connection refused": an ICMP port-unreachable for our
                 // datagram, i.e. nothing listens there.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(self.no_reply())
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(self.no_reply()),
                 Err(e) => return Err(self.io(e)),
             };
             // Only the registry's answer counts (a broadcast is answered
             // from the registry's own address, so match the port there).
-            let expected = from.port() == target.port()
-                && (broadcast || from.ip().to_canonical() == target.ip().to_canonical());
+            let expected =
+                from.port() == target.port() && (broadcast || from.ip().to_canonical() == target.ip().to_canonical());
             if !expected {
                 tracing::debug!(%from, "ignoring a datagram that is not from the registry");
                 continue;
@@ -1379,19 +1175,10 @@ impl RegistryClient {
         }
     }
 
-    async fn tcp_exchange(
-        &self,
-        target: SocketAddr,
-        data: &[u8],
-        max_reply: usize,
-    ) -> Result<Vec<u8>, RegistryError> {
+    async fn tcp_exchange(&self, target: SocketAddr, data: &[u8], max_reply: usize) -> Result<Vec<u8>, RegistryError> {
         let exchange = async {
-            let sock = if target.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }
-            .map_err(|e| self.io(e))?;
+            let sock =
+                if target.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(|e| self.io(e))?;
             if let Some(ip) = self.bind_ip {
                 sock.bind(SocketAddr::new(ip, 0)).map_err(|e| self.io(e))?;
             }
@@ -1416,18 +1203,13 @@ impl RegistryClient {
             }
             Ok(reply)
         };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| self.no_reply())?
+        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| self.no_reply())?
     }
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
 fn parse_host_port(addr: &str) -> Result<(String, u16), RegistryError> {
-    let bad = |reason: &str| RegistryError::BadAddress {
-        addr: addr.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| RegistryError::BadAddress { addr: addr.to_string(), reason: reason.to_string() };
     let addr_t = addr.trim();
     if addr_t.is_empty() {
         return Err(bad("it is empty"));
@@ -1435,10 +1217,7 @@ fn parse_host_port(addr: &str) -> Result<(String, u16), RegistryError> {
     if addr_t.contains("://") {
         return Err(bad("give host or host:port without a scheme"));
     }
-    let port_of = |p: &str| {
-        p.parse::<u16>()
-            .map_err(|_| bad("the port is not a number from 0 to 65535"))
-    };
+    let port_of = |p: &str| p.parse::<u16>().map_err(|_| bad("the port is not a number from 0 to 65535"));
     if let Some(rest) = addr_t.strip_prefix('[') {
         let (host, tail) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
         let port = match tail.strip_prefix(':') {
@@ -1464,25 +1243,16 @@ fn parse_host_port(addr: &str) -> Result<(String, u16), RegistryError> {
 
 /// The servers exposing `name` (Python's `rpyc.discover`):
 /// [`RegistryError::NotFound`] when there are none.
-pub async fn discover(
-    registry: &RegistryClient,
-    name: &str,
-) -> Result<Vec<ServerAddr>, RegistryError> {
+pub async fn discover(registry: &RegistryClient, name: &str) -> Result<Vec<ServerAddr>, RegistryError> {
     let found = registry.discover(name).await?;
     if found.is_empty() {
-        return Err(RegistryError::NotFound {
-            name: name.to_string(),
-            registry: registry.describe(),
-        });
+        return Err(RegistryError::NotFound { name: name.to_string(), registry: registry.describe() });
     }
     Ok(found)
 }
 
 /// The registered service names (Python's `rpyc.list_services`).
-pub async fn list_services(
-    registry: &RegistryClient,
-    filter_host: Option<&str>,
-) -> Result<Vec<String>, RegistryError> {
+pub async fn list_services(registry: &RegistryClient, filter_host: Option<&str>) -> Result<Vec<String>, RegistryError> {
     registry.list(filter_host).await
 }
 
@@ -1519,10 +1289,7 @@ pub async fn connect_by_service(
             }
         }
     }
-    Err(RegistryError::AllDown {
-        name: name.to_string(),
-        attempts,
-    })
+    Err(RegistryError::AllDown { name: name.to_string(), attempts })
 }
 
 // ---------------------------------------------------------------------------
@@ -1543,10 +1310,7 @@ pub struct RegistrarConfig {
 
 impl Default for RegistrarConfig {
     fn default() -> Self {
-        RegistrarConfig {
-            interval: REREGISTER_INTERVAL,
-            retry: Duration::from_secs(1),
-        }
+        RegistrarConfig { interval: REREGISTER_INTERVAL, retry: Duration::from_secs(1) }
     }
 }
 
@@ -1586,22 +1350,11 @@ impl Registrar {
     }
 
     /// Starts registering with explicit settings.
-    pub fn start_with(
-        registry: RegistryClient,
-        aliases: Vec<String>,
-        port: u16,
-        config: RegistrarConfig,
-    ) -> Registrar {
+    pub fn start_with(registry: RegistryClient, aliases: Vec<String>, port: u16, config: RegistrarConfig) -> Registrar {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (count_tx, count_rx) = watch::channel(0u64);
-        let task = tokio::spawn(registrar_task(
-            registry, aliases, port, config, stop_rx, count_tx,
-        ));
-        Registrar {
-            stop: Some(stop_tx),
-            task: Some(task),
-            registrations: count_rx,
-        }
+        let task = tokio::spawn(registrar_task(registry, aliases, port, config, stop_rx, count_tx));
+        Registrar { stop: Some(stop_tx), task: Some(task), registrations: count_rx }
     }
 
     /// How many registrations the registry has acknowledged so far.
@@ -1613,8 +1366,7 @@ impl Registrar {
     /// that did not happen within `timeout`.
     pub async fn wait_registered(&self, timeout: Duration) -> bool {
         let mut rx = self.registrations.clone();
-        let registered =
-            tokio::time::timeout(timeout, async { rx.wait_for(|n| *n > 0).await.is_ok() }).await;
+        let registered = tokio::time::timeout(timeout, async { rx.wait_for(|n| *n > 0).await.is_ok() }).await;
         registered.unwrap_or(false)
     }
 
@@ -1696,22 +1448,14 @@ mod tests {
     fn requests_match_python_bytes() {
         // brine.dump(("RPYC", "QUERY", ("foo",))) in Python 6.0.2
         let q = Request::Query { name: "foo".into() }.encode();
-        assert_eq!(
-            q,
-            b"\x12\x08\x0dRPYC\x08\x0e\x05QUERY\x10\x08\x0cfoo".to_vec()
-        );
+        assert_eq!(q, b"\x12\x08\x0dRPYC\x08\x0e\x05QUERY\x10\x08\x0cfoo".to_vec());
         let l = Request::List { filter_host: None }.encode();
         assert_eq!(l, b"\x12\x08\x0dRPYC\x08\x0dLIST\x10\x10\x00".to_vec());
         for req in [
             Request::Query { name: "x".into() },
             Request::List { filter_host: None },
-            Request::List {
-                filter_host: Some("127.0.0.1".into()),
-            },
-            Request::Register {
-                aliases: vec!["A".into(), "B".into()],
-                port: 18861,
-            },
+            Request::List { filter_host: Some("127.0.0.1".into()) },
+            Request::Register { aliases: vec!["A".into(), "B".into()], port: 18861 },
             Request::Unregister { port: 1 },
         ] {
             assert_eq!(Request::decode(&req.encode()).unwrap(), req);
@@ -1724,91 +1468,38 @@ mod tests {
         let t = |items: Vec<Value>| Value::Tuple(items);
         assert!(Request::decode(b"\xff\xff").is_err());
         assert!(Request::decode(&vec![0u8; MAX_DGRAM_SIZE + 1]).is_err());
-        assert!(Request::decode(&enc(t(vec![
-            "XXXX".into(),
-            "QUERY".into(),
-            t(vec!["a".into()])
-        ])))
-        .is_err());
+        assert!(Request::decode(&enc(t(vec!["XXXX".into(), "QUERY".into(), t(vec!["a".into()])]))).is_err());
         assert!(Request::decode(&enc(t(vec!["RPYC".into(), "NOPE".into(), t(vec![])]))).is_err());
-        assert!(Request::decode(&enc(t(vec![
-            "RPYC".into(),
-            "QUERY".into(),
-            t(vec![1.into()])
-        ])))
-        .is_err());
-        assert!(Request::decode(&enc(t(vec![
-            "RPYC".into(),
-            "REGISTER".into(),
-            t(vec!["AB".into(), 1.into()])
-        ])))
-        .is_err());
-        assert!(Request::decode(&enc(t(vec![
-            "RPYC".into(),
-            "UNREGISTER".into(),
-            t(vec![70000.into()])
-        ])))
-        .is_err());
-        assert!(Request::decode(&enc(t(vec![
-            "RPYC".into(),
-            "UNREGISTER".into(),
-            t(vec!["/tmp/sock".into()])
-        ])))
-        .is_err());
+        assert!(Request::decode(&enc(t(vec!["RPYC".into(), "QUERY".into(), t(vec![1.into()])]))).is_err());
+        assert!(
+            Request::decode(&enc(t(vec!["RPYC".into(), "REGISTER".into(), t(vec!["AB".into(), 1.into()])]))).is_err()
+        );
+        assert!(Request::decode(&enc(t(vec!["RPYC".into(), "UNREGISTER".into(), t(vec![70000.into()])]))).is_err());
+        assert!(
+            Request::decode(&enc(t(vec!["RPYC".into(), "UNREGISTER".into(), t(vec!["/tmp/sock".into()])]))).is_err()
+        );
         let deep = (0..10).fold(Value::None, |v, _| t(vec![v]));
         assert!(Request::decode(&enc(t(vec!["RPYC".into(), "QUERY".into(), deep]))).is_err());
         // Lowercase commands are what Python dispatches on.
         let lower = enc(t(vec!["RPYC".into(), "query".into(), t(vec!["a".into()])]));
-        assert_eq!(
-            Request::decode(&lower).unwrap(),
-            Request::Query { name: "a".into() }
-        );
+        assert_eq!(Request::decode(&lower).unwrap(), Request::Query { name: "a".into() });
     }
 
     #[test]
     fn table_registers_queries_and_prunes() {
-        let cfg = RegistryConfig {
-            pruning_timeout: Duration::from_secs(10),
-            ..RegistryConfig::default()
-        };
+        let cfg = RegistryConfig { pruning_timeout: Duration::from_secs(10), ..RegistryConfig::default() };
         let mut t = Table::default();
         let t0 = Instant::now();
-        t.register(
-            ip("10.0.0.1"),
-            &["svc".into(), "Alias".into()],
-            1000,
-            t0,
-            &cfg,
-        )
-        .unwrap();
-        t.register(
-            ip("10.0.0.2"),
-            &["SVC".into()],
-            2000,
-            t0 + Duration::from_secs(5),
-            &cfg,
-        )
-        .unwrap();
+        t.register(ip("10.0.0.1"), &["svc".into(), "Alias".into()], 1000, t0, &cfg).unwrap();
+        t.register(ip("10.0.0.2"), &["SVC".into()], 2000, t0 + Duration::from_secs(5), &cfg).unwrap();
         let q = t.query("Svc", t0 + Duration::from_secs(6), cfg.pruning_timeout);
-        assert_eq!(
-            q.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            vec![(ip("10.0.0.1"), 1000), (ip("10.0.0.2"), 2000)]
-        );
-        assert_eq!(
-            t.list(None, t0, cfg.pruning_timeout),
-            vec!["ALIAS".to_string(), "SVC".to_string()]
-        );
-        assert_eq!(
-            t.list(Some("10.0.0.2"), t0, cfg.pruning_timeout),
-            vec!["SVC".to_string()]
-        );
+        assert_eq!(q.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![(ip("10.0.0.1"), 1000), (ip("10.0.0.2"), 2000)]);
+        assert_eq!(t.list(None, t0, cfg.pruning_timeout), vec!["ALIAS".to_string(), "SVC".to_string()]);
+        assert_eq!(t.list(Some("10.0.0.2"), t0, cfg.pruning_timeout), vec!["SVC".to_string()]);
         // 10.0.0.1 went stale at t0+10; 10.0.0.2 lives until t0+15.
         let q = t.query("svc", t0 + Duration::from_secs(12), cfg.pruning_timeout);
         assert_eq!(q.len(), 1);
-        assert_eq!(
-            t.total, 2,
-            "ALIAS from 10.0.0.1 is still there until something prunes it"
-        );
+        assert_eq!(t.total, 2, "ALIAS from 10.0.0.1 is still there until something prunes it");
         t.prune(t0 + Duration::from_secs(12), cfg.pruning_timeout);
         assert_eq!(t.total, 1);
         assert_eq!(t.per_host.get(&ip("10.0.0.1")), None);
@@ -1820,37 +1511,25 @@ mod tests {
 
     #[test]
     fn table_is_bounded() {
-        let cfg = RegistryConfig {
-            max_entries: 10,
-            max_entries_per_host: 4,
-            ..RegistryConfig::default()
-        };
+        let cfg = RegistryConfig { max_entries: 10, max_entries_per_host: 4, ..RegistryConfig::default() };
         let mut t = Table::default();
         let now = Instant::now();
         for i in 0..4 {
-            t.register(ip("10.0.0.1"), &[format!("S{i}")], 1, now, &cfg)
-                .unwrap();
+            t.register(ip("10.0.0.1"), &[format!("S{i}")], 1, now, &cfg).unwrap();
         }
         // Refreshing an existing entry is always allowed.
-        t.register(ip("10.0.0.1"), &["S0".into()], 1, now, &cfg)
-            .unwrap();
-        assert!(t
-            .register(ip("10.0.0.1"), &["S9".into()], 1, now, &cfg)
-            .is_err());
+        t.register(ip("10.0.0.1"), &["S0".into()], 1, now, &cfg).unwrap();
+        assert!(t.register(ip("10.0.0.1"), &["S9".into()], 1, now, &cfg).is_err());
         for h in 2..4 {
             for i in 0..3 {
-                t.register(ip(&format!("10.0.0.{h}")), &[format!("S{i}")], 1, now, &cfg)
-                    .unwrap();
+                t.register(ip(&format!("10.0.0.{h}")), &[format!("S{i}")], 1, now, &cfg).unwrap();
             }
         }
         assert_eq!(t.total, 10);
-        assert!(t
-            .register(ip("10.0.0.9"), &["X".into()], 1, now, &cfg)
-            .is_err());
+        assert!(t.register(ip("10.0.0.9"), &["X".into()], 1, now, &cfg).is_err());
         // Once entries are stale, pruning makes room.
         let later = now + cfg.pruning_timeout + Duration::from_secs(1);
-        t.register(ip("10.0.0.9"), &["X".into()], 1, later, &cfg)
-            .unwrap();
+        t.register(ip("10.0.0.9"), &["X".into()], 1, later, &cfg).unwrap();
         assert_eq!(t.total, 1);
     }
 
@@ -1858,22 +1537,14 @@ mod tests {
     fn replies_fit_python_buffers() {
         let now = Instant::now();
         let live: Vec<(Key, Instant)> = (0..500u16)
-            .map(|i| {
-                (
-                    (ip("192.168.100.200"), 10000 + i),
-                    now + Duration::from_millis(u64::from(i)),
-                )
-            })
+            .map(|i| ((ip("192.168.100.200"), 10000 + i), now + Duration::from_millis(u64::from(i))))
             .collect();
         let reply = query_reply(&live);
         let bytes = brine::encode(&reply);
         assert!(bytes.len() <= MAX_DGRAM_SIZE, "{}", bytes.len());
         let items = reply.as_tuple().unwrap();
         // The newest registrations are kept.
-        assert_eq!(
-            items.last().unwrap().as_tuple().unwrap()[1],
-            Value::from(10499)
-        );
+        assert_eq!(items.last().unwrap().as_tuple().unwrap()[1], Value::from(10499));
         let names: Vec<String> = (0..5000).map(|i| format!("SERVICE_NUMBER_{i}")).collect();
         assert!(brine::encode(&list_reply(names)).len() <= MAX_LIST_REPLY);
     }
@@ -1883,17 +1554,34 @@ mod tests {
         assert_eq!(parse_host_port("h").unwrap(), ("h".into(), REGISTRY_PORT));
         assert_eq!(parse_host_port("h:1").unwrap(), ("h".into(), 1));
         assert_eq!(parse_host_port("[::1]:2").unwrap(), ("::1".into(), 2));
-        assert_eq!(
-            parse_host_port("[::1]").unwrap(),
-            ("::1".into(), REGISTRY_PORT)
-        );
-        assert_eq!(
-            parse_host_port("::1").unwrap(),
-            ("::1".into(), REGISTRY_PORT)
-        );
+        assert_eq!(parse_host_port("[::1]").unwrap(), ("::1".into(), REGISTRY_PORT));
+        assert_eq!(parse_host_port("::1").unwrap(), ("::1".into(), REGISTRY_PORT));
         assert!(parse_host_port("h:99999").is_err());
         assert!(parse_host_port("udp://h").is_err());
         assert!(parse_host_port("").is_err());
         assert_eq!(ServerAddr::new("::1", 5).to_string(), "[::1]:5");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..1600)) {
+                let _ = Request::decode(&data);
+            }
+
+            #[test]
+            fn requests_round_trip(name in ".{0,30}", aliases in proptest::collection::vec(".{0,12}", 0..5), port in any::<u16>()) {
+                for req in [
+                    Request::Query { name: name.clone() },
+                    Request::Register { aliases: aliases.clone(), port },
+                    Request::Unregister { port },
+                ] {
+                    prop_assert_eq!(Request::decode(&req.encode()).ok(), Some(req));
+                }
+            }
+        }
     }
 }

@@ -53,10 +53,7 @@ impl LiteralError {
     ///     ^
     /// ```
     pub fn caret(&self, input: &str) -> String {
-        let line: String = input
-            .chars()
-            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
-            .collect();
+        let line: String = input.chars().map(|c| if c == '\n' || c == '\r' { ' ' } else { c }).collect();
         format!("{line}\n{}^", " ".repeat(self.column.saturating_sub(1)))
     }
 }
@@ -70,10 +67,7 @@ impl LiteralError {
 /// assert!(literal::parse("[1, 2]").is_err());
 /// ```
 pub fn parse(text: &str) -> Result<Value, LiteralError> {
-    let mut p = Parser {
-        s: text.chars().collect(),
-        pos: 0,
-    };
+    let mut p = Parser { s: text.chars().collect(), pos: 0 };
     p.ws();
     if p.at_end() {
         return Err(p.err("empty input: expected a literal such as 42, 'text' or None"));
@@ -94,9 +88,7 @@ pub fn parse(text: &str) -> Result<Value, LiteralError> {
                     p.ws();
                 }
                 None => break,
-                Some(c) => {
-                    return Err(p.err(format!("expected ',' between tuple items, found {c:?}")))
-                }
+                Some(c) => return Err(p.err(format!("expected ',' between tuple items, found {c:?}"))),
             }
         }
         Value::Tuple(items)
@@ -129,10 +121,7 @@ impl Parser {
     }
 
     fn err_at(&self, pos: usize, message: impl Into<String>) -> LiteralError {
-        LiteralError {
-            column: pos + 1,
-            message: message.into(),
-        }
+        LiteralError { column: pos + 1, message: message.into() }
     }
 
     fn peek(&self) -> Option<char> {
@@ -328,24 +317,15 @@ impl Parser {
             Parsed::Int(i) => num_traits::ToPrimitive::to_f64(&i).unwrap_or(f64::INFINITY),
             Parsed::Float(f) => f,
             Parsed::Imag(_) => {
-                return Err(self.err_at(
-                    op_pos,
-                    "the left side of a complex literal must be real, e.g. 1+2j",
-                ))
+                return Err(self.err_at(op_pos, "the left side of a complex literal must be real, e.g. 1+2j"))
             }
         };
         let imag = match right {
             Parsed::Imag(f) => f,
-            _ => {
-                return Err(self.err_at(op_pos, "only a complex literal may use + or -, e.g. 1+2j"))
-            }
+            _ => return Err(self.err_at(op_pos, "only a complex literal may use + or -, e.g. 1+2j")),
         };
         // Python promotes both sides to complex(x, 0.0) and adds part by part.
-        Ok(if op == '+' {
-            Value::Complex(real + 0.0, 0.0 + imag)
-        } else {
-            Value::Complex(real - 0.0, 0.0 - imag)
-        })
+        Ok(if op == '+' { Value::Complex(real + 0.0, 0.0 + imag) } else { Value::Complex(real - 0.0, 0.0 - imag) })
     }
 
     fn unsigned_number(&mut self) -> Result<Parsed, LiteralError> {
@@ -390,8 +370,7 @@ impl Parser {
         }
         if matches!(self.peek(), Some('e' | 'E'))
             && (self.peek_at(1).is_some_and(|c| c.is_ascii_digit())
-                || (matches!(self.peek_at(1), Some('+' | '-'))
-                    && self.peek_at(2).is_some_and(|c| c.is_ascii_digit())))
+                || (matches!(self.peek_at(1), Some('+' | '-')) && self.peek_at(2).is_some_and(|c| c.is_ascii_digit())))
         {
             is_float = true;
             self.pos += 1;
@@ -405,8 +384,7 @@ impl Parser {
         if matches!(self.peek(), Some('j' | 'J')) {
             self.pos += 1;
             self.no_trailing_name(start)?;
-            let f: f64 =
-                float_of(&text).ok_or_else(|| self.err_at(start, "invalid imaginary literal"))?;
+            let f: f64 = float_of(&text).ok_or_else(|| self.err_at(start, "invalid imaginary literal"))?;
             return Ok(Parsed::Imag(f));
         }
         self.no_trailing_name(start)?;
@@ -421,13 +399,8 @@ impl Parser {
             ));
         }
         if int_part.len() > MAX_INT_DIGITS {
-            return Err(self.err_at(
-                start,
-                format!(
-                    "integer of {} digits exceeds the limit of {MAX_INT_DIGITS}",
-                    int_part.len()
-                ),
-            ));
+            return Err(self
+                .err_at(start, format!("integer of {} digits exceeds the limit of {MAX_INT_DIGITS}", int_part.len())));
         }
         BigInt::from_str_radix(&int_part, 10)
             .map(Parsed::Int)
@@ -450,10 +423,7 @@ impl Parser {
             self.pos += 1;
         }
         if last_underscore {
-            return Err(self.err_at(
-                start,
-                "invalid decimal literal: an underscore must be followed by a digit",
-            ));
+            return Err(self.err_at(start, "invalid decimal literal: an underscore must be followed by a digit"));
         }
         Ok(out)
     }
@@ -484,17 +454,11 @@ impl Parser {
             return Err(self.err_at(start, format!("invalid {name} literal")));
         }
         if self.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
-            return Err(self.err(format!(
-                "invalid digit {:?} in {name} literal",
-                self.peek().unwrap_or('?')
-            )));
+            return Err(self.err(format!("invalid digit {:?} in {name} literal", self.peek().unwrap_or('?'))));
         }
         // Bound the work like the decimal limit does (4 bits per hex digit…).
         if text.len() > MAX_INT_DIGITS * 4 {
-            return Err(self.err_at(
-                start,
-                format!("{name} integer of {} digits is too long", text.len()),
-            ));
+            return Err(self.err_at(start, format!("{name} integer of {} digits is too long", text.len())));
         }
         BigInt::from_str_radix(&text, radix)
             .map(Parsed::Int)
@@ -503,10 +467,9 @@ impl Parser {
 
     fn no_trailing_name(&self, start: usize) -> Result<(), LiteralError> {
         match self.peek() {
-            Some(c) if c.is_alphanumeric() || c == '_' => Err(self.err_at(
-                start,
-                format!("invalid number literal: unexpected {c:?} after the digits"),
-            )),
+            Some(c) if c.is_alphanumeric() || c == '_' => {
+                Err(self.err_at(start, format!("invalid number literal: unexpected {c:?} after the digits")))
+            }
             _ => Ok(()),
         }
     }
@@ -519,22 +482,14 @@ impl Parser {
         let v = match self.peek() {
             Some('\'' | '"') => match self.strings()? {
                 Value::Str(s) => python_float(&s).ok_or_else(|| {
-                    self.err_at(
-                        arg_pos,
-                        format!(
-                            "could not convert string to float: {}",
-                            Value::Str(s.clone()).repr()
-                        ),
-                    )
+                    self.err_at(arg_pos, format!("could not convert string to float: {}", Value::Str(s.clone()).repr()))
                 })?,
                 _ => return Err(self.err_at(arg_pos, "float() takes a str or a number here")),
             },
             _ => match self.signed_number()? {
                 Parsed::Int(i) => num_traits::ToPrimitive::to_f64(&i).unwrap_or(f64::INFINITY),
                 Parsed::Float(f) => f,
-                Parsed::Imag(_) => {
-                    return Err(self.err_at(arg_pos, "float() cannot take a complex number"))
-                }
+                Parsed::Imag(_) => return Err(self.err_at(arg_pos, "float() cannot take a complex number")),
             },
         };
         self.expect(')', "to close float(")?;
@@ -575,9 +530,7 @@ impl Parser {
                     self.pos += 1;
                     return Ok(Value::Tuple(items));
                 }
-                Some(c) => {
-                    return Err(self.err(format!("expected ',' or ')' in the tuple, found {c:?}")))
-                }
+                Some(c) => return Err(self.err(format!("expected ',' or ')' in the tuple, found {c:?}"))),
                 None => {
                     return Err(self.err_at(open, "unclosed '(': the tuple has no closing ')'"));
                 }
@@ -596,15 +549,12 @@ impl Parser {
             return Ok(Value::FrozenSet(Vec::new()));
         }
         let open_pos = self.pos;
-        let close =
-            match self.peek() {
-                Some('(') => ')',
-                Some('[') => ']',
-                Some('{') => '}',
-                _ => return Err(self.err(
-                    "frozenset() takes a tuple, list or set of values here, e.g. frozenset({1, 2})",
-                )),
-            };
+        let close = match self.peek() {
+            Some('(') => ')',
+            Some('[') => ']',
+            Some('{') => '}',
+            _ => return Err(self.err("frozenset() takes a tuple, list or set of values here, e.g. frozenset({1, 2})")),
+        };
         self.pos += 1;
         let mut items: Vec<Value> = Vec::new();
         loop {
@@ -626,9 +576,7 @@ impl Parser {
                 if !self.eat(close) {
                     return Err(match self.peek() {
                         Some(c) => self.err(format!("expected ',' or {close:?}, found {c:?}")),
-                        None => {
-                            self.err_at(open_pos, format!("unclosed bracket: expected {close:?}"))
-                        }
+                        None => self.err_at(open_pos, format!("unclosed bracket: expected {close:?}")),
                     });
                 }
                 break;
@@ -660,8 +608,7 @@ impl Parser {
         loop {
             let save = self.pos;
             self.ws();
-            let more =
-                matches!(self.peek(), Some('\'' | '"')) || self.string_prefix_len().is_some();
+            let more = matches!(self.peek(), Some('\'' | '"')) || self.string_prefix_len().is_some();
             if !more {
                 self.pos = save;
                 return Ok(acc);
@@ -687,10 +634,7 @@ impl Parser {
                 break;
             }
             let lc = c.to_ascii_lowercase();
-            if seen.contains(lc)
-                || (lc == 'u' && !seen.is_empty())
-                || (seen.contains('u') && lc != 'u')
-            {
+            if seen.contains(lc) || (lc == 'u' && !seen.is_empty()) || (seen.contains('u') && lc != 'u') {
                 return Err(self.err_at(start, "invalid string prefix"));
             }
             seen.push(lc);
@@ -727,10 +671,7 @@ impl Parser {
                 }
             }
             if (c == '\n' || c == '\r') && !triple {
-                return Err(self.err_at(
-                    start,
-                    format!("unterminated {what} literal (a line break inside quotes)"),
-                ));
+                return Err(self.err_at(start, format!("unterminated {what} literal (a line break inside quotes)")));
             }
             if c == '\\' {
                 let esc_pos = self.pos - 1;
@@ -746,9 +687,7 @@ impl Parser {
                 }
                 match e {
                     '\n' => {}
-                    '\\' | '\'' | '"' => {
-                        push_char(&mut out, &mut out_bytes, bytes, e, self, esc_pos)?
-                    }
+                    '\\' | '\'' | '"' => push_char(&mut out, &mut out_bytes, bytes, e, self, esc_pos)?,
                     'n' => push_char(&mut out, &mut out_bytes, bytes, '\n', self, esc_pos)?,
                     'r' => push_char(&mut out, &mut out_bytes, bytes, '\r', self, esc_pos)?,
                     't' => push_char(&mut out, &mut out_bytes, bytes, '\t', self, esc_pos)?,
@@ -769,15 +708,11 @@ impl Parser {
                         }
                         if bytes {
                             let b = u8::try_from(v).map_err(|_| {
-                                self.err_at(
-                                    esc_pos,
-                                    format!("octal escape \\{v:o} is out of range for bytes"),
-                                )
+                                self.err_at(esc_pos, format!("octal escape \\{v:o} is out of range for bytes"))
                             })?;
                             out_bytes.push(b);
                         } else {
-                            let ch = char::from_u32(v)
-                                .ok_or_else(|| self.err_at(esc_pos, "invalid octal escape"))?;
+                            let ch = char::from_u32(v).ok_or_else(|| self.err_at(esc_pos, "invalid octal escape"))?;
                             out.push(ch);
                         }
                     }
@@ -790,11 +725,7 @@ impl Parser {
                         }
                     }
                     'u' | 'U' if !bytes => {
-                        let (n, form) = if e == 'u' {
-                            (4, "\\uXXXX")
-                        } else {
-                            (8, "\\UXXXXXXXX")
-                        };
+                        let (n, form) = if e == 'u' { (4, "\\uXXXX") } else { (8, "\\UXXXXXXXX") };
                         let v = self.hex_digits(n, esc_pos, form)?;
                         let ch = char::from_u32(v).ok_or_else(|| {
                             self.err_at(esc_pos, format!("\\{e}{v:0n$x} is not a valid Unicode scalar value (surrogates cannot be sent as UTF-8)"))
@@ -802,9 +733,7 @@ impl Parser {
                         out.push(ch);
                     }
                     'N' if !bytes => {
-                        return Err(
-                            self.err_at(esc_pos, "\\N{...} escapes are not supported; use \\uXXXX")
-                        );
+                        return Err(self.err_at(esc_pos, "\\N{...} escapes are not supported; use \\uXXXX"));
                     }
                     other => {
                         // Python keeps unknown escapes verbatim (with a warning).
@@ -817,11 +746,7 @@ impl Parser {
             let at = self.pos - 1;
             push_char(&mut out, &mut out_bytes, bytes, c, self, at)?;
         }
-        Ok(if bytes {
-            Value::Bytes(out_bytes)
-        } else {
-            Value::Str(out.into_iter().collect())
-        })
+        Ok(if bytes { Value::Bytes(out_bytes) } else { Value::Str(out.into_iter().collect()) })
     }
 
     fn hex_digits(&mut self, n: usize, esc_pos: usize, form: &str) -> Result<u32, LiteralError> {
@@ -849,10 +774,7 @@ fn push_char(
 ) -> Result<(), LiteralError> {
     if bytes {
         if !c.is_ascii() {
-            return Err(p.err_at(
-                at,
-                "bytes can only contain ASCII literal characters (use \\xXX escapes)",
-            ));
+            return Err(p.err_at(at, "bytes can only contain ASCII literal characters (use \\xXX escapes)"));
         }
         out_bytes.push(c as u8);
     } else {
@@ -863,11 +785,7 @@ fn push_char(
 
 /// Rust's float parser on text already checked to be `digits[.digits][e±digits]`.
 fn float_of(text: &str) -> Option<f64> {
-    let t = if text.starts_with('.') {
-        format!("0{text}")
-    } else {
-        text.to_string()
-    };
+    let t = if text.starts_with('.') { format!("0{text}") } else { text.to_string() };
     t.parse::<f64>().ok()
 }
 
@@ -887,20 +805,14 @@ fn python_float(s: &str) -> Option<f64> {
         "nan" => f64::NAN,
         _ => {
             if body.is_empty()
-                || !body
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_'))
+                || !body.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_'))
                 || body.starts_with('_')
                 || body.contains("__")
             {
                 return None;
             }
             let clean: String = body.chars().filter(|c| *c != '_').collect();
-            if !clean
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit() || c == '.')
-            {
+            if !clean.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '.') {
                 return None;
             }
             float_of(&clean)?
@@ -961,9 +873,7 @@ mod tests {
         assert!(bad("0b102").message.contains("invalid digit"));
         assert!(bad("12abc").message.contains("after the digits"));
         assert!(bad("--1").message.contains("more than one sign"));
-        assert!(bad(&"9".repeat(MAX_INT_DIGITS + 1))
-            .message
-            .contains("exceeds the limit"));
+        assert!(bad(&"9".repeat(MAX_INT_DIGITS + 1)).message.contains("exceeds the limit"));
         assert_eq!(ok(&"9".repeat(MAX_INT_DIGITS)).repr().len(), MAX_INT_DIGITS);
     }
 
@@ -1004,9 +914,7 @@ mod tests {
         assert_eq!(ok("infj"), Value::Complex(0.0, f64::INFINITY));
         assert!(matches!(ok("(inf+nanj)"), Value::Complex(r, i) if r.is_infinite() && i.is_nan()));
         let neg = ok("-2j");
-        assert!(
-            matches!(neg, Value::Complex(r, i) if r == 0.0 && r.is_sign_negative() && i == -2.0)
-        );
+        assert!(matches!(neg, Value::Complex(r, i) if r == 0.0 && r.is_sign_negative() && i == -2.0));
         for (r, i) in [(1.5, -2.25), (0.0, 1.0), (-1.0, 0.5)] {
             assert_eq!(ok(&Value::Complex(r, i).repr()), Value::Complex(r, i));
         }
@@ -1036,15 +944,7 @@ mod tests {
         assert!(bad("f'x'").message.contains("f-strings"));
         assert!(bad("'a' b'b'").message.contains("mix"));
         // Every repr of a string parses back.
-        for s in [
-            "plain",
-            "quote'",
-            "both'\"",
-            "ctl\x01\x7f\u{85}",
-            "tab\t",
-            "back\\slash",
-            "ünï",
-        ] {
+        for s in ["plain", "quote'", "both'\"", "ctl\x01\x7f\u{85}", "tab\t", "back\\slash", "ünï"] {
             assert_eq!(ok(&Value::from(s).repr()), Value::from(s), "{s:?}");
         }
     }
@@ -1061,12 +961,7 @@ mod tests {
         assert!(bad("b'é'").message.contains("ASCII"));
         assert!(bad(r"b'\777'").message.contains("out of range"));
         assert!(bad("ub'x'").message.contains("prefix"));
-        for b in [
-            vec![0u8, 1, 2, 255],
-            b"it's".to_vec(),
-            b"q\"'".to_vec(),
-            b"\\".to_vec(),
-        ] {
+        for b in [vec![0u8, 1, 2, 255], b"it's".to_vec(), b"q\"'".to_vec(), b"\\".to_vec()] {
             assert_eq!(ok(&Value::Bytes(b.clone()).repr()), Value::Bytes(b));
         }
     }
@@ -1077,10 +972,7 @@ mod tests {
         assert_eq!(ok("( )"), Value::Tuple(vec![]));
         assert_eq!(ok("(1,)"), Value::Tuple(vec![1.into()]));
         assert_eq!(ok("(1)"), Value::from(1));
-        assert_eq!(
-            ok("(1, 'a', None)"),
-            Value::Tuple(vec![1.into(), "a".into(), Value::None])
-        );
+        assert_eq!(ok("(1, 'a', None)"), Value::Tuple(vec![1.into(), "a".into(), Value::None]));
         assert_eq!(ok("(1, 2,)"), Value::Tuple(vec![1.into(), 2.into()]));
         assert_eq!(ok("((), ((1,),))").repr(), "((), ((1,),))");
         assert_eq!(ok("1, 2"), Value::Tuple(vec![1.into(), 2.into()]));
@@ -1094,28 +986,17 @@ mod tests {
         assert!(bad(&deep).message.contains("nested deeper"));
         let ok_depth = format!("{}{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
         assert!(parse(&ok_depth).is_ok());
-        let v = Value::Tuple(vec![
-            Value::None,
-            Value::Bool(true),
-            Value::from(-3),
-            Value::from("x"),
-            Value::Tuple(vec![]),
-        ]);
+        let v =
+            Value::Tuple(vec![Value::None, Value::Bool(true), Value::from(-3), Value::from("x"), Value::Tuple(vec![])]);
         assert_eq!(ok(&v.repr()), v);
     }
 
     #[test]
     fn frozensets() {
         assert_eq!(ok("frozenset()"), Value::FrozenSet(vec![]));
-        assert_eq!(
-            ok("frozenset({1, 2, 1})"),
-            Value::FrozenSet(vec![1.into(), 2.into()])
-        );
+        assert_eq!(ok("frozenset({1, 2, 1})"), Value::FrozenSet(vec![1.into(), 2.into()]));
         assert_eq!(ok("frozenset((1,))"), Value::FrozenSet(vec![1.into()]));
-        assert_eq!(
-            ok("frozenset(['a', 'b',])"),
-            Value::FrozenSet(vec!["a".into(), "b".into()])
-        );
+        assert_eq!(ok("frozenset(['a', 'b',])"), Value::FrozenSet(vec!["a".into(), "b".into()]));
         assert_eq!(ok("frozenset({})"), Value::FrozenSet(vec![]));
         assert!(bad("frozenset(1)").message.contains("takes a tuple"));
         assert!(bad("frozenset({1, 2)").message.contains("expected ','"));
@@ -1136,17 +1017,12 @@ mod tests {
         assert!(bad("@").message.contains("unexpected"));
         assert_eq!(bad("(1, x)").column, 5);
         assert_eq!(bad("(1, x)").caret("(1, x)"), "(1, x)\n    ^");
-        assert_eq!(
-            bad("(1, x)").to_string().rsplit("at column ").next(),
-            Some("5")
-        );
+        assert_eq!(bad("(1, x)").to_string().rsplit("at column ").next(), Some("5"));
     }
 
     #[test]
     fn never_panics_on_prefixes_of_valid_input() {
-        let samples = [
-            "(1, 'a\\x41', b'\\xff', -2.5e-3, 1+2j, frozenset({1}), float('inf'), 0x_f, r'\\'')",
-        ];
+        let samples = ["(1, 'a\\x41', b'\\xff', -2.5e-3, 1+2j, frozenset({1}), float('inf'), 0x_f, r'\\'')"];
         for s in samples {
             let chars: Vec<char> = s.chars().collect();
             for n in 0..=chars.len() {
@@ -1154,6 +1030,51 @@ mod tests {
                 let _ = parse(&prefix);
             }
             assert!(parse(s).is_ok());
+        }
+    }
+
+    mod properties {
+        use super::super::parse;
+        use crate::wire::Value;
+        use proptest::prelude::*;
+
+        /// Everything `repr()` prints that the parser promises to read back
+        /// (slices are not literals; NaN never equals itself; frozensets
+        /// would dedupe).
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::None),
+                Just(Value::Ellipsis),
+                Just(Value::NotImplemented),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<i128>().prop_map(Value::from),
+                any::<f64>().prop_filter("no NaN", |f| !f.is_nan()).prop_map(Value::Float),
+                (any::<f64>(), any::<f64>())
+                    .prop_filter("no NaN", |(a, b)| !a.is_nan() && !b.is_nan())
+                    .prop_map(|(a, b)| Value::Complex(a, b)),
+                ".{0,20}".prop_map(Value::Str),
+                proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Bytes),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| proptest::collection::vec(inner, 0..6).prop_map(Value::Tuple))
+        }
+
+        proptest! {
+            #[test]
+            fn repr_parses_back(v in value()) {
+                let text = v.repr();
+                prop_assert_eq!(parse(&text).ok(), Some(v), "{}", text);
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(s in "\\PC{0,40}") {
+                let _ = parse(&s);
+            }
+
+            #[test]
+            fn literal_shaped_text_never_panics(s in "[-+ ()\\[\\]{},.'\"\\\\0-9a-fjxobeEnNrRuU_]{0,30}") {
+                let _ = parse(&s);
+            }
         }
     }
 }
