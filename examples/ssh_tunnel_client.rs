@@ -51,10 +51,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    let (user, server) = cli
-        .ssh
-        .split_once('@')
-        .ok_or("--ssh takes user@host[:port]")?;
+    let (user, server) = cli.ssh.split_once('@').ok_or("--ssh takes user@host[:port]")?;
     let (host, port) = match server.rsplit_once(':') {
         Some((h, p)) => (h, p.parse()?),
         None => (server, 22),
@@ -72,29 +69,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if cli.accept_new {
         config = config.trust_on_first_use();
     }
-    let (target_host, target_port) = cli
-        .target
-        .rsplit_once(':')
-        .ok_or("--target takes host:port")?;
+    let (target_host, target_port) = cli.target.rsplit_once(':').ok_or("--target takes host:port")?;
     let target_port: u16 = target_port.parse()?;
 
     let ssh = SshSession::connect(&config).await?;
-    println!(
-        "logged in to {} as {} (host key {})",
-        ssh.server(),
-        ssh.user(),
-        ssh.host_key_fingerprint()
-    );
+    println!("logged in to {} as {} (host key {})", ssh.server(), ssh.user(), ssh.host_key_fingerprint());
 
     // Two connections share the one SSH session.
-    let first = ClientBuilder::new().start(
-        ssh.open_stream(target_host, target_port).await?,
-        ssh.credentials(),
-    );
-    let second = ClientBuilder::new().start(
-        ssh.open_stream(target_host, target_port).await?,
-        ssh.credentials(),
-    );
+    let first = ClientBuilder::new().start(ssh.open_stream(target_host, target_port).await?, ssh.credentials());
+    let second = ClientBuilder::new().start(ssh.open_stream(target_host, target_port).await?, ssh.credentials());
     let sum: i64 = first.root().await?.call_method("add", (5, 10)).await?;
     println!("add(5, 10) = {sum}");
     let who: Option<String> = second.root().await?.call_method("whoami", ()).await?;

@@ -175,23 +175,13 @@ impl SshConfig {
 
     /// Adds an unencrypted private key file.
     pub fn with_key_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.auth.push(SshAuth::KeyFile {
-            path: path.into(),
-            passphrase: None,
-        });
+        self.auth.push(SshAuth::KeyFile { path: path.into(), passphrase: None });
         self
     }
 
     /// Adds a passphrase-protected private key file.
-    pub fn with_encrypted_key_file(
-        mut self,
-        path: impl Into<PathBuf>,
-        passphrase: impl Into<String>,
-    ) -> Self {
-        self.auth.push(SshAuth::KeyFile {
-            path: path.into(),
-            passphrase: Some(passphrase.into()),
-        });
+    pub fn with_encrypted_key_file(mut self, path: impl Into<PathBuf>, passphrase: impl Into<String>) -> Self {
+        self.auth.push(SshAuth::KeyFile { path: path.into(), passphrase: Some(passphrase.into()) });
         self
     }
 
@@ -238,12 +228,8 @@ pub fn parse_url(url: &str) -> Result<(SshConfig, String)> {
             "bad ssh address '{url}': {why} (expected ssh://user@host:port/target_host:target_port)"
         ))
     };
-    let rest = url
-        .strip_prefix("ssh://")
-        .ok_or_else(|| bad("it does not start with ssh://"))?;
-    let (authority, target) = rest
-        .split_once('/')
-        .ok_or_else(|| bad("no /target_host:target_port"))?;
+    let rest = url.strip_prefix("ssh://").ok_or_else(|| bad("it does not start with ssh://"))?;
+    let (authority, target) = rest.split_once('/').ok_or_else(|| bad("no /target_host:target_port"))?;
     let target = target.trim_end_matches('/');
     split_host_port(target).map_err(|_| bad("the target has no port"))?;
     let (user, hostport) = match authority.rsplit_once('@') {
@@ -257,13 +243,7 @@ pub fn parse_url(url: &str) -> Result<(SshConfig, String)> {
     };
     let (host, port) = match split_host_port(hostport) {
         Ok(hp) => hp,
-        Err(_) if !hostport.is_empty() => (
-            hostport
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            22,
-        ),
+        Err(_) if !hostport.is_empty() => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), 22),
         Err(_) => return Err(bad("no SSH host")),
     };
     Ok((SshConfig::new(host, port, user), target.to_string()))
@@ -271,12 +251,8 @@ pub fn parse_url(url: &str) -> Result<(SshConfig, String)> {
 
 /// Splits `host:port` / `[v6]:port`.
 fn split_host_port(s: &str) -> Result<(String, u16)> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| Error::Transport(format!("'{s}' has no port")))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| Error::Transport(format!("'{s}' has no valid port")))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| Error::Transport(format!("'{s}' has no port")))?;
+    let port = port.parse::<u16>().map_err(|_| Error::Transport(format!("'{s}' has no valid port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(Error::Transport(format!("'{s}' has no host")));
@@ -293,9 +269,7 @@ pub async fn connect(config: &SshConfig, target: &str) -> Result<(BoxStream, Cre
     let session = SshSession::connect(config).await?;
     let stream = session.open_stream(&host, port).await?;
     let mut creds = session.credentials();
-    creds
-        .attributes
-        .insert("ssh_target".into(), target.to_string());
+    creds.attributes.insert("ssh_target".into(), target.to_string());
     Ok((stream, creds))
 }
 
@@ -307,10 +281,7 @@ struct SessionState {
 
 impl SessionState {
     fn close_reason(&self) -> Option<String> {
-        self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn set_closed(&self, reason: String) {
         let mut slot = self.closed.lock().unwrap_or_else(|p| p.into_inner());
@@ -365,18 +336,12 @@ impl SshSession {
     /// Opens a `direct-tcpip` channel to `host:port` as seen from the SSH
     /// server and returns it as a byte stream for an RPyC connection.
     pub async fn open_stream(&self, host: &str, port: u16) -> Result<BoxStream> {
-        let target = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let inner = &self.inner;
         if let Some(reason) = inner.state.close_reason() {
             return Err(self.closed_error(&reason));
         }
-        let open = inner
-            .handle
-            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0);
+        let open = inner.handle.channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0);
         let channel = match tokio::time::timeout(inner.open_timeout, open).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
@@ -404,10 +369,7 @@ impl SshSession {
             }
         };
         tracing::debug!(server = %inner.server, %target, "ssh channel open");
-        Ok(Box::new(SshStream {
-            inner: channel.into_stream(),
-            session: self.clone(),
-        }))
+        Ok(Box::new(SshStream { inner: channel.into_stream(), session: self.clone() }))
     }
 
     /// What the client knows about its peer: transport SSH, the SSH user it
@@ -450,11 +412,7 @@ impl SshSession {
     /// Disconnects; every stream opened through this session ends.
     pub async fn close(&self) {
         self.inner.state.set_closed("closed by the client".into());
-        let bye = self.inner.handle.disconnect(
-            russh::Disconnect::ByApplication,
-            "closed by the client",
-            "en",
-        );
+        let bye = self.inner.handle.disconnect(russh::Disconnect::ByApplication, "closed by the client", "en");
         // Bounded: a wedged session must not wedge the caller.
         let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
     }
@@ -472,9 +430,7 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
         Some(p) => p.clone(),
         None => home_dir()
             .map(|h| h.join(".ssh/known_hosts"))
-            .ok_or_else(|| {
-                Error::Transport("ssh: HOME is not set: give SshConfig::known_hosts".into())
-            })?,
+            .ok_or_else(|| Error::Transport("ssh: HOME is not set: give SshConfig::known_hosts".into()))?,
     };
     // Key files are read before connecting: a wrong path or passphrase fails
     // without a network round trip.
@@ -498,19 +454,8 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
     let mut preferred = russh::Preferred::default();
     let recorded = known_hosts::recorded_algorithms(&known_hosts, host, config.port);
     if !recorded.is_empty() {
-        let mut order: Vec<_> = preferred
-            .key
-            .iter()
-            .filter(|a| recorded.contains(a))
-            .cloned()
-            .collect();
-        order.extend(
-            preferred
-                .key
-                .iter()
-                .filter(|a| !recorded.contains(a))
-                .cloned(),
-        );
+        let mut order: Vec<_> = preferred.key.iter().filter(|a| recorded.contains(a)).cloned().collect();
+        order.extend(preferred.key.iter().filter(|a| !recorded.contains(a)).cloned());
         preferred.key = order.into();
     }
     let rconfig = client::Config {
@@ -532,15 +477,12 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
         host_key: host_key.clone(),
         keepalive: (config.keepalive_interval, config.keepalive_max),
     };
-    let mut handle = client::connect_stream(Arc::new(rconfig), tcp, handler)
-        .await
-        .map_err(|e| match e {
-            ClientError::HostKey(msg) => Error::Transport(msg),
-            ClientError::Ssh(e) => Error::Transport(format!(
-                "ssh: handshake with {server} failed: {}",
-                describe_ssh_error(&e)
-            )),
-        })?;
+    let mut handle = client::connect_stream(Arc::new(rconfig), tcp, handler).await.map_err(|e| match e {
+        ClientError::HostKey(msg) => Error::Transport(msg),
+        ClientError::Ssh(e) => {
+            Error::Transport(format!("ssh: handshake with {server} failed: {}", describe_ssh_error(&e)))
+        }
+    })?;
     login(&mut handle, config, server, methods, notes).await?;
     let host_key = host_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
     tracing::debug!(%server, user = %config.user, %host_key, "ssh session ready");
@@ -569,9 +511,7 @@ enum Method {
 }
 
 fn home_dir() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
 /// Loads explicit methods (failing on any unusable one), or the defaults
@@ -609,10 +549,7 @@ fn resolve_auth(config: &SshConfig) -> Result<(Vec<Method>, Vec<String>)> {
             continue;
         }
         match load_private_key(&path, None) {
-            Ok(key) => methods.push(Method::Key {
-                label: path.display().to_string(),
-                key: Arc::new(key),
-            }),
+            Ok(key) => methods.push(Method::Key { label: path.display().to_string(), key: Arc::new(key) }),
             Err(e) => notes.push(format!("skipped {}: {e}", path.display())),
         }
     }
@@ -668,9 +605,7 @@ async fn connect_agent(socket: Option<&Path>) -> std::result::Result<Agent, Stri
         Some(path) => AgentClient::connect_uds(path).await,
         None => AgentClient::connect_env().await,
     };
-    connected
-        .map(AgentClient::dynamic)
-        .map_err(|e| e.to_string())
+    connected.map(AgentClient::dynamic).map_err(|e| e.to_string())
 }
 
 #[cfg(not(unix))]
@@ -695,11 +630,8 @@ async fn login(
     notes: Vec<String>,
 ) -> Result<()> {
     let user = config.user.as_str();
-    let gone = |e: &dyn fmt::Display| {
-        Error::Transport(format!(
-            "ssh: {server} closed the connection during login: {e}"
-        ))
-    };
+    let gone =
+        |e: &dyn fmt::Display| Error::Transport(format!("ssh: {server} closed the connection during login: {e}"));
     // (what was tried, why it was refused)
     let mut refused: Vec<(String, String)> = Vec::new();
     let mut server_accepts: Option<MethodSet> = None;
@@ -708,23 +640,13 @@ async fn login(
             Method::Key { label, key } => {
                 let fingerprint = key.public_key().fingerprint(HashAlg::Sha256);
                 let hash = if key.algorithm().is_rsa() {
-                    handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .ok()
-                        .flatten()
-                        .flatten()
+                    handle.best_supported_rsa_hash().await.ok().flatten().flatten()
                 } else {
                     None
                 };
-                match handle
-                    .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
-                    .await
-                {
+                match handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash)).await {
                     Ok(client::AuthResult::Success) => return Ok(()),
-                    Ok(client::AuthResult::Failure {
-                        remaining_methods, ..
-                    }) => {
+                    Ok(client::AuthResult::Failure { remaining_methods, .. }) => {
                         refused.push((
                             format!("key {label} ({fingerprint})"),
                             "the key is not in the server's authorized_keys for that user, or the user does not \
@@ -747,8 +669,7 @@ async fn login(
                 let identities = match agent.request_identities().await {
                     Ok(ids) => ids,
                     Err(e) => {
-                        refused
-                            .push(("the ssh-agent".into(), format!("cannot list its keys: {e}")));
+                        refused.push(("the ssh-agent".into(), format!("cannot list its keys: {e}")));
                         continue;
                     }
                 };
@@ -766,23 +687,15 @@ async fn login(
                 let count = keys.len();
                 for key in keys {
                     let hash = if key.algorithm().is_rsa() {
-                        handle
-                            .best_supported_rsa_hash()
-                            .await
-                            .ok()
-                            .flatten()
-                            .flatten()
+                        handle.best_supported_rsa_hash().await.ok().flatten().flatten()
                     } else {
                         None
                     };
-                    match handle
-                        .authenticate_publickey_with(user, key, hash, &mut agent)
-                        .await
-                    {
+                    match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
                         Ok(client::AuthResult::Success) => return Ok(()),
-                        Ok(client::AuthResult::Failure {
-                            remaining_methods, ..
-                        }) => server_accepts = Some(remaining_methods),
+                        Ok(client::AuthResult::Failure { remaining_methods, .. }) => {
+                            server_accepts = Some(remaining_methods)
+                        }
                         Err(e) => tracing::debug!(error = %e, "ssh-agent could not sign"),
                     }
                 }
@@ -792,21 +705,13 @@ async fn login(
                 ));
             }
             Method::Password(password) => {
-                if server_accepts
-                    .as_ref()
-                    .is_some_and(|m| !m.contains(&MethodKind::Password))
-                {
-                    refused.push((
-                        "a password".into(),
-                        "the server does not accept password logins".into(),
-                    ));
+                if server_accepts.as_ref().is_some_and(|m| !m.contains(&MethodKind::Password)) {
+                    refused.push(("a password".into(), "the server does not accept password logins".into()));
                     continue;
                 }
                 match handle.authenticate_password(user, password).await {
                     Ok(client::AuthResult::Success) => return Ok(()),
-                    Ok(client::AuthResult::Failure {
-                        remaining_methods, ..
-                    }) => {
+                    Ok(client::AuthResult::Failure { remaining_methods, .. }) => {
                         let why = if remaining_methods.contains(&MethodKind::Password) {
                             "wrong password"
                         } else {
@@ -820,37 +725,21 @@ async fn login(
             }
         }
     }
-    let accepts = server_accepts
-        .map(|m| format!(" (the server accepts: {})", describe_methods(&m)))
-        .unwrap_or_default();
-    let skipped = if notes.is_empty() {
-        String::new()
-    } else {
-        format!("; also {}", notes.join("; "))
-    };
+    let accepts =
+        server_accepts.map(|m| format!(" (the server accepts: {})", describe_methods(&m))).unwrap_or_default();
+    let skipped = if notes.is_empty() { String::new() } else { format!("; also {}", notes.join("; ")) };
     Err(Error::Transport(match refused.as_slice() {
         [(what, why)] => {
             format!("ssh: {server} refused {what} for user {user}: {why}{accepts}{skipped}")
         }
         _ => {
-            let each: Vec<String> = refused
-                .iter()
-                .map(|(what, why)| format!("{what}: {why}"))
-                .collect();
-            format!(
-                "ssh: {server} refused every login for user {user}: {}{accepts}{skipped}",
-                each.join("; ")
-            )
+            let each: Vec<String> = refused.iter().map(|(what, why)| format!("{what}: {why}")).collect();
+            format!("ssh: {server} refused every login for user {user}: {}{accepts}{skipped}", each.join("; "))
         }
     }))
 }
 
-fn describe_open_failure(
-    reason: &ChannelOpenFailure,
-    server: &str,
-    target: &str,
-    user: &str,
-) -> String {
+fn describe_open_failure(reason: &ChannelOpenFailure, server: &str, target: &str, user: &str) -> String {
     match reason {
         ChannelOpenFailure::ConnectFailed => format!(
             "connection refused (the SSH server {server} could not connect to {target}; is an RPyC server \
@@ -948,10 +837,7 @@ impl ClientHandler {
 impl client::Handler for ClientHandler {
     type Error = ClientError;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> std::result::Result<bool, ClientError> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> std::result::Result<bool, ClientError> {
         let key = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(_) => {
@@ -962,8 +848,7 @@ impl client::Handler for ClientHandler {
             }
         };
         self.verify(key).map_err(ClientError::HostKey)?;
-        *self.host_key.lock().unwrap_or_else(|p| p.into_inner()) =
-            key.fingerprint(HashAlg::Sha256).to_string();
+        *self.host_key.lock().unwrap_or_else(|p| p.into_inner()) = key.fingerprint(HashAlg::Sha256).to_string();
         Ok(true)
     }
 
@@ -973,13 +858,8 @@ impl client::Handler for ClientHandler {
     ) -> std::result::Result<(), ClientError> {
         match reason {
             client::DisconnectReason::ReceivedDisconnect(info) => {
-                let why = if info.message.is_empty() {
-                    format!("{:?}", info.reason_code)
-                } else {
-                    info.message
-                };
-                self.state
-                    .set_closed(format!("the server disconnected: {why}"));
+                let why = if info.message.is_empty() { format!("{:?}", info.reason_code) } else { info.message };
+                self.state.set_closed(format!("the server disconnected: {why}"));
                 Ok(())
             }
             client::DisconnectReason::Error(e) => {
@@ -1012,11 +892,7 @@ struct SshStream {
 }
 
 impl AsyncRead for SshStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -1024,10 +900,7 @@ impl AsyncRead for SshStream {
                 match this.session.inner.state.close_reason() {
                     Some(reason) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
-                        format!(
-                            "ssh session to {} dropped: {reason}",
-                            this.session.inner.server
-                        ),
+                        format!("ssh session to {} dropped: {reason}", this.session.inner.server),
                     ))),
                     None => Poll::Ready(Ok(())),
                 }
@@ -1038,11 +911,7 @@ impl AsyncRead for SshStream {
 }
 
 impl AsyncWrite for SshStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1065,10 +934,7 @@ mod tests {
             ("gw.example", 2222, "bob", "localhost:18861")
         );
         let (c, t) = parse_url("ssh://bob@[::1]/[::1]:18861").unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.port, t.as_str()),
-            ("::1", 22, "[::1]:18861")
-        );
+        assert_eq!((c.host.as_str(), c.port, t.as_str()), ("::1", 22, "[::1]:18861"));
         assert_eq!(c.server(), "[::1]:22");
         assert!(parse_url("ssh://bob@gw").is_err());
         assert!(parse_url("ssh://bob@gw/localhost").is_err());
@@ -1076,13 +942,8 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let c = SshConfig::new("h", 22, "u")
-            .with_password("hunter2")
-            .with_encrypted_key_file("/k", "s3cret");
+        let c = SshConfig::new("h", 22, "u").with_password("hunter2").with_encrypted_key_file("/k", "s3cret");
         let text = format!("{c:?}");
-        assert!(
-            !text.contains("hunter2") && !text.contains("s3cret"),
-            "{text}"
-        );
+        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
     }
 }

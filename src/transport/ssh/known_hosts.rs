@@ -74,12 +74,7 @@ fn read_entries(path: &Path) -> io::Result<Vec<(usize, Entry)>> {
 
 /// Looks `key` up for `host:port` in the file at `path` (a missing file is
 /// an empty one).
-pub(crate) fn check(
-    path: &Path,
-    host: &str,
-    port: u16,
-    key: &PublicKey,
-) -> io::Result<HostKeyStatus> {
+pub(crate) fn check(path: &Path, host: &str, port: u16, key: &PublicKey) -> io::Result<HostKeyStatus> {
     let token = host_token(host, port);
     let mut others = Vec::new();
     let mut known = false;
@@ -107,11 +102,7 @@ pub(crate) fn check(
 /// The key algorithms recorded for `host:port`, so the client can ask the
 /// server for a key it can verify (OpenSSH orders `HostKeyAlgorithms` the
 /// same way).
-pub(crate) fn recorded_algorithms(
-    path: &Path,
-    host: &str,
-    port: u16,
-) -> Vec<russh::keys::Algorithm> {
+pub(crate) fn recorded_algorithms(path: &Path, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
     let token = host_token(host, port);
     let mut algs = Vec::new();
     for (_, entry) in read_entries(path).unwrap_or_default() {
@@ -137,11 +128,7 @@ pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> io:
             builder.create(dir)?;
         }
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().read(true).append(true).create(true).open(path)?;
     let mut needs_newline = false;
     if file.seek(SeekFrom::End(-1)).is_ok() {
         let mut last = [0u8; 1];
@@ -150,15 +137,8 @@ pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> io:
     }
     let mut key = key.clone();
     key.set_comment("");
-    let encoded = key
-        .to_openssh()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let line = format!(
-        "{}{} {}\n",
-        if needs_newline { "\n" } else { "" },
-        host_token(host, port),
-        encoded.trim()
-    );
+    let encoded = key.to_openssh().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let line = format!("{}{} {}\n", if needs_newline { "\n" } else { "" }, host_token(host, port), encoded.trim());
     file.write_all(line.as_bytes())?;
     file.flush()
 }
@@ -212,19 +192,15 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
             },
         }
     }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+    pattern.get(p..).is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const KEY_A: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-    const KEY_B: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
+    const KEY_A: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const KEY_B: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA6rWI3G1sz07DnfFlrouTcysQlj2P+jpNSOEWD9OJ3X";
 
     fn key(s: &str) -> PublicKey {
         s.parse().unwrap()
@@ -252,33 +228,13 @@ mod tests {
             "# comment\n[127.0.0.1]:2222 {KEY_A}\nother,!bad.host,*.host {KEY_B} c\n@revoked evil {KEY_A}\ngarbage line\n"
         ));
         let p = f.path();
-        assert_eq!(
-            check(p, "127.0.0.1", 2222, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert!(
-            matches!(check(p, "127.0.0.1", 2222, &key(KEY_B)).unwrap(), HostKeyStatus::Changed(v) if v[0].0 == 2)
-        );
-        assert_eq!(
-            check(p, "127.0.0.1", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Unknown
-        );
-        assert_eq!(
-            check(p, "good.host", 22, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check(p, "bad.host", 22, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Unknown
-        );
-        assert_eq!(
-            check(p, "EVIL", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Revoked(4)
-        );
-        assert_eq!(
-            check(Path::new("/nonexistent/known_hosts"), "x", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Unknown
-        );
+        assert_eq!(check(p, "127.0.0.1", 2222, &key(KEY_A)).unwrap(), HostKeyStatus::Known);
+        assert!(matches!(check(p, "127.0.0.1", 2222, &key(KEY_B)).unwrap(), HostKeyStatus::Changed(v) if v[0].0 == 2));
+        assert_eq!(check(p, "127.0.0.1", 22, &key(KEY_A)).unwrap(), HostKeyStatus::Unknown);
+        assert_eq!(check(p, "good.host", 22, &key(KEY_B)).unwrap(), HostKeyStatus::Known);
+        assert_eq!(check(p, "bad.host", 22, &key(KEY_B)).unwrap(), HostKeyStatus::Unknown);
+        assert_eq!(check(p, "EVIL", 22, &key(KEY_A)).unwrap(), HostKeyStatus::Revoked(4));
+        assert_eq!(check(Path::new("/nonexistent/known_hosts"), "x", 22, &key(KEY_A)).unwrap(), HostKeyStatus::Unknown);
     }
 
     #[test]
@@ -294,14 +250,8 @@ mod tests {
         };
         let line = format!("|1|{}|{} {KEY_A}\n", b64(salt), b64(hmac.as_ref()));
         let f = file(&line);
-        assert_eq!(
-            check(f.path(), "localhost", 13265, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check(f.path(), "localhost", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Unknown
-        );
+        assert_eq!(check(f.path(), "localhost", 13265, &key(KEY_A)).unwrap(), HostKeyStatus::Known);
+        assert_eq!(check(f.path(), "localhost", 22, &key(KEY_A)).unwrap(), HostKeyStatus::Unknown);
     }
 
     #[test]
@@ -310,17 +260,8 @@ mod tests {
         let p = dir.path().join("sub/known_hosts");
         append(&p, "h", 2200, &key(KEY_A)).unwrap();
         append(&p, "h", 22, &key(KEY_B)).unwrap();
-        assert_eq!(
-            check(&p, "h", 2200, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check(&p, "h", 22, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            recorded_algorithms(&p, "h", 22),
-            vec![russh::keys::Algorithm::Ed25519]
-        );
+        assert_eq!(check(&p, "h", 2200, &key(KEY_A)).unwrap(), HostKeyStatus::Known);
+        assert_eq!(check(&p, "h", 22, &key(KEY_B)).unwrap(), HostKeyStatus::Known);
+        assert_eq!(recorded_algorithms(&p, "h", 22), vec![russh::keys::Algorithm::Ed25519]);
     }
 }

@@ -87,10 +87,7 @@ pub struct SshServerConfig {
 
 impl SshServerConfig {
     /// A configuration with the defaults above.
-    pub fn new(
-        host_key: impl Into<PathBuf>,
-        authorized_keys: impl Into<PathBuf>,
-    ) -> SshServerConfig {
+    pub fn new(host_key: impl Into<PathBuf>, authorized_keys: impl Into<PathBuf>) -> SshServerConfig {
         SshServerConfig {
             host_key: host_key.into(),
             authorized_keys: authorized_keys.into(),
@@ -150,10 +147,7 @@ impl SshAcceptor {
             match std::fs::metadata(&keys) {
                 Ok(m) if m.is_file() => {}
                 Ok(_) => {
-                    return Err(Error::Transport(format!(
-                        "ssh: authorized_keys {} is not a file",
-                        keys.display()
-                    )))
+                    return Err(Error::Transport(format!("ssh: authorized_keys {} is not a file", keys.display())))
                 }
                 Err(e) => {
                     return Err(Error::Transport(format!(
@@ -196,13 +190,7 @@ impl SshAcceptor {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared, shutdown_rx));
         tracing::info!(addr = %local, host_key = %public.fingerprint(HashAlg::Sha256), "ssh endpoint listening");
-        Ok(SshAcceptor {
-            rx: tokio::sync::Mutex::new(rx),
-            addr: local,
-            host_key: public,
-            shutdown,
-            task,
-        })
+        Ok(SshAcceptor { rx: tokio::sync::Mutex::new(rx), addr: local, host_key: public, shutdown, task })
     }
 
     /// The bound address.
@@ -219,19 +207,13 @@ impl SshAcceptor {
     pub fn host_public_key(&self) -> String {
         let mut key = self.host_key.clone();
         key.set_comment("");
-        key.to_openssh()
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+        key.to_openssh().map(|s| s.trim().to_string()).unwrap_or_default()
     }
 
     /// A `known_hosts` line for this endpoint reached as `host` (e.g.
     /// `[127.0.0.1]:2222 ssh-ed25519 AAAA…`).
     pub fn known_hosts_line(&self, host: &str) -> String {
-        format!(
-            "{} {}",
-            super::known_hosts::host_token(host, self.addr.port()),
-            self.host_public_key()
-        )
+        format!("{} {}", super::known_hosts::host_token(host, self.addr.port()), self.host_public_key())
     }
 }
 
@@ -246,9 +228,7 @@ impl Accept for SshAcceptor {
     fn accept(&self) -> BoxFut<'_, io::Result<Incoming>> {
         Box::pin(async move {
             let mut rx = self.rx.lock().await;
-            rx.recv()
-                .await
-                .ok_or_else(|| io::Error::other("the ssh endpoint has stopped"))
+            rx.recv().await.ok_or_else(|| io::Error::other("the ssh endpoint has stopped"))
         })
     }
     fn describe(&self) -> String {
@@ -259,11 +239,7 @@ impl Accept for SshAcceptor {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let (sock, peer) = tokio::select! {
             _ = until_true(&mut shutdown) => break,
@@ -285,14 +261,7 @@ async fn accept_loop(
             tracing::warn!(%peer, "ssh: session refused: too many sessions not logged in yet (max_startups)");
             continue;
         };
-        tokio::spawn(run_session(
-            sock,
-            peer,
-            shared.clone(),
-            session,
-            startup,
-            shutdown.clone(),
-        ));
+        tokio::spawn(run_session(sock, peer, shared.clone(), session, startup, shutdown.clone()));
     }
 }
 
@@ -314,22 +283,18 @@ async fn run_session(
         authed: authed_tx,
     };
     let deadline = tokio::time::Instant::now() + shared.grace;
-    let running = match tokio::time::timeout_at(
-        deadline,
-        russh::server::run_stream(shared.russh.clone(), sock, handler),
-    )
-    .await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "ssh: handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "ssh: no SSH greeting within the login grace time");
-            return;
-        }
-    };
+    let running =
+        match tokio::time::timeout_at(deadline, russh::server::run_stream(shared.russh.clone(), sock, handler)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "ssh: handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "ssh: no SSH greeting within the login grace time");
+                return;
+            }
+        };
     let handle = running.handle();
     tokio::pin!(running);
     let mut startup = Some(startup);
@@ -356,9 +321,7 @@ async fn run_session(
         },
     };
     tracing::info!(%peer, reason, "ssh: disconnecting");
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into())
-        .await;
+    let _ = handle.disconnect(russh::Disconnect::ByApplication, reason.into(), "en".into()).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
 }
 
@@ -436,10 +399,7 @@ impl russh::server::Handler for ServerHandler {
         }
     }
 
-    async fn auth_succeeded(
-        &mut self,
-        _session: &mut Session,
-    ) -> std::result::Result<(), Self::Error> {
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> std::result::Result<(), Self::Error> {
         let _ = self.authed.send(true);
         Ok(())
     }
@@ -451,9 +411,7 @@ impl russh::server::Handler for ServerHandler {
         _session: &mut Session,
     ) -> std::result::Result<(), Self::Error> {
         tracing::debug!(peer = %self.peer, "ssh: refused a session channel (no shells or commands here; use ssh -N -L)");
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
         Ok(())
     }
 
@@ -468,9 +426,7 @@ impl russh::server::Handler for ServerHandler {
         _session: &mut Session,
     ) -> std::result::Result<(), Self::Error> {
         let Some((user, fingerprint)) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
             return Ok(());
         };
         let target = format!("{host_to_connect}:{port_to_connect}");
@@ -491,10 +447,7 @@ impl russh::server::Handler for ServerHandler {
         creds.ssh_user = Some(user);
         creds.ssh_key_fingerprint = Some(fingerprint);
         creds.attributes.insert("ssh_target".into(), target);
-        let stream = ServerStream {
-            inner: channel.into_stream(),
-            _permit: permit,
-        };
+        let stream = ServerStream { inner: channel.into_stream(), _permit: permit };
         slot.send(Incoming::ready(Box::new(stream), creds));
         Ok(())
     }
@@ -507,21 +460,13 @@ struct ServerStream {
 }
 
 impl AsyncRead for ServerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ServerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -542,9 +487,7 @@ fn authorized_keys_path(template: &Path, user: &str) -> Option<PathBuf> {
     let safe = !user.is_empty()
         && user.len() <= 64
         && !user.starts_with(['.', '-'])
-        && user
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     safe.then(|| PathBuf::from(t.replace("%u", user)))
 }
 
@@ -555,13 +498,9 @@ async fn read_authorized_keys(path: &Path) -> io::Result<Vec<PublicKey>> {
     let text = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut text = String::new();
-        std::fs::File::open(&owned)?
-            .take(MAX_AUTHORIZED_KEYS_BYTES + 1)
-            .read_to_string(&mut text)?;
+        std::fs::File::open(&owned)?.take(MAX_AUTHORIZED_KEYS_BYTES + 1).read_to_string(&mut text)?;
         if text.len() as u64 > MAX_AUTHORIZED_KEYS_BYTES {
-            return Err(io::Error::other(format!(
-                "larger than {MAX_AUTHORIZED_KEYS_BYTES} bytes"
-            )));
+            return Err(io::Error::other(format!("larger than {MAX_AUTHORIZED_KEYS_BYTES} bytes")));
         }
         Ok(text)
     })
@@ -596,10 +535,7 @@ fn options_allow_forwarding(opts: &ConfigOpts) -> std::result::Result<(), String
     let mut restricted = false;
     let mut forwarding = None;
     for opt in opts.iter() {
-        let name = opt
-            .split_once('=')
-            .map_or(opt, |(n, _)| n)
-            .to_ascii_lowercase();
+        let name = opt.split_once('=').map_or(opt, |(n, _)| n).to_ascii_lowercase();
         match name.as_str() {
             // Irrelevant here: no shells, ptys, agents, X11 or remote forwards.
             "no-agent-forwarding"
@@ -616,11 +552,7 @@ fn options_allow_forwarding(opts: &ConfigOpts) -> std::result::Result<(), String
             "restrict" => restricted = true,
             "no-port-forwarding" => forwarding = Some(false),
             "port-forwarding" => forwarding = Some(true),
-            other => {
-                return Err(format!(
-                    "option '{other}' is not supported by the embedded SSH endpoint"
-                ))
-            }
+            other => return Err(format!("option '{other}' is not supported by the embedded SSH endpoint")),
         }
     }
     if forwarding.unwrap_or(!restricted) {
@@ -655,18 +587,12 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options
-        .open(path)
-        .and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()));
+    let written = options.open(path).and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()));
     match written {
         Ok(()) => {}
         // Another process created it first: use theirs.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return load_or_create_host_key(path),
-        Err(e) => {
-            return Err(Error::Transport(format!(
-                "ssh: cannot create host key {p}: {e}"
-            )))
-        }
+        Err(e) => return Err(Error::Transport(format!("ssh: cannot create host key {p}: {e}"))),
     }
     if let Ok(public) = key.public_key().to_openssh() {
         let mut pub_path = path.as_os_str().to_owned();
@@ -684,13 +610,8 @@ mod tests {
     use super::*;
 
     fn opts(line: &str) -> std::result::Result<(), String> {
-        let key =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ c";
-        let full = if line.is_empty() {
-            key.to_string()
-        } else {
-            format!("{line} {key}")
-        };
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ c";
+        let full = if line.is_empty() { key.to_string() } else { format!("{line} {key}") };
         options_allow_forwarding(full.parse::<Entry>().unwrap().config_opts())
     }
 
@@ -708,17 +629,11 @@ mod tests {
     #[test]
     fn per_user_paths() {
         let t = Path::new("/etc/rpyc/keys/%u");
-        assert_eq!(
-            authorized_keys_path(t, "alice"),
-            Some(PathBuf::from("/etc/rpyc/keys/alice"))
-        );
+        assert_eq!(authorized_keys_path(t, "alice"), Some(PathBuf::from("/etc/rpyc/keys/alice")));
         assert_eq!(authorized_keys_path(t, "../root"), None);
         assert_eq!(authorized_keys_path(t, ".."), None);
         assert_eq!(authorized_keys_path(t, "a/b"), None);
-        assert_eq!(
-            authorized_keys_path(Path::new("/k"), "../x"),
-            Some(PathBuf::from("/k"))
-        );
+        assert_eq!(authorized_keys_path(Path::new("/k"), "../x"), Some(PathBuf::from("/k")));
     }
 
     #[test]
@@ -731,10 +646,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert!(dir.path().join("host_key.pub").exists());
     }
