@@ -44,12 +44,7 @@ fn main() -> rpyc::Result<()> {
 
     // The same exception, synchronously.
     match int.call(("this is not a valid number",)) {
-        Err(e) => println!(
-            "synchronously: {}",
-            e.exception()
-                .map(|x| x.qualified_name())
-                .unwrap_or_default()
-        ),
+        Err(e) => println!("synchronously: {}", e.exception().map(|x| x.qualified_name()).unwrap_or_default()),
         Ok(v) => println!("unexpected value {v:?}"),
     }
     c.close()

@@ -37,18 +37,12 @@ fn main() -> rpyc::Result<()> {
     println!("ready after wait(): {}", res.ready());
     println!("error: {}", res.error());
     println!("value is None: {}", res.value()?.is_none());
-    println!(
-        "took at least 1 s: {}",
-        started.elapsed() >= Duration::from_secs(1)
-    );
+    println!("took at least 1 s: {}", started.elapsed() >= Duration::from_secs(1));
 
     // An expiry turns a slow call into a timeout, as Python's set_expiry does.
     let res = sleep.async_call((2,))?;
     res.set_expiry(Some(Duration::from_millis(100)));
-    println!(
-        "with a 100 ms expiry: value is an error: {}",
-        res.value().is_err()
-    );
+    println!("with a 100 ms expiry: value is an error: {}", res.value().is_err());
     println!("expired: {}", res.expired());
     c.close()
 }

@@ -40,22 +40,11 @@ async fn main() -> rpyc::Result<()> {
     });
 
     let items: Vec<i64> = (0..5).collect();
-    let mapped = c
-        .builtins()
-        .await?
-        .callattr("map", (square, items))
-        .await?
-        .into_netref()?;
-    println!(
-        "map is lazy: no call yet ({} so far)",
-        calls.load(Ordering::SeqCst)
-    );
+    let mapped = c.builtins().await?.callattr("map", (square, items)).await?.into_netref()?;
+    println!("map is lazy: no call yet ({} so far)", calls.load(Ordering::SeqCst));
     let squares: Vec<i64> = mapped.get().await?;
     println!("list(map(square, range(5))) = {squares:?}");
-    println!(
-        "the callback ran locally {} times",
-        calls.load(Ordering::SeqCst)
-    );
+    println!("the callback ran locally {} times", calls.load(Ordering::SeqCst));
     c.close().await;
     Ok(())
 }

@@ -35,11 +35,7 @@ fn main() -> rpyc::Result<()> {
 
     // A non-value result is a proxy.
     let squares = c.eval("[i * i for i in range(5)]")?.into_netref()?;
-    println!(
-        "eval of a list gives a remote {} with len {}",
-        squares.class_name(),
-        squares.len()?
-    );
+    println!("eval of a list gives a remote {} with len {}", squares.class_name(), squares.len()?);
     let items: Vec<i64> = squares.get()?;
     println!("its items: {items:?}");
     c.close()

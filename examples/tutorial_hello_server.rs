@@ -30,11 +30,7 @@ fn main() -> rpyc::Result<()> {
     let c = Classic::connect(server.addr())?;
 
     let stdout = c.module("sys")?.getattr("stdout")?;
-    c.builtins()?.callattr_kw(
-        "print",
-        ("hello world",),
-        Kwargs::new().arg("file", stdout).arg("flush", true),
-    )?;
+    c.builtins()?.callattr_kw("print", ("hello world",), Kwargs::new().arg("file", stdout).arg("flush", true))?;
     if server.started_here() {
         match server.wait_stdout("hello world", Duration::from_secs(10)) {
             Some(line) => println!("the server printed on its stdout: {line}"),

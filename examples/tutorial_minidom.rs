@@ -30,9 +30,7 @@ fn main() -> rpyc::Result<()> {
     let name: String = minidom.getattr("__name__")?.extract()?;
     println!("imported {name} on the server");
 
-    let doc = minidom
-        .callattr("parseString", ("<greeting>hello</greeting>",))?
-        .into_netref()?;
+    let doc = minidom.callattr("parseString", ("<greeting>hello</greeting>",))?.into_netref()?;
     println!("doc is a remote {}", doc.class_name());
     let xml: String = doc.call_method("toxml", ())?;
     println!("doc.toxml() = {xml}");

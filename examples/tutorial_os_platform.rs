@@ -28,10 +28,7 @@ fn main() -> rpyc::Result<()> {
     let version: String = sys.getattr("version")?.extract()?;
     println!("remote os.getcwd() = {cwd}");
     println!("remote sys.platform = {platform}");
-    println!(
-        "remote sys.version = {}",
-        version.lines().next().unwrap_or_default()
-    );
+    println!("remote sys.version = {}", version.lines().next().unwrap_or_default());
     println!("remote pid = {}", os.call_method::<i64>("getpid", ())?);
     c.close()
 }

@@ -34,17 +34,11 @@ fn main() -> rpyc::Result<()> {
     let dir: String = c.module("tempfile")?.call_method("mkdtemp", ())?;
     let path: String = os_path.call_method("join", (dir.as_str(), "Tofu.txt"))?;
 
-    println!(
-        "exists before: {}",
-        os_path.call_method::<bool>("exists", (path.as_str(),))?
-    );
+    println!("exists before: {}", os_path.call_method::<bool>("exists", (path.as_str(),))?);
     let f = c.open(&path, "w")?;
     f.write_str("Tofu is tasty\n")?;
     f.close()?;
-    println!(
-        "exists after: {}",
-        os_path.call_method::<bool>("exists", (path.as_str(),))?
-    );
+    println!("exists after: {}", os_path.call_method::<bool>("exists", (path.as_str(),))?);
 
     let f = c.open(&path, "r")?;
     let text = f.read_to_string()?;

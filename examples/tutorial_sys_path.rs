@@ -27,11 +27,7 @@ fn main() -> rpyc::Result<()> {
     let c = Classic::connect(server.addr())?;
 
     let sys_path = c.module("sys")?.getattr("path")?.into_netref()?;
-    println!(
-        "modules.sys.path is a remote {} of {} entries:",
-        sys_path.class_name(),
-        sys_path.len()?
-    );
+    println!("modules.sys.path is a remote {} of {} entries:", sys_path.class_name(), sys_path.len()?);
     let path: Vec<String> = sys_path.get()?;
     for entry in &path {
         println!("  {entry}");

@@ -44,16 +44,10 @@ fn main() -> rpyc::Result<()> {
     }
     // Python integers are unbounded: so are the results.
     let big = square.call((1u64 << 40,))?;
-    println!(
-        "square(2**40) = {}",
-        big.as_value().map(|v| v.repr()).unwrap_or_default()
-    );
+    println!("square(2**40) = {}", big.as_value().map(|v| v.repr()).unwrap_or_default());
 
     let where_am_i = c.teleport(WHERE_AM_I, "where_am_i")?;
     let pid: u32 = where_am_i.call(())?.extract()?;
-    println!(
-        "teleported code runs in the server process: {}",
-        pid != std::process::id()
-    );
+    println!("teleported code runs in the server process: {}", pid != std::process::id());
     c.close()
 }

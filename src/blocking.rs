@@ -44,9 +44,7 @@
 
 use crate::classic::{self, RemoteStream, TransferOptions, Transferred};
 use crate::client::ClientBuilder;
-use crate::connection::handler::{
-    Call, CallFn, FromCall, IntoArgs, IntoObject, Kwargs, SyncHandler,
-};
+use crate::connection::handler::{Call, CallFn, FromCall, IntoArgs, IntoObject, Kwargs, SyncHandler};
 use crate::connection::object::ClassBuilder;
 use crate::connection::Instance;
 use crate::error::{Error, Result};
@@ -76,10 +74,7 @@ thread_local! {
 
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     let rt = RUNTIME.get_or_init(|| {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 4);
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("rpyc-blocking")
@@ -88,11 +83,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
             .build()
             .map_err(|e| e.to_string())
     });
-    rt.as_ref().map_err(|e| {
-        Error::Io(std::io::Error::other(format!(
-            "cannot start the rpyc blocking runtime: {e}"
-        )))
-    })
+    rt.as_ref().map_err(|e| Error::Io(std::io::Error::other(format!("cannot start the rpyc blocking runtime: {e}"))))
 }
 
 struct ThreadWaker(std::thread::Thread);
@@ -209,9 +200,7 @@ pub fn function<M>(f: impl SyncHandler<M>) -> crate::Object {
             });
             match job.await {
                 Ok(result) => result,
-                Err(e) => Err(Error::Exception(Exception::runtime_error(format!(
-                    "callback failed: {e}"
-                )))),
+                Err(e) => Err(Error::Exception(Exception::runtime_error(format!("callback failed: {e}")))),
             }
         })
     });
@@ -378,12 +367,7 @@ impl Netref {
     }
 
     /// `obj.name(*args, **kwargs)` in one round trip.
-    pub fn callattr_kw(
-        &self,
-        name: &str,
-        args: impl IntoArgs,
-        kwargs: impl Into<Kwargs>,
-    ) -> Result<Object> {
+    pub fn callattr_kw(&self, name: &str, args: impl IntoArgs, kwargs: impl Into<Kwargs>) -> Result<Object> {
         run(self.0.callattr_kw(name, args, kwargs)).map(Object)
     }
 
@@ -405,6 +389,17 @@ impl Netref {
     /// `dir(obj)`.
     pub fn dir(&self) -> Result<Vec<String>> {
         run(self.0.dir())
+    }
+
+    /// `hash(obj)`.
+    pub fn hash(&self) -> Result<i64> {
+        run(self.0.hash())
+    }
+
+    /// A rich comparison: `op` is `"__eq__"`, `"__lt__"`, … (the result may
+    /// be `NotImplemented`).
+    pub fn cmp(&self, other: impl IntoObject, op: &str) -> Result<Object> {
+        run(self.0.cmp(other, op)).map(Object)
     }
 
     /// `len(obj)`.
@@ -483,9 +478,7 @@ pub struct RemoteIter {
 
 impl fmt::Debug for RemoteIter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteIter")
-            .field("done", &self.done)
-            .finish()
+        f.debug_struct("RemoteIter").field("done", &self.done).finish()
     }
 }
 
@@ -740,12 +733,7 @@ impl Classic {
     }
 
     /// Uploads with explicit options.
-    pub fn upload_with(
-        &self,
-        local: impl AsRef<Path>,
-        remote: &str,
-        opts: &TransferOptions,
-    ) -> Result<Transferred> {
+    pub fn upload_with(&self, local: impl AsRef<Path>, remote: &str, opts: &TransferOptions) -> Result<Transferred> {
         run(self.0.upload_with(local, remote, opts))
     }
 
@@ -755,12 +743,7 @@ impl Classic {
     }
 
     /// Downloads with explicit options.
-    pub fn download_with(
-        &self,
-        remote: &str,
-        local: impl AsRef<Path>,
-        opts: &TransferOptions,
-    ) -> Result<Transferred> {
+    pub fn download_with(&self, remote: &str, local: impl AsRef<Path>, opts: &TransferOptions) -> Result<Transferred> {
         run(self.0.download_with(remote, local, opts))
     }
 
@@ -777,26 +760,18 @@ pub struct RemoteFile(Option<classic::RemoteFile>);
 
 impl fmt::Debug for RemoteFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteFile")
-            .field("open", &self.0.is_some())
-            .finish()
+        f.debug_struct("RemoteFile").field("open", &self.0.is_some()).finish()
     }
 }
 
 impl RemoteFile {
     fn inner(&self) -> Result<&classic::RemoteFile> {
-        self.0
-            .as_ref()
-            .ok_or_else(|| Error::value_error("I/O operation on closed file."))
+        self.0.as_ref().ok_or_else(|| Error::value_error("I/O operation on closed file."))
     }
 
     /// The proxy, for the methods not wrapped here (`seek`, `readline`…).
     pub fn netref(&self) -> Option<Netref> {
-        self.0
-            .as_ref()
-            .and_then(|f| f.netref())
-            .cloned()
-            .map(Netref)
+        self.0.as_ref().and_then(|f| f.netref()).cloned().map(Netref)
     }
 
     /// `f.read(max)`; empty at the end.
@@ -856,9 +831,7 @@ pub struct StdioRedirect(Option<classic::StdioRedirect>);
 
 impl fmt::Debug for StdioRedirect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StdioRedirect")
-            .field("active", &self.0.is_some())
-            .finish()
+        f.debug_struct("StdioRedirect").field("active", &self.0.is_some()).finish()
     }
 }
 

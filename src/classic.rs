@@ -119,10 +119,7 @@ def _rpyc_rs_mkdir(path):
 
 impl fmt::Debug for Classic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Classic")
-            .field("conn", &self.conn)
-            .field("root", &self.root)
-            .finish()
+        f.debug_struct("Classic").field("conn", &self.conn).field("root", &self.root).finish()
     }
 }
 
@@ -144,11 +141,7 @@ impl Classic {
     /// ([`crate::connect_stream`] over a stream you opened, SSH, TLS…).
     pub async fn from_connection(conn: Connection) -> Result<Classic> {
         let root = conn.root().await?;
-        Ok(Classic {
-            conn,
-            root,
-            cache: Arc::new(Cache::default()),
-        })
+        Ok(Classic { conn, root, cache: Arc::new(Cache::default()) })
     }
 
     /// The underlying connection.
@@ -165,20 +158,13 @@ impl Classic {
     /// `module("sys")`, `conn.modules["xml.dom.minidom"]` is
     /// `module("xml.dom.minidom")`.
     pub async fn module(&self, dotted: &str) -> Result<Netref> {
-        self.root
-            .callattr("getmodule", (dotted,))
-            .await?
-            .into_netref()
+        self.root.callattr("getmodule", (dotted,)).await?.into_netref()
     }
 
     /// The remote `builtins` module (`conn.builtins`). Fetched once per
     /// connection.
     pub async fn builtins(&self) -> Result<Netref> {
-        self.cache
-            .builtins
-            .get_or_try_init(|| self.module("builtins"))
-            .await
-            .cloned()
+        self.cache.builtins.get_or_try_init(|| self.module("builtins")).await.cloned()
     }
 
     /// Evaluates an expression in the server's namespace (`conn.eval`).
@@ -223,12 +209,7 @@ impl Classic {
     /// Opens a remote file with the remote `open(path, mode)`; close it with
     /// [`RemoteFile::close`] (the end of Python's `with` block).
     pub async fn open(&self, path: &str, mode: &str) -> Result<RemoteFile> {
-        let file = self
-            .builtins()
-            .await?
-            .callattr("open", (path, mode))
-            .await?
-            .into_netref()?;
+        let file = self.builtins().await?.callattr("open", (path, mode)).await?.into_netref()?;
         Ok(RemoteFile { file: Some(file) })
     }
 
@@ -264,32 +245,13 @@ impl Classic {
         let stdout = sys.getattr("stdout").await?;
         let stderr = sys.getattr("stderr").await?;
         let sink: Sink = Arc::new(sink);
-        sys.setattr(
-            "stdout",
-            writer_class().instance(Writer {
-                stream: RemoteStream::Stdout,
-                sink: sink.clone(),
-            }),
-        )
-        .await?;
-        let mut guard = StdioRedirect {
-            saved: Some(Saved {
-                sys,
-                stdout,
-                stderr,
-            }),
-        };
+        sys.setattr("stdout", writer_class().instance(Writer { stream: RemoteStream::Stdout, sink: sink.clone() }))
+            .await?;
+        let mut guard = StdioRedirect { saved: Some(Saved { sys, stdout, stderr }) };
         let sys = guard.saved.as_ref().map(|s| s.sys.clone());
         if let Some(sys) = sys {
-            if let Err(e) = sys
-                .setattr(
-                    "stderr",
-                    writer_class().instance(Writer {
-                        stream: RemoteStream::Stderr,
-                        sink,
-                    }),
-                )
-                .await
+            if let Err(e) =
+                sys.setattr("stderr", writer_class().instance(Writer { stream: RemoteStream::Stderr, sink })).await
             {
                 let _ = guard.restore_inner().await;
                 return Err(e);
@@ -302,8 +264,7 @@ impl Classic {
     /// default [`TransferOptions`] (1 MiB chunks, SHA-256 verified).
     /// Python: `rpyc.classic.upload(conn, local, remote)`.
     pub async fn upload(&self, local: impl AsRef<Path>, remote: &str) -> Result<Transferred> {
-        self.upload_with(local, remote, &TransferOptions::default())
-            .await
+        self.upload_with(local, remote, &TransferOptions::default()).await
     }
 
     /// Uploads with explicit options.
@@ -322,18 +283,14 @@ impl Classic {
             let bytes = self.upload_file(local, remote, opts).await?;
             Ok(Transferred { files: 1, bytes })
         } else {
-            Err(Error::value_error(format!(
-                "cannot upload {}: not a file or a directory",
-                local.display()
-            )))
+            Err(Error::value_error(format!("cannot upload {}: not a file or a directory", local.display())))
         }
     }
 
     /// Downloads a file or a directory (recursively) from `remote` with the
     /// default [`TransferOptions`]. Python: `rpyc.classic.download(conn, remote, local)`.
     pub async fn download(&self, remote: &str, local: impl AsRef<Path>) -> Result<Transferred> {
-        self.download_with(remote, local, &TransferOptions::default())
-            .await
+        self.download_with(remote, local, &TransferOptions::default()).await
     }
 
     /// Downloads with explicit options.
@@ -387,8 +344,7 @@ impl Classic {
         opts: &TransferOptions,
     ) -> Result<()> {
         let h = self.helpers().await?;
-        let (remote_hex, remote_len): (String, u64) =
-            h.sha256.call((remote, opts.chunk())).await?.extract()?;
+        let (remote_hex, remote_len): (String, u64) = h.sha256.call((remote, opts.chunk())).await?.extract()?;
         if remote_hex != local_hex || remote_len != local_len {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -423,22 +379,15 @@ impl Classic {
         }
         rf.close().await?;
         if opts.verify {
-            self.verify(remote, &hex(&hasher.finalize()), sent, "upload", opts)
-                .await?;
+            self.verify(remote, &hex(&hasher.finalize()), sent, "upload", opts).await?;
         }
         Ok(sent)
     }
 
-    async fn download_file(
-        &self,
-        remote: &str,
-        local: &Path,
-        opts: &TransferOptions,
-    ) -> Result<u64> {
+    async fn download_file(&self, remote: &str, local: &Path, opts: &TransferOptions) -> Result<u64> {
         let chunk = opts.chunk();
         let rf = self.open(remote, "rb").await?;
-        let file =
-            std::fs::File::create(local).map_err(|e| io_context(e, "cannot create", local))?;
+        let file = std::fs::File::create(local).map_err(|e| io_context(e, "cannot create", local))?;
         let mut file = Some(file);
         let mut hasher = Sha256::new();
         let mut got = 0u64;
@@ -457,23 +406,15 @@ impl Classic {
         }
         rf.close().await?;
         if let Some(f) = file.take() {
-            blocking_io(move || f.sync_all())
-                .await
-                .map_err(|e| io_context(e, "cannot write", local))?;
+            blocking_io(move || f.sync_all()).await.map_err(|e| io_context(e, "cannot write", local))?;
         }
         if opts.verify {
-            self.verify(remote, &hex(&hasher.finalize()), got, "download", opts)
-                .await?;
+            self.verify(remote, &hex(&hasher.finalize()), got, "download", opts).await?;
         }
         Ok(got)
     }
 
-    async fn upload_dir(
-        &self,
-        local: &Path,
-        remote: &str,
-        opts: &TransferOptions,
-    ) -> Result<Transferred> {
+    async fn upload_dir(&self, local: &Path, remote: &str, opts: &TransferOptions) -> Result<Transferred> {
         let h = self.helpers().await?;
         let mut total = Transferred::default();
         let mut stack = vec![(local.to_path_buf(), remote.to_string())];
@@ -487,10 +428,7 @@ impl Classic {
                 let path = entry.path();
                 let name = entry.file_name();
                 let name = name.to_str().ok_or_else(|| {
-                    Error::value_error(format!(
-                        "cannot upload {}: the name is not UTF-8",
-                        path.display()
-                    ))
+                    Error::value_error(format!("cannot upload {}: the name is not UTF-8", path.display()))
                 })?;
                 let rpath = format!("{rdir}{}{name}", h.sep);
                 let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
@@ -511,12 +449,7 @@ impl Classic {
         Ok(total)
     }
 
-    async fn download_dir(
-        &self,
-        remote: &str,
-        local: &Path,
-        opts: &TransferOptions,
-    ) -> Result<Transferred> {
+    async fn download_dir(&self, remote: &str, local: &Path, opts: &TransferOptions) -> Result<Transferred> {
         let h = self.helpers().await?;
         std::fs::create_dir_all(local).map_err(|e| io_context(e, "cannot create", local))?;
         let entries: Vec<(Vec<String>, String, bool)> = h.walk.call((remote,)).await?.extract()?;
@@ -524,12 +457,10 @@ impl Classic {
         for (parts, full, is_dir) in entries {
             let path = safe_join(local, &parts)?;
             if is_dir {
-                std::fs::create_dir_all(&path)
-                    .map_err(|e| io_context(e, "cannot create", &path))?;
+                std::fs::create_dir_all(&path).map_err(|e| io_context(e, "cannot create", &path))?;
             } else {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| io_context(e, "cannot create", parent))?;
+                    std::fs::create_dir_all(parent).map_err(|e| io_context(e, "cannot create", parent))?;
                 }
                 total.bytes += self.download_file(&full, &path, opts).await?;
                 total.files += 1;
@@ -554,10 +485,7 @@ pub struct TransferOptions {
 
 impl Default for TransferOptions {
     fn default() -> Self {
-        TransferOptions {
-            chunk_size: 1 << 20,
-            verify: true,
-        }
+        TransferOptions { chunk_size: 1 << 20, verify: true }
     }
 }
 
@@ -590,9 +518,7 @@ pub struct RemoteFile {
 
 impl fmt::Debug for RemoteFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteFile")
-            .field("open", &self.file.is_some())
-            .finish()
+        f.debug_struct("RemoteFile").field("open", &self.file.is_some()).finish()
     }
 }
 
@@ -600,18 +526,13 @@ fn bytes_of(obj: Object) -> Result<Vec<u8>> {
     match obj {
         Object::Value(Value::Bytes(b)) => Ok(b),
         Object::Value(Value::Str(s)) => Ok(s.into_bytes()),
-        other => Err(Error::type_error(format!(
-            "expected bytes or str from read(), got {}",
-            other.describe()
-        ))),
+        other => Err(Error::type_error(format!("expected bytes or str from read(), got {}", other.describe()))),
     }
 }
 
 impl RemoteFile {
     fn netref_or_closed(&self) -> Result<&Netref> {
-        self.file
-            .as_ref()
-            .ok_or_else(|| Error::value_error("I/O operation on closed file."))
+        self.file.as_ref().ok_or_else(|| Error::value_error("I/O operation on closed file."))
     }
 
     /// The proxy, for the methods not wrapped here (`seek`, `tell`,
@@ -636,25 +557,18 @@ impl RemoteFile {
     /// `f.read()` as text: a text-mode file's `str`, or a binary-mode
     /// file's bytes decoded as UTF-8.
     pub async fn read_to_string(&self) -> Result<String> {
-        String::from_utf8(self.read_to_end().await?)
-            .map_err(|e| Error::value_error(format!("file is not UTF-8: {e}")))
+        String::from_utf8(self.read_to_end().await?).map_err(|e| Error::value_error(format!("file is not UTF-8: {e}")))
     }
 
     /// `f.write(data)` for a binary-mode file; returns the count written.
     pub async fn write_bytes(&self, data: impl Into<Vec<u8>>) -> Result<usize> {
         let data = Object::Value(Value::Bytes(data.into()));
-        self.netref_or_closed()?
-            .callattr("write", (data,))
-            .await?
-            .extract()
+        self.netref_or_closed()?.callattr("write", (data,)).await?.extract()
     }
 
     /// `f.write(text)` for a text-mode file; returns the count written.
     pub async fn write_str(&self, text: &str) -> Result<usize> {
-        self.netref_or_closed()?
-            .callattr("write", (text,))
-            .await?
-            .extract()
+        self.netref_or_closed()?.callattr("write", (text,)).await?.extract()
     }
 
     /// Closes the file through its `__exit__` (RPyC's CTXEXIT), flushing
@@ -696,10 +610,7 @@ pub struct RemoteContext {
 
 impl fmt::Debug for RemoteContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RemoteContext")
-            .field("manager", &self.manager)
-            .field("value", &self.value)
-            .finish()
+        f.debug_struct("RemoteContext").field("manager", &self.manager).field("value", &self.value).finish()
     }
 }
 
@@ -707,10 +618,7 @@ impl RemoteContext {
     /// Calls `manager.__enter__()` and keeps what it returned.
     pub async fn enter(manager: Netref) -> Result<RemoteContext> {
         let value = manager.callattr("__enter__", ()).await?;
-        Ok(RemoteContext {
-            manager: Some(manager),
-            value,
-        })
+        Ok(RemoteContext { manager: Some(manager), value })
     }
 
     /// What `__enter__` returned (the `as` target).
@@ -731,9 +639,7 @@ impl RemoteContext {
 impl Drop for RemoteContext {
     fn drop(&mut self) {
         if let Some(m) = self.manager.take() {
-            tracing::warn!(
-                "remote context manager dropped without exit(); exiting it in the background"
-            );
+            tracing::warn!("remote context manager dropped without exit(); exiting it in the background");
             in_background(async move {
                 let _ = m.exit(None).await;
             });
@@ -794,9 +700,7 @@ pub struct StdioRedirect {
 
 impl fmt::Debug for StdioRedirect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StdioRedirect")
-            .field("active", &self.saved.is_some())
-            .finish()
+        f.debug_struct("StdioRedirect").field("active", &self.saved.is_some()).finish()
     }
 }
 
@@ -825,9 +729,7 @@ impl Saved {
 impl Drop for StdioRedirect {
     fn drop(&mut self) {
         if let Some(s) = self.saved.take() {
-            tracing::warn!(
-                "stdio redirection dropped without restore(); restoring in the background"
-            );
+            tracing::warn!("stdio redirection dropped without restore(); restoring in the background");
             in_background(async move {
                 let _ = s.restore().await;
             });
@@ -848,9 +750,7 @@ fn in_background(fut: impl std::future::Future<Output = ()> + Send + 'static) {
 }
 
 /// Runs blocking file I/O off the async workers.
-async fn blocking_io<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+async fn blocking_io<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => Err(io::Error::other(format!("file I/O task failed: {e}"))),
@@ -874,10 +774,7 @@ fn read_chunk(f: &mut std::fs::File, size: usize) -> io::Result<Vec<u8>> {
 }
 
 fn io_context(e: io::Error, what: &str, path: &Path) -> Error {
-    Error::Io(io::Error::new(
-        e.kind(),
-        format!("{what} {}: {e}", path.display()),
-    ))
+    Error::Io(io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -890,17 +787,10 @@ fn hex(bytes: &[u8]) -> String {
 fn safe_join(base: &Path, parts: &[String]) -> Result<PathBuf> {
     let mut path = base.to_path_buf();
     if parts.is_empty() {
-        return Err(Error::Protocol(
-            "download: the server listed an empty path".into(),
-        ));
+        return Err(Error::Protocol("download: the server listed an empty path".into()));
     }
     for p in parts {
-        if p.is_empty()
-            || p == "."
-            || p == ".."
-            || p.contains(['/', '\\', '\0'])
-            || Path::new(p).is_absolute()
-        {
+        if p.is_empty() || p == "." || p == ".." || p.contains(['/', '\\', '\0']) || Path::new(p).is_absolute() {
             return Err(Error::Protocol(format!(
                 "download: refusing unsafe remote name {}",
                 Value::from(p.as_str()).repr()
@@ -945,10 +835,7 @@ mod tests {
     #[test]
     fn safe_join_refuses_escapes() {
         let base = Path::new("/tmp/x");
-        assert_eq!(
-            safe_join(base, &["a".into(), "b".into()]).unwrap(),
-            Path::new("/tmp/x/a/b")
-        );
+        assert_eq!(safe_join(base, &["a".into(), "b".into()]).unwrap(), Path::new("/tmp/x/a/b"));
         for bad in ["..", ".", "", "a/b", "a\\b", "/etc"] {
             assert!(safe_join(base, &[bad.to_string()]).is_err(), "{bad}");
         }
@@ -957,15 +844,9 @@ mod tests {
 
     #[test]
     fn chunk_is_clamped() {
-        let o = TransferOptions {
-            chunk_size: 0,
-            verify: true,
-        };
+        let o = TransferOptions { chunk_size: 0, verify: true };
         assert_eq!(o.chunk(), 1);
-        let o = TransferOptions {
-            chunk_size: usize::MAX,
-            verify: true,
-        };
+        let o = TransferOptions { chunk_size: usize::MAX, verify: true };
         assert_eq!(o.chunk(), 16 << 20);
     }
 }

@@ -83,13 +83,7 @@ pub fn server() -> Server {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--connect") {
         match args.get(i + 1) {
-            Some(addr) => {
-                return Server {
-                    addr: addr.clone(),
-                    child: None,
-                    stdout: None,
-                }
-            }
+            Some(addr) => return Server { addr: addr.clone(), child: None, stdout: None },
             None => fail("--connect needs HOST:PORT"),
         }
     }
@@ -142,19 +136,12 @@ fn start() -> Server {
             }
         });
     }
-    let mut server = Server {
-        addr: String::new(),
-        child: Some(child),
-        stdout: Some(out_rx),
-    };
+    let mut server = Server { addr: String::new(), child: Some(child), stdout: Some(out_rx) };
     match port_rx.recv_timeout(Duration::from_secs(30)) {
         Ok(port) => server.addr = format!("127.0.0.1:{port}"),
         Err(_) => {
             drop(server);
-            fail(&format!(
-                "{} did not report its port within 30 s",
-                program.display()
-            ))
+            fail(&format!("{} did not report its port within 30 s", program.display()))
         }
     }
     server

@@ -20,12 +20,8 @@ fn classic() -> (ChildGuard, Classic) {
 fn eight_threads_share_one_connection_with_server_callbacks() {
     let (_server, c) = classic();
     let builtins = c.builtins().expect("builtins");
-    let apply = c
-        .teleport(
-            "def apply_all(f, xs):\n    return tuple(f(x) for x in xs)\n",
-            "apply_all",
-        )
-        .expect("teleport");
+    let apply =
+        c.teleport("def apply_all(f, xs):\n    return tuple(f(x) for x in xs)\n", "apply_all").expect("teleport");
 
     // A callback that itself calls back into the server (blocking) while
     // the server is in the middle of calling it.
@@ -56,38 +52,18 @@ fn eight_threads_share_one_connection_with_server_callbacks() {
                 let items: Vec<i64> = (0..ITEMS).map(|i| i + t as i64 * 1000).collect();
                 for round in 0..ROUNDS {
                     // Remote map over a local callback, iterated from here.
-                    let mapped = builtins
-                        .callattr("map", (square.clone(), items.clone()))
-                        .expect("map");
-                    let got: Vec<i64> = mapped
-                        .into_netref()
-                        .expect("map object")
-                        .get()
-                        .expect("iterate");
-                    assert_eq!(
-                        got,
-                        items.iter().map(|x| x * x).collect::<Vec<_>>(),
-                        "thread {t} round {round}"
-                    );
+                    let mapped = builtins.callattr("map", (square.clone(), items.clone())).expect("map");
+                    let got: Vec<i64> = mapped.into_netref().expect("map object").get().expect("iterate");
+                    assert_eq!(got, items.iter().map(|x| x * x).collect::<Vec<_>>(), "thread {t} round {round}");
 
                     // A teleported function calling a callback that calls back in.
-                    let got: Vec<i64> = apply
-                        .call((nested.clone(), items.clone()))
-                        .expect("apply")
-                        .extract()
-                        .expect("tuple");
-                    assert_eq!(
-                        got,
-                        items.iter().map(|x| 2 * x + 1).collect::<Vec<_>>(),
-                        "thread {t} round {round}"
-                    );
+                    let got: Vec<i64> =
+                        apply.call((nested.clone(), items.clone())).expect("apply").extract().expect("tuple");
+                    assert_eq!(got, items.iter().map(|x| 2 * x + 1).collect::<Vec<_>>(), "thread {t} round {round}");
 
                     // Iterating a remote iterable as a Rust Iterator.
-                    let range = builtins
-                        .callattr("range", (ITEMS,))
-                        .expect("range")
-                        .into_netref()
-                        .expect("range object");
+                    let range =
+                        builtins.callattr("range", (ITEMS,)).expect("range").into_netref().expect("range object");
                     let sum: i64 = range
                         .iter_batched(7)
                         .expect("iter")
@@ -97,13 +73,8 @@ fn eight_threads_share_one_connection_with_server_callbacks() {
                     assert_eq!(sum, (0..ITEMS).sum::<i64>());
 
                     // An async result waited on from this thread.
-                    let res = builtins
-                        .async_callattr("pow", (t as i64 + 1, 2))
-                        .expect("async pow");
-                    assert_eq!(
-                        res.value().expect("value").extract::<i64>().expect("int"),
-                        (t as i64 + 1).pow(2)
-                    );
+                    let res = builtins.async_callattr("pow", (t as i64 + 1, 2)).expect("async pow");
+                    assert_eq!(res.value().expect("value").extract::<i64>().expect("int"), (t as i64 + 1).pow(2));
                     let _ = c.connection().ping().expect("ping");
                 }
             })
@@ -123,11 +94,7 @@ fn eight_threads_share_one_connection_with_server_callbacks() {
 fn script_style_proxies() {
     let (_server, c) = classic();
     let sys = c.module("sys").expect("sys");
-    let path = sys
-        .getattr("path")
-        .expect("path")
-        .into_netref()
-        .expect("list");
+    let path = sys.getattr("path").expect("path").into_netref().expect("list");
     let entries: Vec<String> = path.get().expect("strings");
     assert_eq!(entries.len(), path.len().expect("len"));
     let first: String = path.getitem(0).expect("[0]").extract().expect("str");
@@ -137,43 +104,20 @@ fn script_style_proxies() {
     // A remote dict: setitem, getitem, keyword arguments.
     let d = c.eval("{}").expect("dict").into_netref().expect("netref");
     d.setitem("answer", 42).expect("setitem");
-    assert_eq!(
-        d.getitem("answer")
-            .expect("getitem")
-            .extract::<i64>()
-            .expect("int"),
-        42
-    );
+    assert_eq!(d.getitem("answer").expect("getitem").extract::<i64>().expect("int"), 42);
     let sorted = c.builtins().expect("builtins").callattr_kw(
         "sorted",
         (vec![3, 1, 2],),
         rpyc::Kwargs::new().arg("reverse", true),
     );
-    assert_eq!(
-        sorted
-            .expect("sorted")
-            .into_netref()
-            .expect("list")
-            .get::<i64>()
-            .expect("ints"),
-        vec![3, 2, 1]
-    );
+    assert_eq!(sorted.expect("sorted").into_netref().expect("list").get::<i64>().expect("ints"), vec![3, 2, 1]);
 
     // Errors carry class, message and traceback.
-    let err = c
-        .eval("int('this is not a valid number')")
-        .expect_err("ValueError");
+    let err = c.eval("int('this is not a valid number')").expect_err("ValueError");
     let exc = err.exception().expect("remote exception");
     assert_eq!(exc.qualified_name(), "ValueError");
-    assert_eq!(
-        exc.message(),
-        "invalid literal for int() with base 10: 'this is not a valid number'"
-    );
-    assert!(
-        exc.traceback.contains("Traceback (most recent call last)"),
-        "{}",
-        exc.traceback
-    );
+    assert_eq!(exc.message(), "invalid literal for int() with base 10: 'this is not a valid number'");
+    assert!(exc.traceback.contains("Traceback (most recent call last)"), "{}", exc.traceback);
 
     // Async result with an error.
     let res = c
@@ -187,45 +131,26 @@ fn script_style_proxies() {
         .expect("async");
     res.wait().expect("wait");
     assert!(res.ready() && res.error());
-    assert!(res
-        .value()
-        .expect_err("ValueError")
-        .is_exception("ValueError"));
+    assert!(res.value().expect_err("ValueError").is_exception("ValueError"));
 
     // Remote file and context manager, blocking.
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir
-        .path()
-        .join("b.txt")
-        .to_str()
-        .expect("utf-8")
-        .to_string();
+    let p = dir.path().join("b.txt").to_str().expect("utf-8").to_string();
     let f = c.open(&p, "w").expect("open");
     f.write_str("blocking").expect("write");
     drop(f); // the blocking guard closes synchronously on drop
     assert_eq!(std::fs::read_to_string(&p).expect("read"), "blocking");
-    let lock = c
-        .module("threading")
-        .expect("t")
-        .callattr("Lock", ())
-        .expect("Lock")
-        .into_netref()
-        .expect("n");
+    let lock = c.module("threading").expect("t").callattr("Lock", ()).expect("Lock").into_netref().expect("n");
     {
         let _held = blocking::RemoteContext::enter(&lock).expect("enter");
         assert!(lock.call_method::<bool>("locked", ()).expect("locked"));
     }
-    assert!(
-        !lock.call_method::<bool>("locked", ()).expect("locked"),
-        "dropping the guard exits"
-    );
+    assert!(!lock.call_method::<bool>("locked", ()).expect("locked"), "dropping the guard exits");
 
     // Redirected stdio, blocking.
     let seen = Arc::new(std::sync::Mutex::new(String::new()));
     let s2 = seen.clone();
-    let redirect = c
-        .redirect_stdio_to(move |_, t| s2.lock().unwrap().push_str(t))
-        .expect("redirect");
+    let redirect = c.redirect_stdio_to(move |_, t| s2.lock().unwrap().push_str(t)).expect("redirect");
     c.execute("print('captured')").expect("print");
     redirect.restore().expect("restore");
     assert_eq!(*seen.lock().unwrap(), "captured\n");
@@ -247,13 +172,7 @@ fn blocking_call_from_an_inline_callback_fails_fast_instead_of_hanging() {
         Ok(x)
     });
     let started = Instant::now();
-    let r: i64 = c
-        .builtins()
-        .expect("b")
-        .callattr("abs", (-3,))
-        .expect("abs")
-        .extract()
-        .expect("int");
+    let r: i64 = c.builtins().expect("b").callattr("abs", (-3,)).expect("abs").extract().expect("int");
     assert_eq!(r, 3);
     let r: Vec<i64> = c
         .builtins()
@@ -265,15 +184,8 @@ fn blocking_call_from_an_inline_callback_fails_fast_instead_of_hanging() {
         .get()
         .expect("iterate");
     assert_eq!(r, vec![7]);
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "must not wait for a timeout"
-    );
-    assert!(
-        message.lock().unwrap().contains("rpyc::blocking::function"),
-        "{}",
-        message.lock().unwrap()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "must not wait for a timeout");
+    assert!(message.lock().unwrap().contains("rpyc::blocking::function"), "{}", message.lock().unwrap());
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -10,18 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn classic(dialect: Dialect) -> (ChildGuard, Classic) {
-    let python = if dialect == Dialect::V5 {
-        python5()
-    } else {
-        python6()
-    };
+    let python = if dialect == Dialect::V5 { python5() } else { python6() };
     let (server, port) = python_server(&python, &["--kind", "classic"]);
-    let builder = ClientBuilder::new()
-        .dialect(dialect)
-        .timeout(Duration::from_secs(60));
-    let c = Classic::connect_with(builder, &format!("127.0.0.1:{port}"))
-        .await
-        .expect("connect");
+    let builder = ClientBuilder::new().dialect(dialect).timeout(Duration::from_secs(60));
+    let c = Classic::connect_with(builder, &format!("127.0.0.1:{port}")).await.expect("connect");
     (server, c)
 }
 
@@ -56,18 +48,12 @@ async fn fifty_mib_upload_and_download_round_trip() {
     let remote = path_str(&dir.path().join("uploaded.bin"));
     let up = c.upload(&original, &remote).await.expect("upload");
     assert_eq!((up.files, up.bytes), (1, 50 << 20));
-    assert!(
-        std::fs::read(&remote).expect("read uploaded") == data,
-        "uploaded copy differs"
-    );
+    assert!(std::fs::read(&remote).expect("read uploaded") == data, "uploaded copy differs");
 
     let back = dir.path().join("downloaded.bin");
     let down = c.download(&remote, &back).await.expect("download");
     assert_eq!((down.files, down.bytes), (1, 50 << 20));
-    assert!(
-        std::fs::read(&back).expect("read downloaded") == data,
-        "downloaded copy differs"
-    );
+    assert!(std::fs::read(&back).expect("read downloaded") == data, "downloaded copy differs");
     c.close().await;
 }
 
@@ -90,44 +76,24 @@ async fn directories_round_trip_recursively() {
         o
     };
     let remote = path_str(&dir.path().join("remote"));
-    let up = c
-        .upload_with(&src, &remote, &opts)
-        .await
-        .expect("upload dir");
+    let up = c.upload_with(&src, &remote, &opts).await.expect("upload dir");
     assert_eq!(up.files, 4);
     assert_eq!(up.bytes, 3 + 300_000 + "deep ünïcode".len() as u64);
     let back = dir.path().join("back");
-    let down = c
-        .download_with(&remote, &back, &opts)
-        .await
-        .expect("download dir");
+    let down = c.download_with(&remote, &back, &opts).await.expect("download dir");
     assert_eq!((down.files, down.bytes), (up.files, up.bytes));
     for rel in ["top.txt", "a/one.bin", "a/b/c/deep.txt", "a/b/zero"] {
         let a = std::fs::read(src.join(rel)).expect("src file");
-        assert_eq!(
-            std::fs::read(Path::new(&remote).join(rel)).expect("remote file"),
-            a,
-            "{rel} (uploaded)"
-        );
-        assert_eq!(
-            std::fs::read(back.join(rel)).expect("back file"),
-            a,
-            "{rel} (downloaded)"
-        );
+        assert_eq!(std::fs::read(Path::new(&remote).join(rel)).expect("remote file"), a, "{rel} (uploaded)");
+        assert_eq!(std::fs::read(back.join(rel)).expect("back file"), a, "{rel} (downloaded)");
     }
     assert!(back.join("empty").is_dir(), "empty directories come along");
 
     // Python's helpers raise ValueError for paths that are neither.
     let missing = path_str(&dir.path().join("missing"));
-    let err = c
-        .upload(&missing, &remote)
-        .await
-        .expect_err("nothing to upload");
+    let err = c.upload(&missing, &remote).await.expect_err("nothing to upload");
     assert!(err.is_exception("ValueError"), "{err}");
-    let err = c
-        .download(&missing, dir.path().join("x"))
-        .await
-        .expect_err("nothing to download");
+    let err = c.download(&missing, dir.path().join("x")).await.expect_err("nothing to download");
     assert!(err.is_exception("ValueError"), "{err}");
     c.close().await;
 }
@@ -147,10 +113,7 @@ async fn transfers_with_a_python5_server() {
 
     let seen = Arc::new(Mutex::new(String::new()));
     let s2 = seen.clone();
-    let redirect = c
-        .redirect_stdio_to(move |_, text| s2.lock().unwrap().push_str(text))
-        .await
-        .expect("redirect");
+    let redirect = c.redirect_stdio_to(move |_, text| s2.lock().unwrap().push_str(text)).await.expect("redirect");
     c.execute("print('from rpyc 5')").await.expect("print");
     redirect.restore().await.expect("restore");
     assert_eq!(*seen.lock().unwrap(), "from rpyc 5\n");
@@ -167,37 +130,21 @@ async fn remote_open_read_write_and_close() {
     assert_eq!(f.write_str("Tofu is tasty\n").await.expect("write"), 14);
     assert_eq!(f.write_str("ünïcode\n").await.expect("write"), 8);
     f.close().await.expect("close");
-    assert_eq!(
-        std::fs::read_to_string(&text_path).expect("read"),
-        "Tofu is tasty\nünïcode\n"
-    );
+    assert_eq!(std::fs::read_to_string(&text_path).expect("read"), "Tofu is tasty\nünïcode\n");
 
     let f = c.open(&text_path, "r").await.expect("open r");
-    assert_eq!(
-        f.read_to_string().await.expect("read"),
-        "Tofu is tasty\nünïcode\n"
-    );
+    assert_eq!(f.read_to_string().await.expect("read"), "Tofu is tasty\nünïcode\n");
     // Writing to a file opened for reading: the remote io error, with its
     // class and traceback.
     let err = f.write_str("nope").await.expect_err("read-only");
     let exc = err.exception().expect("a remote exception");
-    assert_eq!(
-        (exc.module.as_str(), exc.class.as_str()),
-        ("io", "UnsupportedOperation"),
-        "{err}"
-    );
-    assert!(
-        exc.traceback.contains("UnsupportedOperation"),
-        "{}",
-        exc.traceback
-    );
+    assert_eq!((exc.module.as_str(), exc.class.as_str()), ("io", "UnsupportedOperation"), "{err}");
+    assert!(exc.traceback.contains("UnsupportedOperation"), "{}", exc.traceback);
     f.close().await.expect("close");
 
     let bin_path = path_str(&dir.path().join("data.bin"));
     let f = c.open(&bin_path, "wb").await.expect("open wb");
-    f.write_bytes(vec![0u8, 1, 2, 255])
-        .await
-        .expect("write bytes");
+    f.write_bytes(vec![0u8, 1, 2, 255]).await.expect("write bytes");
     f.close().await.expect("close");
     let f = c.open(&bin_path, "rb").await.expect("open rb");
     assert_eq!(f.read_bytes(2).await.expect("read 2"), vec![0, 1]);
@@ -224,10 +171,7 @@ async fn remote_open_read_write_and_close() {
     assert_eq!(content, "flushed on close");
 
     // A missing file: FileNotFoundError.
-    let err = c
-        .open(&path_str(&dir.path().join("nope/nope")), "r")
-        .await
-        .expect_err("missing");
+    let err = c.open(&path_str(&dir.path().join("nope/nope")), "r").await.expect_err("missing");
     assert!(err.is_exception("FileNotFoundError"), "{err}");
     c.close().await;
 }
@@ -242,40 +186,23 @@ async fn redirected_stdio_reaches_the_local_sink_until_restored() {
         .await
         .expect("redirect");
     c.execute("print('hello', 'world')").await.expect("print");
-    c.execute("import sys; sys.stderr.write('oops\\n'); sys.stdout.flush()")
-        .await
-        .expect("stderr");
+    c.execute("import sys; sys.stderr.write('oops\\n'); sys.stdout.flush()").await.expect("stderr");
     // A background thread on the server prints too (the redirection is process-wide).
     c.execute("import threading; t = threading.Thread(target=print, args=('from a thread',)); t.start(); t.join()")
         .await
         .expect("thread");
     // A traceback printed by the server goes to its (redirected) stderr.
-    c.execute("import traceback\ntry:\n    1/0\nexcept Exception:\n    traceback.print_exc()")
-        .await
-        .expect("tb");
+    c.execute("import traceback\ntry:\n    1/0\nexcept Exception:\n    traceback.print_exc()").await.expect("tb");
     redirect.restore().await.expect("restore");
-    c.execute("print('not captured')")
-        .await
-        .expect("print after restore");
+    c.execute("print('not captured')").await.expect("print after restore");
 
     let seen = seen.lock().unwrap().clone();
-    let out: String = seen
-        .iter()
-        .filter(|(s, _)| *s == RemoteStream::Stdout)
-        .map(|(_, t)| t.as_str())
-        .collect();
-    let err: String = seen
-        .iter()
-        .filter(|(s, _)| *s == RemoteStream::Stderr)
-        .map(|(_, t)| t.as_str())
-        .collect();
+    let out: String = seen.iter().filter(|(s, _)| *s == RemoteStream::Stdout).map(|(_, t)| t.as_str()).collect();
+    let err: String = seen.iter().filter(|(s, _)| *s == RemoteStream::Stderr).map(|(_, t)| t.as_str()).collect();
     assert_eq!(out, "hello world\nfrom a thread\n");
     assert!(err.starts_with("oops\n"), "{err}");
     assert!(err.contains("ZeroDivisionError: division by zero"), "{err}");
-    let kind: String = c
-        .eval_as("type(__import__('sys').stdout).__name__")
-        .await
-        .expect("type");
+    let kind: String = c.eval_as("type(__import__('sys').stdout).__name__").await.expect("type");
     assert_eq!(kind, "TextIOWrapper", "the original stdout is back");
     c.close().await;
 }
@@ -283,29 +210,13 @@ async fn redirected_stdio_reaches_the_local_sink_until_restored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_managers_and_teleport() {
     let (_server, c) = classic(Dialect::V6).await;
-    let lock = c
-        .module("threading")
-        .await
-        .expect("threading")
-        .callattr("Lock", ())
-        .await
-        .expect("Lock");
+    let lock = c.module("threading").await.expect("threading").callattr("Lock", ()).await.expect("Lock");
     let lock = lock.into_netref().expect("netref");
     let ctx = RemoteContext::enter(lock.clone()).await.expect("__enter__");
-    assert_eq!(
-        ctx.value().as_value().map(|v| v.truthy()),
-        Some(true),
-        "Lock.__enter__ returns True"
-    );
-    assert!(lock
-        .call_method::<bool>("locked", ())
-        .await
-        .expect("locked"));
+    assert_eq!(ctx.value().as_value().map(|v| v.truthy()), Some(true), "Lock.__enter__ returns True");
+    assert!(lock.call_method::<bool>("locked", ()).await.expect("locked"));
     assert!(!ctx.exit().await.expect("__exit__"));
-    assert!(!lock
-        .call_method::<bool>("locked", ())
-        .await
-        .expect("locked"));
+    assert!(!lock.call_method::<bool>("locked", ()).await.expect("locked"));
 
     // Teleport by source, indented as it would be in Rust code, with a
     // callback into this process.
@@ -320,19 +231,11 @@ async fn context_managers_and_teleport() {
         .await
         .expect("teleport");
     let double = rpyc::Object::function(|x: i64| Ok(2 * x));
-    let r: Vec<i64> = apply
-        .call((double, vec![1, 2, 3]))
-        .await
-        .expect("call")
-        .extract()
-        .expect("tuple");
+    let r: Vec<i64> = apply.call((double, vec![1, 2, 3])).await.expect("call").extract().expect("tuple");
     assert_eq!(r, vec![2, 4, 6]);
 
     // A syntax error in teleported source is a remote SyntaxError.
-    let err = c
-        .teleport("def broken(:\n    pass\n", "broken")
-        .await
-        .expect_err("syntax");
+    let err = c.teleport("def broken(:\n    pass\n", "broken").await.expect_err("syntax");
     assert!(err.is_exception("SyntaxError"), "{err}");
     c.close().await;
 }

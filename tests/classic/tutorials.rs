@@ -28,11 +28,7 @@ fn examples_dir() -> PathBuf {
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile dir>/deps/classic-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("profile dir")
-            .to_path_buf();
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir").to_path_buf();
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(root()).args(["build", "--quiet"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
@@ -67,15 +63,8 @@ fn run_example(name: &str, addr: Option<&str>) -> String {
             cmd.args(["--connect", addr]);
         }
         None => {
-            let script = python6()
-                .parent()
-                .map(|d| d.join("rpyc_classic"))
-                .expect("python dir");
-            assert!(
-                script.exists(),
-                "{} is missing: pip install rpyc==6.0.2 installs it",
-                script.display()
-            );
+            let script = python6().parent().map(|d| d.join("rpyc_classic")).expect("python dir");
+            assert!(script.exists(), "{} is missing: pip install rpyc==6.0.2 installs it", script.display());
             cmd.env("RPYC_CLASSIC", script);
         }
     }
@@ -91,15 +80,8 @@ fn has_line(out: &str, line: &str) -> bool {
 #[test]
 fn sys_path_with_a_server_the_example_starts() {
     let out = run_example("tutorial_sys_path", None);
-    assert!(
-        out.contains("modules.sys.path is a remote builtins.list of"),
-        "{out}"
-    );
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("  ") && l.contains("site-packages")),
-        "{out}"
-    );
+    assert!(out.contains("modules.sys.path is a remote builtins.list of"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  ") && l.contains("site-packages")), "{out}");
     assert!(out.contains("modules.sys.path[0] = \""), "{out}");
 }
 
@@ -107,25 +89,10 @@ fn sys_path_with_a_server_the_example_starts() {
 fn minidom_by_dotted_name() {
     let (_server, addr) = classic_server();
     let out = run_example("tutorial_minidom", Some(&addr));
-    assert!(
-        has_line(&out, "imported xml.dom.minidom on the server"),
-        "{out}"
-    );
-    assert!(
-        has_line(&out, "doc is a remote xml.dom.minidom.Document"),
-        "{out}"
-    );
-    assert!(
-        has_line(
-            &out,
-            "doc.toxml() = <?xml version=\"1.0\" ?><greeting>hello</greeting>"
-        ),
-        "{out}"
-    );
-    assert!(
-        has_line(&out, "doc.documentElement.tagName = greeting"),
-        "{out}"
-    );
+    assert!(has_line(&out, "imported xml.dom.minidom on the server"), "{out}");
+    assert!(has_line(&out, "doc is a remote xml.dom.minidom.Document"), "{out}");
+    assert!(has_line(&out, "doc.toxml() = <?xml version=\"1.0\" ?><greeting>hello</greeting>"), "{out}");
+    assert!(has_line(&out, "doc.documentElement.tagName = greeting"), "{out}");
 }
 
 #[test]
@@ -135,10 +102,7 @@ fn hello_world_appears_on_the_server() {
     // On the server's own stdout (captured by this test):
     server.wait_line("hello world", Duration::from_secs(10));
     // ... and, while redirected, the server's prints on the example's stdout:
-    assert!(
-        has_line(&out, "hello from the server, printed here"),
-        "{out}"
-    );
+    assert!(has_line(&out, "hello from the server, printed here"), "{out}");
     assert!(has_line(&out, "and its stderr too"), "{out}");
     assert!(has_line(&out, "stdio restored"), "{out}");
 }
@@ -146,14 +110,8 @@ fn hello_world_appears_on_the_server() {
 #[test]
 fn hello_world_with_a_server_the_example_starts() {
     let out = run_example("tutorial_hello_server", None);
-    assert!(
-        has_line(&out, "the server printed on its stdout: hello world"),
-        "{out}"
-    );
-    assert!(
-        has_line(&out, "hello from the server, printed here"),
-        "{out}"
-    );
+    assert!(has_line(&out, "the server printed on its stdout: hello world"), "{out}");
+    assert!(has_line(&out, "hello from the server, printed here"), "{out}");
 }
 
 #[test]
@@ -169,13 +127,7 @@ fn execute_then_eval() {
         .unwrap_or_else(|| panic!("no 2*math.pi line:\n{out}"));
     assert_eq!(tau, std::f64::consts::TAU);
     assert!(has_line(&out, "namespace['x'] = 42"), "{out}");
-    assert!(
-        has_line(
-            &out,
-            "eval of a list gives a remote builtins.list with len 5"
-        ),
-        "{out}"
-    );
+    assert!(has_line(&out, "eval of a list gives a remote builtins.list with len 5"), "{out}");
     assert!(has_line(&out, "its items: [0, 1, 4, 9, 16]"), "{out}");
 }
 
@@ -183,43 +135,20 @@ fn execute_then_eval() {
 fn teleported_square() {
     let (_server, addr) = classic_server();
     let out = run_example("tutorial_teleport", Some(&addr));
-    for line in [
-        "square(2) = 4",
-        "square(3) = 9",
-        "square(12) = 144",
-        "square(2**40) = 1208925819614629174706176",
-    ] {
+    for line in ["square(2) = 4", "square(3) = 9", "square(12) = 144", "square(2**40) = 1208925819614629174706176"] {
         assert!(has_line(&out, line), "missing {line:?}:\n{out}");
     }
-    assert!(
-        has_line(&out, "teleported code runs in the server process: true"),
-        "{out}"
-    );
+    assert!(has_line(&out, "teleported code runs in the server process: true"), "{out}");
 }
 
 #[test]
 fn remote_map_calls_back_locally_once_per_item() {
     let (_server, addr) = classic_server();
     let out = run_example("tutorial_callback_map", Some(&addr));
-    assert!(
-        has_line(&out, "map is lazy: no call yet (0 so far)"),
-        "{out}"
-    );
-    let local: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("executing locally"))
-        .collect();
-    assert_eq!(
-        local,
-        (0..5)
-            .map(|i| format!("executing locally: square({i})"))
-            .collect::<Vec<_>>(),
-        "{out}"
-    );
-    assert!(
-        has_line(&out, "list(map(square, range(5))) = [0, 1, 4, 9, 16]"),
-        "{out}"
-    );
+    assert!(has_line(&out, "map is lazy: no call yet (0 so far)"), "{out}");
+    let local: Vec<&str> = out.lines().filter(|l| l.starts_with("executing locally")).collect();
+    assert_eq!(local, (0..5).map(|i| format!("executing locally: square({i})")).collect::<Vec<_>>(), "{out}");
+    assert!(has_line(&out, "list(map(square, range(5))) = [0, 1, 4, 9, 16]"), "{out}");
     assert!(has_line(&out, "the callback ran locally 5 times"), "{out}");
 }
 
@@ -276,22 +205,13 @@ fn getcwd_and_platform() {
     let (_server, addr) = classic_server();
     let out = run_example("tutorial_os_platform", Some(&addr));
     // run_server.py runs in the test's working directory: the crate root.
-    let cwd = std::env::current_dir()
-        .expect("cwd")
-        .canonicalize()
-        .expect("canonical cwd");
-    assert!(
-        has_line(&out, &format!("remote os.getcwd() = {}", cwd.display())),
-        "{out}"
-    );
+    let cwd = std::env::current_dir().expect("cwd").canonicalize().expect("canonical cwd");
+    assert!(has_line(&out, &format!("remote os.getcwd() = {}", cwd.display())), "{out}");
     let platform = match std::env::consts::OS {
         "macos" => "darwin",
         "windows" => "win32",
         other => other,
     };
-    assert!(
-        has_line(&out, &format!("remote sys.platform = {platform}")),
-        "{out}"
-    );
+    assert!(has_line(&out, &format!("remote sys.platform = {platform}")), "{out}");
     assert!(out.contains("remote sys.version = 3."), "{out}");
 }
