@@ -53,7 +53,7 @@
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
 //! | applications | [`server`], [`classic`], [`registry`] |
-//! | tools | [`blocking`] (a synchronous facade) |
+//! | tools | [`blocking`] (a synchronous facade), [`gateway`] (a protocol-aware TLS/SSH gateway in front of existing servers) |
 
 #![forbid(unsafe_code)]
 
@@ -66,6 +66,7 @@ pub mod client;
 pub mod conformance;
 pub mod connection;
 mod error;
+pub mod gateway;
 pub mod identity;
 pub mod policy;
 pub mod registry;

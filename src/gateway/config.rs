@@ -1,0 +1,552 @@
+//! The gateway's configuration file (`gateway.toml`).
+//!
+//! ```toml
+//! [[listen]]                          # mutual TLS: the certificate CN is the identity
+//! url = "tls://0.0.0.0:18821"
+//! tls = "certs"                       # ca.pem (client CA), server.pem, server.key
+//!
+//! [[listen]]                          # embedded SSH: the SSH user is the identity
+//! url = "ssh://0.0.0.0:2222"
+//! host_key = "gateway_host_key"       # created on first start
+//! authorized_keys = "authorized_keys"
+//!
+//! [[listen]]                          # TCP with challenge-response (shared secrets)
+//! url = "tcp://127.0.0.1:18830"
+//! secrets = "secrets.toml"            # identity = "secret", one per line
+//!
+//! [upstream.classic]                  # the servers behind, typically on loopback
+//! url = "tcp://127.0.0.1:18812"
+//!
+//! [upstream.calc]                     # found through the registry by service name
+//! service = "CALCULATOR"
+//! registry = "127.0.0.1"
+//!
+//! [[route]]                           # first match wins
+//! groups = ["admins"]
+//! upstream = "classic"
+//! [[route]]
+//! upstream = "calc"                   # no conditions: everyone else
+//!
+//! [groups]                            # identity -> groups
+//! alice = ["admins"]
+//!
+//! [policy]                            # or policy_file = "policy.toml"
+//! [policy.policies.admin]
+//! classic = true
+//! [policy.groups]
+//! admins = "admin"
+//!
+//! [limits]
+//! drain_timeout_secs = 30
+//!
+//! [audit]
+//! format = "json"                     # "text" (tracing) or "json" (one object per line)
+//! file = "audit.jsonl"                # json only; default: stdout
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9108"           # GET /metrics, GET /healthz
+//! ```
+//!
+//! Relative paths are relative to the configuration file's directory.
+
+use super::policy::GatewayPolicySet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Where clients connect (at least one).
+    #[serde(rename = "listen", default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// The RPyC servers behind the gateway, by name.
+    #[serde(rename = "upstream", default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Which identities reach which upstream; first match wins. Default:
+    /// none, which is allowed only with a single upstream (everyone reaches it).
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteConfig>,
+    /// Identity → groups, for routes and policies. Default: none.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// The policies, inline. Default: the safe default for everyone.
+    #[serde(default)]
+    pub policy: GatewayPolicySet,
+    /// Load the policies from this file instead (re-read on reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    /// Frame, decoding, connection and time limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// The metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// One listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// A name for routes and logs. Default: the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `tls://host:port`, `ssh://host:port`, `tcp://host:port` or
+    /// `unix:///path` (port 0 picks a free one).
+    pub url: String,
+    /// tls: a certificate directory holding `ca.pem` (the CA client
+    /// certificates must be signed by), `server.pem` and `server.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PathBuf>,
+    /// tls: the server certificate chain (instead of `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// tls: the server key (instead of `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// tls: the CA for client certificates (instead of `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// ssh: the host key file (created on first start if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<PathBuf>,
+    /// ssh: the authorized_keys file (`%u` = user name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<PathBuf>,
+    /// tcp/unix: a TOML file of `identity = "secret"` for challenge–response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<PathBuf>,
+    /// Only these identities may connect here. Default: every authenticated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+}
+
+impl ListenerConfig {
+    /// The listener's name (its URL unless named).
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// Which RPyC wire format to speak to an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// Whatever the client speaks. The default.
+    #[default]
+    Auto,
+    /// rpyc 6.x.
+    Rpyc6,
+    /// rpyc 5.x (the gateway translates for 6.x clients, and back).
+    Rpyc5,
+}
+
+/// One upstream RPyC server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// `tcp://host:port`, `unix:///path` or `tls://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Instead of `url`: a service name to look up in the registry at each
+    /// connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The registry for `service`: `host[:port]` (UDP) or `tcp://host[:port]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// Servers found through the registry are used only on these hosts.
+    /// Default: loopback (`127.0.0.1`, `::1`, `localhost`) — a registry is
+    /// unauthenticated, and anyone who can register could otherwise draw
+    /// authenticated clients to their own server.
+    #[serde(default = "loopback")]
+    pub registry_hosts: Vec<String>,
+    /// tls (or a registry-found server over TLS): the CA that signed the
+    /// upstream's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// tls: the gateway's client certificate for the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// tls: the key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// tls: the name the upstream certificate must carry, if not the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Wire format. Default: auto (the client's).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+fn loopback() -> Vec<String> {
+    vec!["127.0.0.1".into(), "::1".into(), "localhost".into()]
+}
+
+impl UpstreamConfig {
+    /// An upstream at a URL.
+    pub fn url(url: impl Into<String>) -> UpstreamConfig {
+        UpstreamConfig {
+            url: Some(url.into()),
+            service: None,
+            registry: None,
+            registry_hosts: loopback(),
+            ca: None,
+            cert: None,
+            key: None,
+            server_name: None,
+            protocol: Protocol::Auto,
+        }
+    }
+
+    /// A description for logs: the URL or `service NAME via REGISTRY`.
+    pub fn describe(&self) -> String {
+        match (&self.url, &self.service) {
+            (Some(u), _) => u.clone(),
+            (None, Some(s)) => format!("service {s} via registry {}", self.registry.as_deref().unwrap_or("?")),
+            _ => "?".into(),
+        }
+    }
+}
+
+/// A route: identities (by name, group, or listener) → an upstream. Every
+/// non-empty condition must hold; an empty route matches everyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// Identities this route is for. Default: any.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Groups (any of) this route is for. Default: any.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Listener names this route is for. Default: any.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    /// The upstream's name.
+    pub upstream: String,
+}
+
+impl RouteConfig {
+    /// True if a connection matches.
+    pub fn matches(&self, identity: &str, groups: &[String], listener: &str) -> bool {
+        (self.identities.is_empty() || self.identities.iter().any(|i| i == identity))
+            && (self.groups.is_empty() || self.groups.iter().any(|g| groups.contains(g)))
+            && (self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener))
+    }
+}
+
+/// Gateway-wide limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest frame accepted from either side, in bytes. Default: 64 MiB.
+    pub max_frame: usize,
+    /// Largest payload after inflating a compressed frame. Default: 64 MiB.
+    pub max_inflated: usize,
+    /// Deepest brine nesting accepted. Default: 64.
+    pub max_depth: usize,
+    /// Most requests one client connection may have awaiting replies.
+    /// Default: 4096.
+    pub max_pending: usize,
+    /// Most client connections at once. Default: 10,000.
+    pub max_connections: usize,
+    /// Most client connections from one IP address. Default: 1,000.
+    pub max_connections_per_peer: usize,
+    /// Deadline for the transport handshake and authentication, in seconds.
+    /// Default: 5.
+    pub auth_timeout_secs: f64,
+    /// Deadline for reaching an upstream (connect, TLS, and the root), in
+    /// seconds. Default: 10.
+    pub upstream_timeout_secs: f64,
+    /// How long shutdown waits for calls in flight, in seconds. Default: 30.
+    pub drain_timeout_secs: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 64 << 20,
+            max_inflated: 64 << 20,
+            max_depth: 64,
+            max_pending: 4096,
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
+            auth_timeout_secs: 5.0,
+            upstream_timeout_secs: 10.0,
+            drain_timeout_secs: 30.0,
+        }
+    }
+}
+
+pub(crate) fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::from_secs(1))
+}
+
+/// Audit trail format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AuditFormat {
+    /// Tracing events at info level, target `rpyc::gateway::audit`. The default.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The audit trail: one record per client request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuditConfig {
+    /// Text (tracing) or JSON lines. Default: text.
+    pub format: AuditFormat,
+    /// For JSON: append to this file. Default: standard output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// The HTTP endpoint for `/metrics` (Prometheus) and `/healthz`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// `host:port` to serve on. Default: none (no endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl GatewayConfig {
+    /// The common case: one listener, one upstream, one policy set.
+    pub fn simple(listen: ListenerConfig, upstream: UpstreamConfig, policy: GatewayPolicySet) -> GatewayConfig {
+        GatewayConfig {
+            listeners: vec![listen],
+            upstreams: [("upstream".to_string(), upstream)].into(),
+            policy,
+            ..GatewayConfig::default()
+        }
+    }
+
+    /// Parses TOML; relative paths are taken relative to `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigError> {
+        let mut c: GatewayConfig =
+            toml::from_str(text).map_err(|e| ConfigError(format!("invalid gateway configuration: {e}")))?;
+        c.resolve_paths(base_dir);
+        if let Some(p) = &c.policy_file {
+            if c.policy != GatewayPolicySet::default() {
+                return err("give the policies either inline ([policy]) or as policy_file, not both");
+            }
+            c.policy = GatewayPolicySet::load(p).map_err(ConfigError)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Loads a configuration file.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read gateway configuration {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        for l in &mut self.listeners {
+            for p in [&mut l.tls, &mut l.cert, &mut l.key, &mut l.client_ca, &mut l.host_key, &mut l.authorized_keys, &mut l.secrets]
+            {
+                fix(p);
+            }
+        }
+        for u in self.upstreams.values_mut() {
+            for p in [&mut u.ca, &mut u.cert, &mut u.key] {
+                fix(p);
+            }
+        }
+        fix(&mut self.policy_file);
+        fix(&mut self.audit.file);
+    }
+
+    /// Checks references and required fields (what can be checked without I/O).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return err("no listener: add at least one [[listen]] with a url");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for l in &self.listeners {
+            if !names.insert(l.display_name()) {
+                return err(format!("two listeners are named {:?}", l.display_name()));
+            }
+            let scheme = l.url.split_once("://").map(|(s, _)| s).unwrap_or("");
+            let what = format!("listener {:?}", l.display_name());
+            match scheme {
+                "tls" => {
+                    if l.tls.is_none() && (l.cert.is_none() || l.key.is_none() || l.client_ca.is_none()) {
+                        return err(format!(
+                            "{what}: TLS needs tls = CERTDIR (ca.pem, server.pem, server.key) or cert, key \
+                             and client_ca (client certificates are required)"
+                        ));
+                    }
+                }
+                "ssh" => {
+                    if l.host_key.is_none() || l.authorized_keys.is_none() {
+                        return err(format!("{what}: SSH needs host_key and authorized_keys"));
+                    }
+                }
+                "tcp" | "unix" => {
+                    if l.secrets.is_none() {
+                        return err(format!(
+                            "{what}: plain {scheme}:// needs secrets = FILE for challenge-response \
+                             (the gateway serves authenticated identities only)"
+                        ));
+                    }
+                }
+                _ => {
+                    return err(format!(
+                        "{what}: unsupported url {:?}: use tls://host:port, ssh://host:port, \
+                         tcp://host:port or unix:///path",
+                        l.url
+                    ))
+                }
+            }
+        }
+        if self.upstreams.is_empty() {
+            return err("no upstream: add an [upstream.NAME] with a url");
+        }
+        for (name, u) in &self.upstreams {
+            match (&u.url, &u.service) {
+                (Some(url), None) => {
+                    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+                    if !matches!(scheme, "tcp" | "unix" | "tls") {
+                        return err(format!(
+                            "upstream {name:?}: unsupported url {url:?}: use tcp://host:port, unix:///path or tls://host:port"
+                        ));
+                    }
+                    if scheme == "tls" && u.ca.is_none() {
+                        return err(format!("upstream {name:?}: tls:// needs ca (the CA of the upstream's certificate)"));
+                    }
+                }
+                (None, Some(_)) => {
+                    if u.registry.is_none() {
+                        return err(format!("upstream {name:?}: service needs registry = \"host[:port]\""));
+                    }
+                }
+                _ => return err(format!("upstream {name:?}: give exactly one of url or service")),
+            }
+            if u.cert.is_some() != u.key.is_some() {
+                return err(format!("upstream {name:?}: cert and key go together"));
+            }
+        }
+        if self.routes.is_empty() && self.upstreams.len() > 1 {
+            return err("several upstreams but no [[route]]: say which identities reach which upstream");
+        }
+        for r in &self.routes {
+            if !self.upstreams.contains_key(&r.upstream) {
+                return err(format!("a route names upstream {:?}, which is not defined", r.upstream));
+            }
+            for l in &r.listeners {
+                if !names.contains(l.as_str()) {
+                    return err(format!("a route names listener {l:?}, which is not defined"));
+                }
+            }
+        }
+        self.policy.validate("in the gateway configuration").map_err(ConfigError)?;
+        let l = &self.limits;
+        for (what, v) in [
+            ("auth_timeout_secs", l.auth_timeout_secs),
+            ("upstream_timeout_secs", l.upstream_timeout_secs),
+            ("drain_timeout_secs", l.drain_timeout_secs),
+        ] {
+            if !(0.0..1e9).contains(&v) {
+                return err(format!("limits.{what} must be a number of seconds"));
+            }
+        }
+        if self.audit.file.is_some() && self.audit.format != AuditFormat::Json {
+            return err("audit.file needs audit.format = \"json\" (text records go to the log)");
+        }
+        Ok(())
+    }
+
+    /// The upstream for a connection, by the routes (or the only upstream).
+    pub fn route(&self, identity: &str, groups: &[String], listener: &str) -> Option<&str> {
+        if self.routes.is_empty() {
+            return self.upstreams.keys().next().map(String::as_str);
+        }
+        self.routes.iter().find(|r| r.matches(identity, groups, listener)).map(|r| r.upstream.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let text = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = GatewayConfig::from_toml(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners[0].tls.as_deref(), Some(dir.path().join("certs").as_path()));
+        assert_eq!(c.route("alice", &["admins".to_string()], "x"), Some("classic"));
+        assert_eq!(c.route("bob", &[], "x"), Some("calc"));
+        assert!(c.policy.resolve(Some("alice"), &["admins".to_string()]).1.classic);
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        let base = Path::new("/tmp");
+        for (text, want) in [
+            ("", "no listener"),
+            ("[[listen]]\nurl = \"tls://x:1\"\n", "TLS needs"),
+            ("[[listen]]\nurl = \"tcp://x:1\"\n", "challenge-response"),
+            ("[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n", "no upstream"),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"http://x\"\n",
+                "unsupported url",
+            ),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"tcp://x:1\"\n[[route]]\nupstream = \"b\"\n",
+                "not defined",
+            ),
+            ("[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\nbogus = 1\n", "bogus"),
+        ] {
+            let e = GatewayConfig::from_toml(text, base).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}

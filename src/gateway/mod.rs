@@ -1,0 +1,703 @@
+//! Layer 6: a protocol-aware gateway that secures existing RPyC servers
+//! without changing them.
+//!
+//! A Python RPyC server (classic mode above all) trusts whoever reaches its
+//! port. The gateway stands in front of it: clients connect to the gateway
+//! over mutual TLS, the embedded SSH endpoint, or TCP with
+//! challenge–response; the gateway authenticates them, picks an upstream by
+//! route, and relays the connection — parsing every frame in both
+//! directions and applying the identity's [`GatewayPolicy`] to each request
+//! before it is forwarded:
+//!
+//! - handler allow-list (by default no PICKLE, SETATTR or DELATTR);
+//! - attribute names on GETATTR/CALLATTR/SETATTR/DELATTR, and the names
+//!   hidden in CMP and OLDSLICING (by default no `_`-names except RPyC's
+//!   safe dunders);
+//! - root rules: method allow/deny lists, and the classic-mode roots
+//!   (`eval`, `execute`, `getmodule`, `namespace`, `getconn`), blocked unless
+//!   granted;
+//! - frame, inflate and nesting limits; per-identity requests in flight and
+//!   rate.
+//!
+//! A denied request is answered by the gateway itself with the exception a
+//! Python client expects (`AttributeError("cannot access 'eval'")`,
+//! `PermissionError` for a handler) and never reaches the upstream; the
+//! connection and the upstream stay healthy. Callbacks from the upstream to
+//! the client pass through. When the upstream goes away, every pending call
+//! of the client fails at once with an `EOFError` naming the upstream.
+//!
+//! Operations: an audit record per request ([`config::AuditConfig`]),
+//! Prometheus metrics and `/healthz` ([`config::MetricsConfig`]), reload of
+//! policies, routes, upstreams and certificates ([`GatewayHandle::reload`],
+//! SIGHUP in `rpyc gateway`), and graceful shutdown that lets calls in
+//! flight finish ([`GatewayHandle::shutdown`]).
+//!
+//! The gateway uses only the wire, channel, transport, auth, policy and
+//! identity layers — not the connection engine: it never unboxes objects,
+//! it only reads the messages that carry them. The module mirrors no Python
+//! file; the rules it enforces mirror `rpyc/core/protocol.py`
+//! (`_dispatch_request`, `_unbox`, `_check_attr`).
+//!
+//! ```no_run
+//! use rpyc::gateway::{Gateway, GatewayConfig};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GatewayConfig::load("gateway.toml".as_ref())?;
+//! let gateway = Gateway::bind(config).await?;
+//! let handle = gateway.handle();
+//! tokio::spawn(gateway.run());
+//! // … later: handle.reload(GatewayConfig::load("gateway.toml".as_ref())?)?; handle.shutdown();
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod inspect;
+mod metrics;
+pub mod policy;
+mod relay;
+
+pub use config::{ConfigError, GatewayConfig, ListenerConfig, RouteConfig, UpstreamConfig};
+pub use policy::{GatewayPolicy, GatewayPolicySet};
+
+use crate::auth::{Authenticator, ChallengeResponse, SshPublicKey, TlsClientCert};
+use crate::identity::PeerAddr;
+use crate::transport::tls::{TlsAcceptor, TlsClientConfig, TlsReloadHandle, TlsServerConfig};
+use crate::transport::{connect_endpoint, ssh, BoxStream, Endpoint, Incoming, Listener, TcpOptions};
+use config::{secs, AuditFormat};
+use metrics::{AuditSink, Metrics};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// Why the gateway could not start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener, certificate, key or file could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> GatewayError {
+    GatewayError::Setup(e.to_string())
+}
+
+/// What can change on reload: everything but the listeners' addresses.
+pub(crate) struct Rules {
+    pub config: GatewayConfig,
+    pub generation: u64,
+}
+
+/// Per-identity counters shared by all connections of that identity.
+pub(crate) struct IdentityLimiter {
+    in_flight: AtomicUsize,
+    /// (tokens, last refill); `None` until first used.
+    bucket: Mutex<Option<(f64, Instant)>>,
+}
+
+impl IdentityLimiter {
+    fn new() -> IdentityLimiter {
+        IdentityLimiter { in_flight: AtomicUsize::new(0), bucket: Mutex::new(None) }
+    }
+
+    /// Takes one request slot (rate and in-flight); [`IdentityLimiter::release`]
+    /// gives the in-flight part back when the reply arrives.
+    pub(crate) fn acquire(&self, p: &GatewayPolicy) -> Result<(), policy::Denial> {
+        if p.rate_per_sec > 0.0 {
+            let burst = if p.burst > 0 { f64::from(p.burst) } else { p.rate_per_sec.max(1.0) };
+            let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let (tokens, last) = b.unwrap_or((burst, now));
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * p.rate_per_sec).min(burst);
+            if tokens < 1.0 {
+                *b = Some((tokens, now));
+                return Err(policy::Denial::Limit(format!(
+                    "rate limit of {} requests per second exceeded for this identity",
+                    p.rate_per_sec
+                )));
+            }
+            *b = Some((tokens - 1.0, now));
+        }
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if p.max_in_flight > 0 && before >= p.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(policy::Denial::Limit(format!(
+                "this identity already has {} requests in flight (the limit)",
+                p.max_in_flight
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release(&self) {
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
+/// State shared by the accept loops and every relayed connection.
+pub(crate) struct Shared {
+    rules: RwLock<Arc<Rules>>,
+    generation: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditSink,
+    limiters: Mutex<HashMap<String, Weak<IdentityLimiter>>>,
+    pub draining: watch::Sender<bool>,
+    next_conn: AtomicU64,
+    active: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// (generation, policy name, policy) for an identity now.
+    pub(crate) fn resolve_policy(&self, identity: &str, groups: &[String]) -> (u64, String, Arc<GatewayPolicy>) {
+        let rules = self.rules();
+        let (name, p) = rules.config.policy.resolve(Some(identity), groups);
+        (rules.generation, name.to_string(), Arc::new(p.clone()))
+    }
+
+    fn limiter(&self, identity: &str) -> Arc<IdentityLimiter> {
+        let mut m = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = m.get(identity).and_then(Weak::upgrade) {
+            return l;
+        }
+        if m.len() >= 1024 {
+            m.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = Arc::new(IdentityLimiter::new());
+        m.insert(identity.to_string(), Arc::downgrade(&l));
+        l
+    }
+}
+
+/// A bound listener with its authenticator.
+struct ListenerRt {
+    name: String,
+    url: String,
+    listener: Listener,
+    auth: RwLock<Arc<dyn Authenticator>>,
+    allow: RwLock<Option<Vec<String>>>,
+    tls: Option<TlsReloadHandle>,
+}
+
+/// A running gateway: its listeners and shared state. Start it with
+/// [`Gateway::run`] (or [`Gateway::spawn`]); control it with a
+/// [`GatewayHandle`].
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: Arc<Mutex<Vec<Arc<ListenerRt>>>>,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    done: watch::Sender<bool>,
+}
+
+/// Controls a running gateway: reload, shut down. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+    /// Emptied when the gateway stops, which closes the listening sockets.
+    listeners: Arc<Mutex<Vec<Arc<ListenerRt>>>>,
+    done: watch::Receiver<bool>,
+}
+
+fn addr_of(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/')
+}
+
+fn load_secrets(path: &std::path::Path) -> Result<ChallengeResponse, GatewayError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| setup(format!("cannot read secrets file {}: {e}", path.display())))?;
+    let table: std::collections::BTreeMap<String, String> = toml::from_str(&text)
+        .map_err(|e| setup(format!("secrets file {}: expected lines of identity = \"secret\": {e}", path.display())))?;
+    if table.is_empty() {
+        return Err(setup(format!("secrets file {} lists no identity", path.display())));
+    }
+    Ok(table.iter().fold(ChallengeResponse::new(), |cr, (id, secret)| cr.identity(id, secret)))
+}
+
+fn tls_server_config(l: &ListenerConfig) -> Result<TlsServerConfig, GatewayError> {
+    match (&l.tls, &l.cert, &l.key, &l.client_ca) {
+        (Some(dir), _, _, _) => TlsServerConfig::from_dir(dir).map_err(setup),
+        (None, Some(cert), Some(key), Some(ca)) => {
+            TlsServerConfig::from_pem_files(cert, key).and_then(|c| c.with_client_ca_file(ca)).map_err(setup)
+        }
+        _ => Err(setup(format!("listener {:?}: incomplete TLS settings", l.display_name()))),
+    }
+}
+
+/// The authenticator for a listener (what it proves is the identity).
+fn authenticator(l: &ListenerConfig) -> Result<Arc<dyn Authenticator>, GatewayError> {
+    Ok(match l.url.split_once("://").map(|(s, _)| s) {
+        Some("tls") => Arc::new(TlsClientCert::new()),
+        Some("ssh") => Arc::new(SshPublicKey::new()),
+        _ => {
+            let path = l.secrets.as_deref().ok_or_else(|| setup("challenge-response needs a secrets file"))?;
+            Arc::new(load_secrets(path)?)
+        }
+    })
+}
+
+async fn bind_listener(l: &ListenerConfig) -> Result<ListenerRt, GatewayError> {
+    let addr = addr_of(&l.url);
+    let scheme = l.url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    let mut tls = None;
+    let listener = match scheme {
+        "tls" => {
+            let acceptor = TlsAcceptor::bind(addr, &tls_server_config(l)?).await.map_err(setup)?;
+            tls = Some(acceptor.reload_handle());
+            Listener::new(acceptor)
+        }
+        "ssh" => {
+            let (Some(host_key), Some(keys)) = (&l.host_key, &l.authorized_keys) else {
+                return Err(setup("ssh listener needs host_key and authorized_keys"));
+            };
+            Listener::ssh(addr, ssh::SshServerConfig::new(host_key, keys)).await.map_err(setup)?
+        }
+        "tcp" => Listener::tcp(addr).await.map_err(setup)?,
+        #[cfg(unix)]
+        "unix" => Listener::unix(addr).await.map_err(setup)?,
+        other => return Err(setup(format!("unsupported listener scheme {other}://"))),
+    };
+    Ok(ListenerRt {
+        name: l.display_name().to_string(),
+        url: l.url.clone(),
+        listener,
+        auth: RwLock::new(authenticator(l)?),
+        allow: RwLock::new(l.allow.clone()),
+        tls,
+    })
+}
+
+fn audit_sink(c: &config::AuditConfig) -> Result<AuditSink, GatewayError> {
+    Ok(match (c.format, &c.file) {
+        (AuditFormat::Json, Some(path)) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| setup(format!("cannot open audit file {}: {e}", path.display())))?;
+            AuditSink::Json(Mutex::new(Box::new(std::io::LineWriter::new(f))))
+        }
+        (AuditFormat::Json, None) => AuditSink::Json(Mutex::new(Box::new(std::io::stdout()))),
+        _ => AuditSink::Tracing,
+    })
+}
+
+impl Gateway {
+    /// Binds every listener (and the metrics endpoint) of a checked
+    /// configuration. Certificates, keys and secrets are loaded now, so a
+    /// mistake fails here rather than per connection.
+    pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let audit = audit_sink(&config.audit)?;
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            listeners.push(Arc::new(bind_listener(l).await?));
+        }
+        let metrics_listener = match &config.metrics.listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| setup(format!("cannot listen for metrics on {a}: {e}")))?,
+            ),
+            None => None,
+        };
+        let (draining, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            rules: RwLock::new(Arc::new(Rules { config, generation: 1 })),
+            generation: AtomicU64::new(1),
+            metrics: Arc::new(Metrics::default()),
+            audit,
+            limiters: Mutex::new(HashMap::new()),
+            draining,
+            next_conn: AtomicU64::new(1),
+            active: AtomicUsize::new(0),
+        });
+        let (done, _) = watch::channel(false);
+        Ok(Gateway { shared, listeners: Arc::new(Mutex::new(listeners)), metrics_listener, done })
+    }
+
+    /// `(listener name, bound address)` of every TCP-based listener.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners()
+            .iter().filter_map(|l| l.listener.local_addr().map(|a| (l.name.clone(), a))).collect()
+    }
+
+    /// The address of the metrics endpoint, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A short description of each listener (`tls://127.0.0.1:18821`).
+    pub fn describe(&self) -> Vec<String> {
+        self.listeners().iter().map(|l| l.listener.describe()).collect()
+    }
+
+    fn listeners(&self) -> Vec<Arc<ListenerRt>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A handle to reload or stop the gateway.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle { shared: self.shared.clone(), listeners: self.listeners.clone(), done: self.done.subscribe() }
+    }
+
+    /// Starts [`Gateway::run`] in the background.
+    pub fn spawn(self) -> GatewayHandle {
+        let handle = self.handle();
+        tokio::spawn(self.run());
+        handle
+    }
+
+    /// Serves until [`GatewayHandle::shutdown`], then waits for the
+    /// connections to drain (each bounded by the drain timeout).
+    pub async fn run(self) {
+        let metrics_task = self.metrics_listener.map(|l| {
+            tokio::spawn(metrics::serve_http(l, self.shared.metrics.clone(), self.shared.draining.subscribe()))
+        });
+        let state = Arc::new(AcceptState {
+            slots: Arc::new(Semaphore::new(self.shared.rules().config.limits.max_connections.max(1))),
+            per_peer: Mutex::new(HashMap::new()),
+        });
+        let mut tasks = Vec::new();
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for l in &listeners {
+            tracing::info!(listener = %l.name, address = %l.listener.describe(), "gateway listening");
+            tasks.push(tokio::spawn(accept_loop(l.clone(), self.shared.clone(), state.clone())));
+        }
+        let mut rx = self.shared.draining.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Close the listening sockets now, not when the last handle goes.
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // Every connection has its own drain deadline; this bounds the wait
+        // for the last ones to finish flushing.
+        let limit = secs(self.shared.rules().config.limits.drain_timeout_secs) + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
+        while self.shared.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        tracing::info!("gateway stopped");
+        self.done.send_replace(true);
+    }
+}
+
+/// What [`GatewayHandle::reload`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// Listeners whose certificates or secrets were reloaded.
+    pub reloaded: Vec<String>,
+    /// Differences that need a restart (listener addresses, metrics, audit).
+    pub needs_restart: Vec<String>,
+}
+
+impl GatewayHandle {
+    /// Starts a graceful shutdown: listeners stop accepting, new requests
+    /// are refused, and each connection closes once its calls in flight are
+    /// answered (or the drain timeout passes).
+    pub fn shutdown(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Waits until [`Gateway::run`] has returned.
+    pub async fn stopped(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// The current metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Applies a new configuration: policies, routes, upstreams, groups and
+    /// limits at once (policies also for established connections, from
+    /// their next request), TLS certificates and challenge–response secrets
+    /// for new connections. On any error nothing changes.
+    pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, GatewayError> {
+        config.validate()?;
+        let old = self.shared.rules();
+        let mut report = ReloadReport::default();
+        let mut updates = Vec::new();
+        let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for l in &listeners {
+            let Some(new) = config.listeners.iter().find(|n| n.display_name() == l.name) else {
+                report.needs_restart.push(format!("listener {:?} was removed", l.name));
+                continue;
+            };
+            if new.url != l.url {
+                report.needs_restart.push(format!("listener {:?} moved to {}", l.name, new.url));
+                continue;
+            }
+            let tls = match &l.tls {
+                Some(h) => Some((h.clone(), tls_server_config(new)?)),
+                None => None,
+            };
+            updates.push((l.clone(), authenticator(new)?, new.allow.clone(), tls));
+        }
+        for n in &config.listeners {
+            if !listeners.iter().any(|l| l.name == n.display_name()) {
+                report.needs_restart.push(format!("listener {:?} is new", n.display_name()));
+            }
+        }
+        if config.metrics != old.config.metrics {
+            report.needs_restart.push("metrics endpoint changed".into());
+        }
+        if config.audit != old.config.audit {
+            report.needs_restart.push("audit settings changed".into());
+        }
+        // Check every certificate before swapping any.
+        for (_, _, _, tls) in &updates {
+            if let Some((_, cfg)) = tls {
+                cfg.to_rustls().map_err(setup)?;
+            }
+        }
+        for (l, auth, allow, tls) in updates {
+            if let Some((h, cfg)) = tls {
+                h.reload(&cfg).map_err(setup)?;
+            }
+            *l.auth.write().unwrap_or_else(|e| e.into_inner()) = auth;
+            *l.allow.write().unwrap_or_else(|e| e.into_inner()) = allow;
+            report.reloaded.push(l.name.clone());
+        }
+        let generation = old.generation + 1;
+        *self.shared.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Rules { config, generation });
+        self.shared.generation.store(generation, Ordering::Release);
+        for r in &report.needs_restart {
+            tracing::warn!(change = %r, "configuration change needs a restart");
+        }
+        tracing::info!(generation, "gateway configuration reloaded");
+        Ok(report)
+    }
+}
+
+struct AcceptState {
+    slots: Arc<Semaphore>,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct PeerGuard {
+    state: Arc<AcceptState>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut m = self.state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<AcceptState>) {
+    let mut draining = shared.draining.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = draining.wait_for(|d| *d) => break,
+            a = l.listener.accept() => a,
+        };
+        let incoming = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let max_per_peer = shared.rules().config.limits.max_connections_per_peer;
+        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
+            shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %incoming.peer, "connection refused: gateway is at max_connections");
+            continue;
+        };
+        let ip = match incoming.peer {
+            PeerAddr::Ip(a) => Some(a.ip()),
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            let mut m = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= max_per_peer {
+                shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %incoming.peer, "connection refused: too many connections from this address");
+                continue;
+            }
+            *n += 1;
+        }
+        let guard = PeerGuard { state: state.clone(), ip };
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveGuard(shared.clone());
+        let (shared, l) = (shared.clone(), l.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            let _active = active;
+            serve_incoming(incoming, l, shared).await;
+        });
+    }
+}
+
+async fn serve_incoming(incoming: Incoming, l: Arc<ListenerRt>, shared: Arc<Shared>) {
+    let peer = incoming.peer.clone();
+    let rules = shared.rules();
+    let auth_timeout = secs(rules.config.limits.auth_timeout_secs);
+    drop(rules);
+    let auth = l.auth.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let authed = tokio::time::timeout(auth_timeout, async move {
+        let (stream, creds) = incoming.handshake.await.map_err(|e| e.to_string())?;
+        auth.authenticate(stream, creds).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("authentication timed out after {auth_timeout:?}")));
+    let (stream, mut creds) = match authed {
+        Ok(x) => x,
+        Err(reason) => {
+            shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %l.name, %peer, %reason, "connection refused: authentication failed");
+            return;
+        }
+    };
+    let Some(identity) = creds.identity.clone() else {
+        shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %l.name, %peer, "connection refused: no identity was established");
+        return;
+    };
+    let allowed = l.allow.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_none_or(|a| a.contains(&identity));
+    if !allowed {
+        shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %l.name, %peer, %identity, "connection refused: identity not allowed on this listener");
+        return;
+    }
+    let rules = shared.rules();
+    if let Some(gs) = rules.config.groups.get(&identity) {
+        for g in gs {
+            if !creds.groups.contains(g) {
+                creds.groups.push(g.clone());
+            }
+        }
+    }
+    let Some(upstream_name) = rules.config.route(&identity, &creds.groups, &l.name).map(str::to_string) else {
+        shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(listener = %l.name, %peer, %identity, "connection refused: no route for this identity");
+        return;
+    };
+    let Some(upstream) = rules.config.upstreams.get(&upstream_name).cloned() else {
+        return;
+    };
+    drop(rules);
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        conn = conn_id,
+        listener = %l.name,
+        %peer,
+        transport = creds.transport.as_str(),
+        %identity,
+        upstream = %upstream_name,
+        "authenticated"
+    );
+    let ctx = relay::ConnCtx {
+        limiter: shared.limiter(&identity),
+        shared,
+        conn_id,
+        identity,
+        groups: creds.groups.clone(),
+        peer: peer.to_string(),
+        upstream_name,
+        upstream,
+    };
+    relay::relay(ctx, stream).await;
+}
+
+/// Opens a stream to an upstream; returns it with the address used.
+pub(crate) async fn connect_upstream(u: &UpstreamConfig, timeout: Duration) -> Result<(BoxStream, String), String> {
+    let tcp = TcpOptions { connect_timeout: timeout, ..TcpOptions::default() };
+    let tls = |u: &UpstreamConfig| -> Result<TlsClientConfig, String> {
+        let mut c = TlsClientConfig::new();
+        if let Some(ca) = &u.ca {
+            c = c.with_ca_file(ca).map_err(|e| e.to_string())?;
+        }
+        if let (Some(cert), Some(key)) = (&u.cert, &u.key) {
+            c = c.with_identity_files(cert, key).map_err(|e| e.to_string())?;
+        }
+        if let Some(n) = &u.server_name {
+            c = c.with_server_name(n.clone());
+        }
+        c.handshake_timeout = timeout;
+        Ok(c)
+    };
+    let open = |ep: Endpoint, shown: String| {
+        let tcp = tcp.clone();
+        async move {
+            connect_endpoint(&ep, &tcp).await.map(|(s, _)| (s, shown.clone())).map_err(|e| e.to_string())
+        }
+    };
+    if let Some(url) = &u.url {
+        let ep = if url.starts_with("tls://") {
+            Endpoint::parse_tls(url, tls(u)?).map_err(|e| e.to_string())?
+        } else {
+            Endpoint::parse(url).map_err(|e| e.to_string())?
+        };
+        return open(ep, url.clone()).await;
+    }
+    let (Some(service), Some(registry)) = (&u.service, &u.registry) else {
+        return Err("the upstream has neither url nor service".into());
+    };
+    let client = match registry.strip_prefix("tcp://") {
+        Some(addr) => crate::registry::RegistryClient::tcp(addr),
+        None => crate::registry::RegistryClient::udp(registry.strip_prefix("udp://").unwrap_or(registry)),
+    }
+    .map_err(|e| e.to_string())?
+    .timeout(timeout.min(Duration::from_secs(5)));
+    let found = client.discover(service).await.map_err(|e| format!("registry {registry}: {e}"))?;
+    let usable: Vec<_> = found.into_iter().filter(|a| u.registry_hosts.contains(&a.host)).collect();
+    if usable.is_empty() {
+        return Err(format!(
+            "registry {registry} knows no server for service {service:?} on an allowed host ({})",
+            u.registry_hosts.join(", ")
+        ));
+    }
+    let mut last = String::new();
+    for a in usable {
+        let addr = a.to_string();
+        let ep = if u.ca.is_some() { Endpoint::tls(addr.clone(), tls(u)?) } else { Endpoint::Tcp(addr.clone()) };
+        let shown = format!("{}://{addr} (service {service})", if u.ca.is_some() { "tls" } else { "tcp" });
+        match open(ep, shown).await {
+            Ok(x) => return Ok(x),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
