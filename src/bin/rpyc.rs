@@ -9,6 +9,8 @@
 //! rpyc list --registry 127.0.0.1                # what a registry knows
 //! rpyc ping tcp://127.0.0.1:18861               # round-trip time, any transport
 //! rpyc call 127.0.0.1:18861 add 1 2             # arguments as Python literals
+//! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812
+//!                                               # mutual TLS + per-identity policy in front of a server
 //! ```
 //!
 //! Results go to stdout (`--json` for scripts), progress and logs to stderr
@@ -28,6 +30,8 @@ use std::process::ExitCode;
 // (a file directly in src/bin/ would be a binary of its own).
 #[path = "rpyc/discovery.rs"]
 mod discovery;
+#[path = "rpyc/gateway.rs"]
+mod gateway;
 #[path = "rpyc/remote.rs"]
 mod remote;
 #[path = "rpyc/serve.rs"]
@@ -78,6 +82,9 @@ enum Command {
     Call(remote::CallArgs),
     /// Serve the CONFORMANCE test service, optionally registered with a registry.
     Serve(serve::ServeArgs),
+    /// Secure existing RPyC servers: a TLS/SSH gateway that authenticates
+    /// clients and checks every request against a per-identity policy.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,7 +133,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Long-running commands report their progress at info level.
     let default_log = match cli.command {
-        Command::Registry(_) | Command::Serve(_) => "info",
+        Command::Registry(_) | Command::Serve(_) | Command::Gateway(_) => "info",
         _ => "warn",
     };
     support::init_logging(cli.verbose, cli.quiet, default_log);
@@ -139,6 +146,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => remote::run_ping(&args),
         Command::Call(args) => remote::run_call(&args),
         Command::Serve(args) => serve::run_serve(&args),
+        Command::Gateway(args) => gateway::run_gateway(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,159 @@
+//! `rpyc gateway`: the protocol-aware TLS/SSH gateway (see `rpyc::gateway`).
+//!
+//! ```text
+//! rpyc gateway --config gateway.toml
+//! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812 [--policy policy.toml]
+//! ```
+//!
+//! SIGHUP reloads the configuration (policies, routes, upstreams,
+//! certificates, secrets); SIGINT/SIGTERM drain calls in flight and stop (a
+//! second signal stops at once).
+
+use super::support::usage;
+use super::CmdResult;
+use clap::Args;
+use rpyc::gateway::config::{AuditConfig, AuditFormat, MetricsConfig};
+use rpyc::gateway::{Gateway, GatewayConfig, GatewayPolicySet, ListenerConfig, UpstreamConfig};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// The gateway configuration file (TOML: [[listen]], [upstream.NAME],
+    /// [[route]], [policy], [limits], [audit], [metrics]).
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "tls", "upstream", "policy"])]
+    pub config: Option<PathBuf>,
+    /// Where clients connect: tls://HOST:PORT (with --tls).
+    #[arg(long, value_name = "URL", requires_all = ["tls", "upstream"])]
+    pub listen: Option<String>,
+    /// Certificate directory for --listen: ca.pem (client certificates must
+    /// be signed by it), server.pem, server.key — as `rpyc certs init` writes.
+    #[arg(long, value_name = "CERTDIR")]
+    pub tls: Option<PathBuf>,
+    /// The RPyC server behind the gateway: tcp://HOST:PORT or unix:///PATH.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Policy file (TOML: [default], [policies.NAME], [identities], [groups]).
+    /// Default: the safe default for every identity (no _-names except safe
+    /// dunders, no classic-mode roots, no PICKLE/SETATTR/DELATTR).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) and GET /healthz on HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+    /// Write the audit trail as JSON lines (to --audit-file, else stdout)
+    /// instead of log records.
+    #[arg(long)]
+    pub audit_json: bool,
+    /// Append JSON audit lines to FILE (implies --audit-json).
+    #[arg(long, value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+}
+
+/// The configuration the arguments describe (re-read on SIGHUP).
+fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>> {
+    let mut config = if let Some(path) = &args.config {
+        GatewayConfig::load(path)?
+    } else {
+        let (Some(listen), Some(tls), Some(upstream)) = (&args.listen, &args.tls, &args.upstream) else {
+            return Err(usage(
+                "give --config FILE, or --listen tls://HOST:PORT --tls CERTDIR --upstream tcp://HOST:PORT",
+            ));
+        };
+        if !listen.starts_with("tls://") {
+            return Err(usage(format!(
+                "--listen {listen:?}: the command line sets up TLS listeners only (tls://HOST:PORT); \
+                 use --config for SSH and challenge-response listeners"
+            )));
+        }
+        let policy = match &args.policy {
+            Some(p) => GatewayPolicySet::load(p)?,
+            None => GatewayPolicySet::default(),
+        };
+        let mut l = ListenerConfig::default();
+        l.url = listen.clone();
+        l.tls = Some(tls.clone());
+        let config = GatewayConfig::simple(l, UpstreamConfig::url(upstream.clone()), policy);
+        config.validate()?;
+        config
+    };
+    if args.audit_json || args.audit_file.is_some() {
+        let mut audit = AuditConfig::default();
+        audit.format = AuditFormat::Json;
+        audit.file = args.audit_file.clone();
+        config.audit = audit;
+    }
+    if let Some(m) = &args.metrics {
+        let mut metrics = MetricsConfig::default();
+        metrics.listen = Some(m.clone());
+        config.metrics = metrics;
+    }
+    Ok(config)
+}
+
+pub fn run_gateway(args: &GatewayArgs) -> CmdResult {
+    let config = load(args)?;
+    let audit_on_stdout = config.audit.format == AuditFormat::Json && config.audit.file.is_none();
+    super::support::runtime()?.block_on(async move {
+        let gateway = Gateway::bind(config).await?;
+        for (d, (name, _)) in gateway.describe().iter().zip(gateway.local_addrs()) {
+            tracing::info!(listener = %name, "listening on {d}");
+            if !audit_on_stdout {
+                println!("listening {d}");
+            }
+        }
+        if let Some(a) = gateway.metrics_addr() {
+            if !audit_on_stdout {
+                println!("metrics http://{a}/metrics");
+            }
+        }
+        let handle = gateway.handle();
+        let mut run = tokio::spawn(gateway.run());
+        signals(args, &handle, &mut run).await
+    })
+}
+
+#[cfg(unix)]
+async fn signals(
+    args: &GatewayArgs,
+    handle: &rpyc::gateway::GatewayHandle,
+    run: &mut tokio::task::JoinHandle<()>,
+) -> CmdResult {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = &mut *run => return Ok(()),
+            _ = hup.recv() => match load(args).map_err(|e| e.to_string()).and_then(|c| handle.reload(c).map_err(|e| e.to_string())) {
+                Ok(report) => tracing::info!(reloaded = ?report.reloaded, "SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous configuration stays in force"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("draining calls in flight (send the signal again to stop at once)");
+    handle.shutdown();
+    tokio::select! {
+        _ = &mut *run => {}
+        _ = term.recv() => tracing::warn!("stopping without draining"),
+        _ = int.recv() => tracing::warn!("stopping without draining"),
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn signals(
+    _args: &GatewayArgs,
+    handle: &rpyc::gateway::GatewayHandle,
+    run: &mut tokio::task::JoinHandle<()>,
+) -> CmdResult {
+    tokio::select! {
+        _ = &mut *run => return Ok(()),
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    handle.shutdown();
+    let _ = run.await;
+    Ok(())
+}
