@@ -1,0 +1,160 @@
+//! Hand-made requests a Python client would never send, aimed at the
+//! places where Python reads more into a message than it looks: names in
+//! CMP and OLDSLICING, numbers that equal ints, arguments that get splatted.
+//! Each is refused with an exception; the connection and the upstream stay
+//! usable.
+
+use crate::*;
+use rpyc::channel::{encode_frame, ChannelConfig, FrameReader};
+use rpyc::transport::tls::connect_tls;
+use rpyc::transport::BoxStream;
+use rpyc::wire::message::{decode_message, encode_message, Message, MSG_EXCEPTION, MSG_REPLY, MSG_REQUEST};
+use rpyc::wire::{DecodeLimits, Dialect, Exception, Handler, Value};
+use tokio::io::AsyncWriteExt;
+
+struct Raw {
+    stream: BoxStream,
+    seq: i64,
+}
+
+fn val(v: Value) -> Value {
+    Value::Tuple(vec![Value::from(1), v])
+}
+fn local(pack: Value) -> Value {
+    Value::Tuple(vec![Value::from(3), pack])
+}
+fn tuple_args(items: Vec<Value>) -> Value {
+    Value::Tuple(vec![Value::from(2), Value::Tuple(items)])
+}
+
+impl Raw {
+    async fn connect(gw: &Gw, pki: &Pki) -> Raw {
+        let (stream, _) = step("raw connect", connect_tls(&gw.addr.to_string(), &pki.client("bob"))).await.unwrap();
+        Raw { stream, seq: 100 }
+    }
+
+    async fn send_payload(&mut self, payload: &[u8]) {
+        let _ = self.stream.write_all(&encode_frame(payload, &ChannelConfig::default())).await;
+        let _ = self.stream.flush().await;
+    }
+
+    /// Sends `(handler, boxed)` and returns the answer.
+    async fn request(&mut self, handler: Value, boxed: Value) -> Message {
+        self.seq += 1;
+        let mut payload = Vec::new();
+        encode_message(Dialect::V6, MSG_REQUEST, self.seq, &Value::Tuple(vec![handler, boxed]), &mut payload);
+        self.send_payload(&payload).await;
+        let seq = self.seq;
+        loop {
+            let m = self.read().await.expect("an answer");
+            if m.kind != MSG_REQUEST && m.seq == seq {
+                return m;
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Option<Message> {
+        let mut r = FrameReader::new(&mut self.stream, ChannelConfig::default());
+        let frame = tokio::time::timeout(STEP, r.read_frame()).await.ok()?.ok()??;
+        decode_message(Dialect::V6, &frame, &DecodeLimits::default()).ok()
+    }
+}
+
+fn exception(m: &Message) -> Exception {
+    assert_eq!(m.kind, MSG_EXCEPTION, "expected an exception, got {:?}", m.args);
+    Exception::load(m.args.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_the_connection_survives() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, _port, gw) = python_behind_gateway("classic", &pki, "").await;
+        let mut raw = Raw::connect(&gw, &pki).await;
+        let h = |h: Handler| Value::from(h.id());
+        let root = raw.request(h(Handler::GetRoot), val(Value::Tuple(vec![]))).await;
+        assert_eq!(root.kind, MSG_REPLY);
+        let pack = root.args.as_tuple().unwrap()[1].clone();
+        let [name, cid, iid] = pack.as_tuple().unwrap() else { panic!("id-pack {pack:?}") };
+        let root_ref = local(pack.clone());
+
+        // CMP looks the op up on type(root) and calls it: `eval` by another door.
+        let m = raw.request(h(Handler::Cmp), tuple_args(vec![root_ref.clone(), val("6*7".into()), val("eval".into())])).await;
+        let e = exception(&m);
+        assert!(e.is("AttributeError") && e.message() == "cannot access 'eval'", "{e}");
+        // OLDSLICING's attempt and fallback names.
+        let m = raw
+            .request(
+                h(Handler::OldSlicing),
+                tuple_args(vec![
+                    root_ref.clone(),
+                    val("__getitem__".into()),
+                    val("execute".into()),
+                    val("x = 1".into()),
+                    val(Value::None),
+                    val(Value::Tuple(vec![])),
+                ]),
+            )
+            .await;
+        assert!(exception(&m).is("AttributeError"));
+        // The root's id-pack with float ids (Python: 1.0 == 1, same hash).
+        let as_float = |v: &Value| Value::Float(v.as_i64().unwrap() as f64);
+        let alias = local(Value::Tuple(vec![name.clone(), as_float(cid), as_float(iid)]));
+        let m = raw.request(h(Handler::GetAttr), tuple_args(vec![alias, val("eval".into())])).await;
+        let e = exception(&m);
+        assert!(e.is("TypeError") && e.message().contains("malformed"), "{e}");
+        // A handler number that is a float (4.0 is GETATTR to Python).
+        let m = raw.request(Value::Float(4.0), tuple_args(vec![root_ref.clone(), val("eval".into())])).await;
+        assert!(exception(&m).is("TypeError"));
+        // Arguments as a reference: Python would iterate it on the server.
+        let m = raw.request(h(Handler::GetAttr), local(pack.clone())).await;
+        assert!(exception(&m).is("TypeError"));
+        // A private name on a value: the first step of ().__class__.__base__…
+        let m = raw.request(h(Handler::GetAttr), val(Value::Tuple(vec![Value::Tuple(vec![]), "__class__".into()]))).await;
+        assert!(exception(&m).is("AttributeError"));
+        // PICKLE and SETATTR handlers.
+        let m = raw.request(h(Handler::Pickle), tuple_args(vec![root_ref.clone(), val(Value::from(2))])).await;
+        assert!(exception(&m).is("PermissionError"));
+        // …and after all that, the connection still works.
+        let m = raw
+            .request(
+                h(Handler::CallAttr),
+                tuple_args(vec![root_ref.clone(), val("get_service_name".into()), val(Value::Tuple(vec![])), val(Value::Tuple(vec![]))]),
+            )
+            .await;
+        assert_eq!(m.kind, MSG_REPLY, "{:?}", m.args);
+        assert_eq!(m.args, val("SLAVE".into()));
+        let metrics = gw.handle.metrics_text();
+        assert!(metrics.contains("rpyc_gateway_denials_total{reason=\"malformed\"} 3"), "{metrics}");
+        assert!(metrics.contains("rpyc_gateway_denials_total{reason=\"classic\"} 2"), "{metrics}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_that_connection() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, _port, gw) = python_behind_gateway("classic", &pki, "").await;
+        // Not RPyC at all.
+        let mut raw = Raw::connect(&gw, &pki).await;
+        raw.send_payload(b"\xff\xfe not a message").await;
+        assert!(raw.read().await.is_none(), "the gateway must hang up");
+        // A frame header claiming 1 GiB.
+        let mut raw = Raw::connect(&gw, &pki).await;
+        let _ = raw.stream.write_all(&[0x40, 0, 0, 0, 0]).await;
+        assert!(raw.read().await.is_none(), "the gateway must hang up");
+        // A valid first message, then a truncated brine value.
+        let mut raw = Raw::connect(&gw, &pki).await;
+        let m = raw.request(Value::from(Handler::Ping.id()), val(Value::Tuple(vec!["hi".into()]))).await;
+        assert_eq!(m.args, val("hi".into()));
+        raw.send_payload(&[1, 0x11, 0x51, 0x0f, 0xff]).await;
+        assert!(raw.read().await.is_none(), "the gateway must hang up");
+        // Everyone else is served.
+        let conn = rust_client(&gw, &pki, "carol").await;
+        let root = step("root", conn.root()).await.unwrap();
+        let name: String = step("call", root.call_method("get_service_name", ())).await.unwrap();
+        assert_eq!(name, "SLAVE");
+    })
+    .await;
+}

@@ -1,0 +1,84 @@
+//! Rust clients through the gateway: the upstream going away, an
+//! unreachable upstream, the challenge–response listener.
+
+use crate::*;
+use std::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_going_away_fails_pending_calls_promptly() {
+    bounded(async {
+        let pki = Pki::new();
+        let (mut server, _port, gw) = python_behind_gateway("service", &pki, "").await;
+        let conn = rust_client(&gw, &pki, "bob").await;
+        let root = step("root", conn.root()).await.unwrap();
+        assert_eq!(step("add", root.call_method::<i64>("add", (1, 2))).await.unwrap(), 3);
+        let a = root.async_callattr("sleep", (30,)).unwrap();
+        let b = root.async_callattr("sleep", (30,)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        blocking(move || {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        })
+        .await;
+        for pending in [a, b] {
+            let err = step("pending call", pending.value()).await.expect_err("the call must fail");
+            let text = err.to_string();
+            assert!(err.is_exception("EOFError"), "{text}");
+            assert!(text.contains("upstream \"py\"") && text.contains("went away"), "{text}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "failing took {:?}", t0.elapsed());
+        // The gateway closes the client connection afterwards.
+        step("closed", conn.closed()).await;
+        let metrics = gw.handle.metrics_text();
+        assert!(metrics.contains("rpyc_gateway_upstream_failures_total 1"), "{metrics}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_a_clear_error() {
+    bounded(async {
+        let pki = Pki::new();
+        // A port nobody listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let gw = start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{port}"), ""), pki.dir.path()).await;
+        let conn = rust_client(&gw, &pki, "bob").await;
+        let err = step("root", conn.root()).await.expect_err("no upstream, no root");
+        let text = err.to_string();
+        assert!(err.is_exception("ConnectionRefusedError"), "{text}");
+        assert!(text.contains("cannot reach upstream \"py\""), "{text}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_response_listener() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
+        std::fs::write(pki.path("secrets.toml"), "dave = \"correct horse\"\n").unwrap();
+        let text = format!(
+            "[[listen]]\nname = \"cr\"\nurl = \"tcp://127.0.0.1:0\"\nsecrets = \"secrets.toml\"\n\
+             [upstream.py]\nurl = \"tcp://127.0.0.1:{port}\"\n\
+             [policy.policies.dave]\nroot_allow = [\"get_answer\"]\n[policy.identities]\ndave = \"dave\"\n"
+        );
+        let gw = start_gateway(&text, pki.dir.path()).await;
+        let addr = gw.addr.to_string();
+        let conn = step("connect", ClientBuilder::new().challenge_response("dave", "correct horse").connect(&addr))
+            .await
+            .unwrap();
+        let root = step("root", conn.root()).await.unwrap();
+        assert_eq!(step("get_answer", root.call_method::<i64>("get_answer", ())).await.unwrap(), 42);
+        let err = step("add", root.call_method::<i64>("add", (1, 2))).await.expect_err("add is not allowed");
+        assert!(err.is_exception("AttributeError") && err.to_string().contains("cannot access 'add'"), "{err}");
+        // A wrong secret never gets a connection.
+        let bad = step("connect", ClientBuilder::new().challenge_response("dave", "wrong").connect(&addr)).await;
+        let refused = match bad {
+            Err(e) => e.to_string(),
+            Ok(c) => step("root", c.root()).await.err().map(|e| e.to_string()).unwrap_or_default(),
+        };
+        assert!(!refused.is_empty(), "a wrong secret must be refused");
+    })
+    .await;
+}
