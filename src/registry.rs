@@ -43,23 +43,28 @@
 //! TCP requests get [`RegistryConfig::tcp_timeout`] to arrive and at most
 //! [`RegistryConfig::max_tcp_connections`] are served at once.
 //!
-//! A UDP registry answers whoever a datagram claims to come from; QUERY
-//! replies are capped at one datagram and LIST (off by default) at ten, the
-//! sizes Python clients read.
+//! What no limit fixes: UDP has no handshake, so anyone can register any
+//! name from an address they can send from, and a UDP registry answers
+//! whoever a datagram *claims* to come from — a spoofed QUERY makes it send
+//! up to one datagram (1500 bytes; LIST, when allowed, up to 15000) to a
+//! third party. The registry is a directory for a trusted network, as in
+//! Python; authenticate the servers you find (TLS, SSH), not the registry.
 //!
-//! # Differences from Python's registry
+//! # Differences from Python
 //!
 //! - LIST also prunes stale entries (Python lists them until a QUERY for the
-//!   name prunes them).
+//!   name prunes them) and names services in alphabetical order.
 //! - Ports must be integers 0–65535 (a Python server on a Unix socket
 //!   registers its path as the "port"; such a registration is dropped).
 //! - The limits above; Python's registry has none.
+//! - [`connect_by_service`] tries the newest registration first, Python the
+//!   oldest.
 
 use crate::client::ClientBuilder;
 use crate::connection::Connection;
 use crate::wire::brine::{self, BrineError, DecodeLimits};
 use crate::wire::{Int, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -85,6 +90,8 @@ const MAX_LIST_REPLY: usize = MAX_DGRAM_SIZE * 10;
 const MAX_REPLY: usize = 64 * 1024;
 /// How long a client waits by default (Python's `timeout=2`).
 const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Full prunes of the table run at most this often.
+const MIN_PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// At most one warning about dropped requests per this interval.
 const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -412,9 +419,15 @@ impl Default for RegistryConfig {
 type Key = (IpAddr, u16);
 
 /// The registry's state: who serves what, and when they last said so.
+///
+/// Every operation a single datagram can trigger costs at most the entries
+/// of one name or one server, except a full prune, which runs at most once
+/// per [`MIN_PRUNE_INTERVAL`] however many requests arrive.
 #[derive(Default)]
 struct Table {
     services: BTreeMap<String, HashMap<Key, Instant>>,
+    /// The names each server is registered under (for UNREGISTER).
+    by_server: HashMap<Key, BTreeSet<String>>,
     total: usize,
     per_host: HashMap<IpAddr, usize>,
     last_prune: Option<Instant>,
@@ -430,6 +443,12 @@ impl Table {
         }
         if servers.is_empty() {
             self.services.remove(name);
+        }
+        if let Some(names) = self.by_server.get_mut(&key) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_server.remove(&key);
+            }
         }
         self.total = self.total.saturating_sub(1);
         if let Some(n) = self.per_host.get_mut(&key.0) {
@@ -459,8 +478,10 @@ impl Table {
         }
     }
 
-    fn prune_if_due(&mut self, now: Instant, timeout: Duration) {
-        let every = timeout.min(Duration::from_secs(30));
+    /// Prunes if the last full prune is older than `every` (and never more
+    /// often than [`MIN_PRUNE_INTERVAL`]).
+    fn prune_if_due(&mut self, now: Instant, timeout: Duration, every: Duration) {
+        let every = every.max(MIN_PRUNE_INTERVAL);
         if self.last_prune.is_none_or(|t| now.saturating_duration_since(t) >= every) {
             self.prune(now, timeout);
         }
@@ -488,7 +509,9 @@ impl Table {
                 || t.per_host.get(&ip).copied().unwrap_or(0) + new > config.max_entries_per_host
         };
         if new > 0 && over(self, new) {
-            self.prune(now, config.pruning_timeout);
+            // Make room from stale entries (rate-limited: a flood against a
+            // full table must not turn every datagram into a full scan).
+            self.prune_if_due(now, config.pruning_timeout, MIN_PRUNE_INTERVAL);
             new = count_new(self);
             if over(self, new) {
                 return Err(format!(
@@ -503,6 +526,7 @@ impl Table {
         for name in names {
             let servers = self.services.entry(name.clone()).or_default();
             if servers.insert(key, now).is_none() {
+                self.by_server.entry(key).or_default().insert(name.clone());
                 self.total += 1;
                 *self.per_host.entry(ip).or_insert(0) += 1;
                 tracing::info!(service = %name, server = %ServerAddr::new(ip.to_string(), port), "service added");
@@ -512,13 +536,14 @@ impl Table {
     }
 
     fn unregister(&mut self, ip: IpAddr, port: u16) {
-        let names: Vec<String> = self.services.keys().cloned().collect();
+        let key = (ip, port);
+        let names: Vec<String> = self.by_server.get(&key).map(|n| n.iter().cloned().collect()).unwrap_or_default();
         for name in names {
-            self.remove(&name, (ip, port), "unregistered");
+            self.remove(&name, key, "unregistered");
         }
     }
 
-    /// Live servers of `name`, oldest registration first (Python's order).
+    /// Live servers of `name`, least recently refreshed first (Python's order).
     fn query(&mut self, name: &str, now: Instant, timeout: Duration) -> Vec<(Key, Instant)> {
         let name = name.to_uppercase();
         let Some(servers) = self.services.get(&name) else {
@@ -535,13 +560,14 @@ impl Table {
         live
     }
 
-    fn list(&mut self, filter_host: Option<&str>, now: Instant, timeout: Duration) -> Vec<String> {
-        self.prune(now, timeout);
+    /// Names with at least one live server (on `filter_host`, if given).
+    fn list(&self, filter_host: Option<&str>, now: Instant, timeout: Duration) -> Vec<String> {
         self.services
             .iter()
-            .filter(|(_, servers)| match filter_host {
-                None => true,
-                Some(h) => servers.keys().any(|(ip, _)| ip.to_string() == h),
+            .filter(|(_, servers)| {
+                servers.iter().any(|((ip, _), t)| {
+                    now.saturating_duration_since(*t) <= timeout && filter_host.is_none_or(|h| ip.to_string() == h)
+                })
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -590,7 +616,7 @@ fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data:
     };
     let ip = peer.ip().to_canonical();
     let now = Instant::now();
-    st.table.prune_if_due(now, config.pruning_timeout);
+    st.table.prune_if_due(now, config.pruning_timeout, config.pruning_timeout.min(Duration::from_secs(30)));
     tracing::debug!(%peer, ?req, "registry request");
     let reply = match req {
         Request::Query { name } => {
@@ -972,7 +998,9 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     /// UDP to one registry: `host`, `host:port` or `[v6]:port` (default
-    /// port 18811).
+    /// port 18811). As in Python, an IPv4 address with a 255 octet (a
+    /// broadcast address such as `192.168.1.255`) is sent as a broadcast,
+    /// and the first registry to answer counts.
     pub fn udp(addr: &str) -> Result<RegistryClient, RegistryError> {
         let (host, port) = parse_host_port(addr)?;
         Ok(Self::with(Mode::Udp, host, port))
@@ -1505,6 +1533,7 @@ mod tests {
         assert_eq!(t.per_host.get(&ip("10.0.0.1")), None);
         t.unregister(ip("10.0.0.2"), 2000);
         assert!(t.services.is_empty());
+        assert!(t.by_server.is_empty());
         assert_eq!(t.total, 0);
         assert!(t.per_host.is_empty());
     }

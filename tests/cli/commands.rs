@@ -34,30 +34,14 @@ fn run(args: &[&str]) -> Run {
 
 fn ok(args: &[&str]) -> String {
     let r = run(args);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "rpyc {args:?} failed:\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
+    assert_eq!(r.code, Some(0), "rpyc {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
     r.stdout
 }
 
 fn fails(args: &[&str], code: i32, stderr_has: &str) -> Run {
     let r = run(args);
-    assert_eq!(
-        r.code,
-        Some(code),
-        "rpyc {args:?}: expected exit {code}:\nstdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stderr.contains(stderr_has),
-        "rpyc {args:?}: stderr lacks {stderr_has:?}:\n{}",
-        r.stderr
-    );
+    assert_eq!(r.code, Some(code), "rpyc {args:?}: expected exit {code}:\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains(stderr_has), "rpyc {args:?}: stderr lacks {stderr_has:?}:\n{}", r.stderr);
     r
 }
 
@@ -82,20 +66,13 @@ fn discover_until_found(args: &[&str]) -> String {
         if r.code == Some(0) {
             return r.stdout;
         }
-        assert!(
-            Instant::now() < deadline,
-            "rpyc {args:?} never succeeded: {}",
-            r.stderr
-        );
+        assert!(Instant::now() < deadline, "rpyc {args:?} never succeeded: {}", r.stderr);
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn interrupt(child: &mut ChildGuard) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", &child.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -111,33 +88,17 @@ fn interrupt(child: &mut ChildGuard) {
 #[test]
 fn every_subcommand_explains_itself() {
     let top = ok(&["--help"]);
-    for sub in [
-        "certs", "registry", "discover", "list", "ping", "call", "serve",
-    ] {
+    for sub in ["certs", "registry", "discover", "list", "ping", "call", "serve"] {
         assert!(top.contains(sub), "{sub} missing from --help:\n{top}");
         let help = ok(&[sub, "--help"]);
         assert!(help.contains(&format!("Usage: rpyc {sub}")), "{help}");
     }
     let call = ok(&["call", "--help"]);
-    for word in [
-        "Python literals",
-        "--ca",
-        "--identity",
-        "--known-hosts",
-        "--json",
-        "unix:///path",
-    ] {
+    for word in ["Python literals", "--ca", "--identity", "--known-hosts", "--json", "unix:///path"] {
         assert!(call.contains(word), "call --help lacks {word}:\n{call}");
     }
     let registry = ok(&["registry", "--help"]);
-    for word in [
-        "--udp",
-        "--tcp",
-        "--allow-listing",
-        "--pruning-timeout",
-        "--port",
-        "--host",
-    ] {
+    for word in ["--udp", "--tcp", "--allow-listing", "--pruning-timeout", "--port", "--host"] {
         assert!(registry.contains(word), "registry --help lacks {word}");
     }
     // Missing arguments print the help and exit 2.
@@ -151,27 +112,11 @@ fn every_subcommand_explains_itself() {
 
 #[test]
 fn registry_serve_discover_list_ping_and_call_over_udp() {
-    let (_registry, reg_addr) = start(&[
-        "registry",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--allow-listing",
-        "--pruning-timeout",
-        "30",
-    ]);
+    let (_registry, reg_addr) =
+        start(&["registry", "--host", "127.0.0.1", "--port", "0", "--allow-listing", "--pruning-timeout", "30"]);
     assert!(reg_addr.starts_with("udp://127.0.0.1:"), "{reg_addr}");
     let registry = format!("127.0.0.1:{}", port_of(&reg_addr));
-    let (mut server, srv_addr) = start(&[
-        "serve",
-        "--port",
-        "0",
-        "--registry",
-        &registry,
-        "--register-interval",
-        "1",
-    ]);
+    let (mut server, srv_addr) = start(&["serve", "--port", "0", "--registry", &registry, "--register-interval", "1"]);
     assert!(srv_addr.starts_with("tcp://127.0.0.1:"), "{srv_addr}");
     let port = port_of(&srv_addr);
     let addr = format!("127.0.0.1:{port}");
@@ -180,17 +125,11 @@ fn registry_serve_discover_list_ping_and_call_over_udp() {
     let found = discover_until_found(&["discover", "conformance", "--registry", &registry]);
     assert_eq!(found, format!("{addr}\n"));
     let json = ok(&["discover", "CONFORMANCE", "--registry", &registry, "--json"]);
-    assert_eq!(
-        json.trim(),
-        format!("[{{\"host\": \"127.0.0.1\", \"port\": {port}}}]")
-    );
+    assert_eq!(json.trim(), format!("[{{\"host\": \"127.0.0.1\", \"port\": {port}}}]"));
 
     // list
     assert_eq!(ok(&["list", "--registry", &registry]), "CONFORMANCE\n");
-    assert_eq!(
-        ok(&["list", "--registry", &registry, "--json"]).trim(),
-        "[\"CONFORMANCE\"]"
-    );
+    assert_eq!(ok(&["list", "--registry", &registry, "--json"]).trim(), "[\"CONFORMANCE\"]");
     let r = run(&["list", "--registry", &registry, "--filter-host", "10.9.9.9"]);
     assert_eq!((r.code, r.stdout.as_str()), (Some(0), ""));
     assert!(r.stderr.contains("knows no services"), "{}", r.stderr);
@@ -198,27 +137,20 @@ fn registry_serve_discover_list_ping_and_call_over_udp() {
     // ping over tcp:// and a bare host:port
     let pings = ok(&["ping", &format!("tcp://{addr}"), "--count", "2"]);
     assert_eq!(
-        pings
-            .lines()
-            .filter(|l| l.starts_with(&format!("pong from tcp://{addr}: time=")))
-            .count(),
+        pings.lines().filter(|l| l.starts_with(&format!("pong from tcp://{addr}: time="))).count(),
         2,
         "{pings}"
     );
     let json = ok(&["ping", &addr, "--json"]);
     assert!(
-        json.starts_with(&format!("{{\"addr\": \"{addr}\", \"connect_ms\": "))
-            && json.contains("\"rtt_ms\": ["),
+        json.starts_with(&format!("{{\"addr\": \"{addr}\", \"connect_ms\": ")) && json.contains("\"rtt_ms\": ["),
         "{json}"
     );
 
     // call: arguments are Python literals; results are printed as repr().
     assert_eq!(ok(&["call", &addr, "add", "1", "2"]), "3\n");
     assert_eq!(ok(&["call", &addr, "add", "'a'", "\"b\""]), "'ab'\n");
-    assert_eq!(
-        ok(&["call", &addr, "add", "123456789012345678901234567890", "1"]),
-        "123456789012345678901234567891\n"
-    );
+    assert_eq!(ok(&["call", &addr, "add", "123456789012345678901234567890", "1"]), "123456789012345678901234567891\n");
     assert_eq!(ok(&["call", &addr, "add", "x=-1.5", "y=2"]), "0.5\n");
     assert_eq!(ok(&["call", &addr, "echo", "-7"]), "-7\n");
     assert_eq!(ok(&["call", &addr, "echo", "--", "-inf"]), "-inf\n");
@@ -227,35 +159,18 @@ fn registry_serve_discover_list_ping_and_call_over_udp() {
         ok(&["call", &addr, "echo", tuple]),
         "(1, -2.5, b'\\x00\\xff', None, True, 'é', (), (1,), frozenset({2}), (1+2j))\n"
     );
-    assert_eq!(
-        ok(&["call", &addr, "numbers", "3"]),
-        "[0, 1, 2]\n",
-        "a remote list is shown by its repr"
-    );
+    assert_eq!(ok(&["call", &addr, "numbers", "3"]), "[0, 1, 2]\n", "a remote list is shown by its repr");
     assert_eq!(ok(&["call", &addr, "get_answer"]), "42\n");
     let json = ok(&["call", "--json", &addr, "echo", "(1, 'x', b'y')"]);
-    assert_eq!(
-        json.trim(),
-        r#"{"ok": true, "type": "tuple", "repr": "(1, 'x', b'y')", "value": [1, "x", "b'y'"]}"#
-    );
+    assert_eq!(json.trim(), r#"{"ok": true, "type": "tuple", "repr": "(1, 'x', b'y')", "value": [1, "x", "b'y'"]}"#);
 
     // A remote exception: message and traceback on stderr, exit 1.
-    let r = fails(
-        &["call", &addr, "fail", "'ValueError'", "'boom'"],
-        1,
-        "ValueError: boom",
-    );
+    let r = fails(&["call", &addr, "fail", "'ValueError'", "'boom'"], 1, "ValueError: boom");
     assert!(r.stderr.contains("Remote Traceback"), "{}", r.stderr);
     assert!(r.stdout.is_empty());
-    let r = fails(
-        &["call", &addr, "fail", "'KeyError'", "'k'", "--json"],
-        1,
-        "KeyError",
-    );
+    let r = fails(&["call", &addr, "fail", "'KeyError'", "'k'", "--json"], 1, "KeyError");
     assert!(
-        r.stdout.starts_with(
-            r#"{"ok": false, "error": {"type": "KeyError", "message": "'k'", "traceback": "#
-        ),
+        r.stdout.starts_with(r#"{"ok": false, "error": {"type": "KeyError", "message": "'k'", "traceback": "#),
         "{}",
         r.stdout
     );
@@ -263,97 +178,38 @@ fn registry_serve_discover_list_ping_and_call_over_udp() {
     fails(&["call", &addr, "add", "1"], 1, "TypeError");
 
     // Bad literals are usage errors, with the column shown.
-    let r = fails(
-        &["call", &addr, "add", "(1,", "2"],
-        2,
-        "argument 1 is not a Python literal",
-    );
+    let r = fails(&["call", &addr, "add", "(1,", "2"], 2, "argument 1 is not a Python literal");
     assert!(r.stderr.contains("    (1,\n       ^"), "{}", r.stderr);
     fails(&["call", &addr, "echo", "hello"], 2, "quote it: 'hello'");
-    fails(
-        &["call", &addr, "echo", "[1, 2]"],
-        2,
-        "lists are not supported",
-    );
-    fails(
-        &["call", &addr, "echo", "x=1", "2"],
-        2,
-        "follows a keyword argument",
-    );
+    fails(&["call", &addr, "echo", "[1, 2]"], 2, "lists are not supported");
+    fails(&["call", &addr, "echo", "x=1", "2"], 2, "follows a keyword argument");
 
     // Unknown service, and a registry that refuses listing.
-    fails(
-        &["discover", "nope", "--registry", &registry],
-        1,
-        "no servers exposing 'nope' were found",
-    );
+    fails(&["discover", "nope", "--registry", &registry], 1, "no servers exposing 'nope' were found");
     let r = run(&["discover", "nope", "--registry", &registry, "--json"]);
     assert_eq!((r.code, r.stdout.trim()), (Some(1), "[]"));
     let (_quiet, quiet_addr) = start(&["registry", "--host", "127.0.0.1", "--port", "0"]);
-    fails(
-        &[
-            "list",
-            "--registry",
-            &format!("127.0.0.1:{}", port_of(&quiet_addr)),
-        ],
-        1,
-        "does not allow listing",
-    );
+    fails(&["list", "--registry", &format!("127.0.0.1:{}", port_of(&quiet_addr))], 1, "does not allow listing");
 
     // Ctrl-C: the server unregisters before it exits.
     interrupt(&mut server);
-    fails(
-        &["discover", "conformance", "--registry", &registry],
-        1,
-        "no servers exposing",
-    );
+    fails(&["discover", "conformance", "--registry", &registry], 1, "no servers exposing");
     fails(&["ping", &addr], 1, "Connection refused");
 }
 
 #[test]
 fn tcp_registry_round_trip() {
-    let (_registry, reg_addr) = start(&[
-        "registry",
-        "--tcp",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--allow-listing",
-    ]);
+    let (_registry, reg_addr) = start(&["registry", "--tcp", "--host", "127.0.0.1", "--port", "0", "--allow-listing"]);
     assert!(reg_addr.starts_with("tcp://127.0.0.1:"), "{reg_addr}");
     let registry = format!("127.0.0.1:{}", port_of(&reg_addr));
-    let (_server, srv_addr) = start(&[
-        "serve",
-        "--port",
-        "0",
-        "--registry",
-        &registry,
-        "--registry-tcp",
-    ]);
+    let (_server, srv_addr) = start(&["serve", "--port", "0", "--registry", &registry, "--registry-tcp"]);
     let port = port_of(&srv_addr);
-    let found = discover_until_found(&[
-        "discover",
-        "conformance",
-        "--registry",
-        &registry,
-        "--registry-tcp",
-    ]);
+    let found = discover_until_found(&["discover", "conformance", "--registry", &registry, "--registry-tcp"]);
     assert_eq!(found, format!("127.0.0.1:{port}\n"));
-    assert_eq!(
-        ok(&["list", "--registry", &registry, "--registry-tcp"]),
-        "CONFORMANCE\n"
-    );
+    assert_eq!(ok(&["list", "--registry", &registry, "--registry-tcp"]), "CONFORMANCE\n");
     // UDP to a TCP registry: nobody answers.
     fails(
-        &[
-            "discover",
-            "conformance",
-            "--registry",
-            &registry,
-            "--registry-timeout",
-            "0.5",
-        ],
+        &["discover", "conformance", "--registry", &registry, "--registry-timeout", "0.5"],
         1,
         "no registry answered",
     );
@@ -365,10 +221,7 @@ fn json_listening_lines() {
     cmd.args(["registry", "--host", "127.0.0.1", "--port", "0", "--json"]);
     let child = spawn(cmd);
     let line = child.wait_line("{\"listening\": ", Duration::from_secs(30));
-    assert!(
-        line.starts_with("\"udp://127.0.0.1:") && line.contains("\"port\": "),
-        "{line}"
-    );
+    assert!(line.starts_with("\"udp://127.0.0.1:") && line.contains("\"port\": "), "{line}");
 }
 
 #[test]
@@ -376,62 +229,21 @@ fn usage_and_connection_errors() {
     let closed = free_port(Proto::Tcp).to_string();
     let refused = format!("127.0.0.1:{closed}");
     fails(&["ping", &refused], 1, "Connection refused");
-    fails(
-        &["call", &format!("tcp://{refused}"), "get_answer"],
-        1,
-        "Connection refused",
-    );
-    fails(
-        &[
-            "discover",
-            "x",
-            "--registry",
-            &format!("127.0.0.1:{}", free_port(Proto::Udp)),
-        ],
-        1,
-        "no registry answered",
-    );
-    fails(
-        &["discover", "x", "--registry", &refused, "--registry-tcp"],
-        1,
-        "cannot reach the registry",
-    );
-    fails(
-        &["ping", "http://127.0.0.1:1"],
-        2,
-        "unsupported address scheme http://",
-    );
+    fails(&["call", &format!("tcp://{refused}"), "get_answer"], 1, "Connection refused");
+    fails(&["discover", "x", "--registry", &format!("127.0.0.1:{}", free_port(Proto::Udp))], 1, "no registry answered");
+    fails(&["discover", "x", "--registry", &refused, "--registry-tcp"], 1, "cannot reach the registry");
+    fails(&["ping", "http://127.0.0.1:1"], 2, "unsupported address scheme http://");
     fails(&["ping", "nohost"], 2, "has no port");
     fails(&["ping", "tls://127.0.0.1:1"], 2, "needs --ca FILE");
-    fails(
-        &["ping", &refused, "--ca", "ca.pem"],
-        2,
-        "apply to tls:// addresses",
-    );
-    fails(
-        &["ping", &refused, "--identity", "id"],
-        2,
-        "apply to ssh:// addresses",
-    );
+    fails(&["ping", &refused, "--ca", "ca.pem"], 2, "apply to tls:// addresses");
+    fails(&["ping", &refused, "--identity", "id"], 2, "apply to ssh:// addresses");
     fails(&["ping", "ssh://127.0.0.1:22"], 2, "bad ssh address");
     fails(&["ping", &refused, "--count", "0"], 2, "--count");
-    fails(
-        &["ping", &refused, "--timeout", "0"],
-        2,
-        "positive number of seconds",
-    );
+    fails(&["ping", &refused, "--timeout", "0"], 2, "positive number of seconds");
     fails(&["discover", "x", "--registry-tcp"], 2, "--registry");
-    fails(
-        &["discover", "x", "--registry", "127.0.0.1:99999"],
-        2,
-        "bad registry address",
-    );
+    fails(&["discover", "x", "--registry", "127.0.0.1:99999"], 2, "bad registry address");
     fails(&["call", &refused, "a..b"], 2, "is not a method name");
-    fails(
-        &["serve", "--unix", "/tmp/x.sock", "--register"],
-        2,
-        "cannot be used with",
-    );
+    fails(&["serve", "--unix", "/tmp/x.sock", "--register"], 2, "cannot be used with");
 }
 
 #[test]
@@ -458,14 +270,7 @@ fn tls_server_and_clients() {
     let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
     let with_cert = |extra: &[&str]| {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        v.extend([
-            "--ca".into(),
-            ca.clone(),
-            "--cert".into(),
-            cert.clone(),
-            "--key".into(),
-            key.clone(),
-        ]);
+        v.extend(["--ca".into(), ca.clone(), "--cert".into(), cert.clone(), "--key".into(), key.clone()]);
         v
     };
     let args = with_cert(&["ping", &addr]);
@@ -473,11 +278,7 @@ fn tls_server_and_clients() {
     assert!(ok(&args).starts_with(&format!("pong from {addr}")));
     let args = with_cert(&["call", &addr, "whoami"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(
-        ok(&args),
-        "'client'\n",
-        "the client certificate's name is the identity"
-    );
+    assert_eq!(ok(&args), "'client'\n", "the client certificate's name is the identity");
     // No client certificate: the server refuses (the error shows up by the first call).
     let r = run(&["call", &addr, "whoami", "--ca", &ca]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
@@ -485,11 +286,7 @@ fn tls_server_and_clients() {
     let other = dir.path().join("other");
     ok(&["certs", "init", "--dir", other.to_str().unwrap()]);
     let other_ca = other.join("ca.pem");
-    fails(
-        &["ping", &addr, "--ca", other_ca.to_str().unwrap()],
-        1,
-        "cannot connect",
-    );
+    fails(&["ping", &addr, "--ca", other_ca.to_str().unwrap()], 1, "cannot connect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,17 +301,13 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
             let key = key.clone();
             move || {
                 let mut cmd = Command::new("ssh-keygen");
-                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"])
-                    .arg(&key);
+                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"]).arg(&key);
                 crate::common::run_with_timeout(cmd, Duration::from_secs(30))
             }
         })
         .await
         .unwrap();
-        assert!(
-            done,
-            "ssh-keygen failed (is openssh-client installed?): {out}"
-        );
+        assert!(done, "ssh-keygen failed (is openssh-client installed?): {out}");
         let authorized = dir.path().join("authorized_keys");
         std::fs::copy(format!("{}.pub", key.display()), &authorized).unwrap();
         let config = SshServerConfig::new(dir.path().join("host_key"), &authorized);
@@ -524,9 +317,8 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
         std::fs::write(&known_hosts, acceptor.known_hosts_line("127.0.0.1") + "\n").unwrap();
         let empty_known_hosts = dir.path().join("empty_known_hosts");
         std::fs::write(&empty_known_hosts, "").unwrap();
-        let stop = Server::new(rpyc::conformance::service(), ServerConfig::default())
-            .listen(Listener::new(acceptor))
-            .spawn();
+        let stop =
+            Server::new(rpyc::conformance::service(), ServerConfig::default()).listen(Listener::new(acceptor)).spawn();
 
         let addr = format!("ssh://alice@127.0.0.1:{ssh_port}/localhost:18861");
         let run_args = |args: Vec<String>| {
@@ -546,30 +338,17 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
         let mut args = vec!["call".to_string(), addr.clone(), "whoami".into()];
         args.extend(creds(&known_hosts));
         let r = run_args(args).await.unwrap();
-        assert_eq!(
-            (r.code, r.stdout.as_str()),
-            (Some(0), "'alice'\n"),
-            "{}",
-            r.stderr
-        );
+        assert_eq!((r.code, r.stdout.as_str()), (Some(0), "'alice'\n"), "{}", r.stderr);
         let mut args = vec!["ping".to_string(), addr.clone()];
         args.extend(creds(&known_hosts));
         let r = run_args(args).await.unwrap();
-        assert!(
-            r.code == Some(0) && r.stdout.starts_with("pong from ssh://"),
-            "{}",
-            r.stderr
-        );
+        assert!(r.code == Some(0) && r.stdout.starts_with("pong from ssh://"), "{}", r.stderr);
         // An SSH server key nobody vouched for is refused.
         let mut args = vec!["ping".to_string(), addr.clone()];
         args.extend(creds(&empty_known_hosts));
         let r = run_args(args).await.unwrap();
         assert_eq!(r.code, Some(1));
-        assert!(
-            r.stderr.contains("host key") && r.stderr.contains("unknown"),
-            "{}",
-            r.stderr
-        );
+        assert!(r.stderr.contains("host key") && r.stderr.contains("unknown"), "{}", r.stderr);
         stop.shutdown();
     })
     .await;

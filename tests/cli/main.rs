@@ -35,9 +35,7 @@ pub async fn bounded<F: Future<Output = ()>>(body: F) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    tokio::time::timeout(DEADLINE, body)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {DEADLINE:?}"));
+    tokio::time::timeout(DEADLINE, body).await.unwrap_or_else(|_| panic!("test did not finish within {DEADLINE:?}"));
 }
 
 /// Registry transport under test.
@@ -74,16 +72,8 @@ impl Proto {
 /// port they bound, like the `rpyc_registry` script).
 pub fn free_port(proto: Proto) -> u16 {
     match proto {
-        Proto::Udp => std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
-        Proto::Tcp => std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
+        Proto::Udp => std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
+        Proto::Tcp => std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
     }
 }
 
@@ -91,11 +81,7 @@ pub fn free_port(proto: Proto) -> u16 {
 pub fn rpyc_registry_script() -> PathBuf {
     let python = python6();
     let script = python.parent().unwrap().join("rpyc_registry");
-    assert!(
-        script.exists(),
-        "{} is missing: the rpyc 6.0.2 venv installs it",
-        script.display()
-    );
+    assert!(script.exists(), "{} is missing: the rpyc 6.0.2 venv installs it", script.display());
     script
 }
 
@@ -139,9 +125,7 @@ pub async fn python(code: &str, args: &[String]) -> (bool, String) {
 pub async fn python_with(python: PathBuf, code: &str, args: &[String]) -> (bool, String) {
     let mut cmd = Command::new(python);
     cmd.arg("-c").arg(code).args(args);
-    tokio::task::spawn_blocking(move || run_with_timeout(cmd, Duration::from_secs(60)))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || run_with_timeout(cmd, Duration::from_secs(60))).await.unwrap()
 }
 
 /// Python code that serves `EchoService` (aliases PYECHO, ECHO2) on
@@ -163,21 +147,14 @@ srv.start()
 "#;
 
 /// Starts [`PY_REGISTERED_SERVER`] with the given interpreter.
-pub fn python_registered_server(
-    python: PathBuf,
-    proto: Proto,
-    registry_port: u16,
-) -> (ChildGuard, u16) {
+pub fn python_registered_server(python: PathBuf, proto: Proto, registry_port: u16) -> (ChildGuard, u16) {
     let mut cmd = Command::new(python);
     cmd.arg("-c")
         .arg(PY_REGISTERED_SERVER)
         .arg(if proto == Proto::Udp { "udp" } else { "tcp" })
         .arg(registry_port.to_string());
     let child = spawn(cmd);
-    let port = child
-        .wait_line("PORT ", Duration::from_secs(30))
-        .parse()
-        .unwrap();
+    let port = child.wait_line("PORT ", Duration::from_secs(30)).parse().unwrap();
     (child, port)
 }
 
@@ -190,11 +167,7 @@ pub async fn wait_discovered(client: &RegistryClient, name: &str, port: u16) {
                 return;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name} on port {port} never showed up in {}",
-            client.describe()
-        );
+        assert!(Instant::now() < deadline, "{name} on port {port} never showed up in {}", client.describe());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

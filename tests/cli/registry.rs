@@ -2,12 +2,11 @@
 
 use crate::common::{python5, python6, serve, ChildGuard};
 use crate::{
-    bounded, free_port, python, python_registered_server, python_registry, python_with,
-    wait_discovered, Proto,
+    bounded, free_port, python, python_registered_server, python_registry, python_with, wait_discovered, Proto,
 };
 use rpyc::registry::{
-    self, Registrar, RegistrarConfig, RegistryClient, RegistryConfig, RegistryError,
-    RegistryHandle, RegistryServer, ServerAddr,
+    self, Registrar, RegistrarConfig, RegistryClient, RegistryConfig, RegistryError, RegistryHandle, RegistryServer,
+    ServerAddr,
 };
 use rpyc::{ClientBuilder, Dialect, ServerConfig};
 use std::time::Duration;
@@ -23,30 +22,16 @@ struct Registry {
 impl Registry {
     async fn python(proto: Proto, listing: bool, pruning_secs: u32) -> Registry {
         let (child, port) = python_registry(proto, listing, pruning_secs).await;
-        Registry {
-            proto,
-            port,
-            _python: Some(child),
-            rust: None,
-        }
+        Registry { proto, port, _python: Some(child), rust: None }
     }
 
     async fn rust(proto: Proto, config: RegistryConfig) -> Registry {
         let server = match proto {
-            Proto::Udp => RegistryServer::bind_udp("127.0.0.1:0", config)
-                .await
-                .unwrap(),
-            Proto::Tcp => RegistryServer::bind_tcp("127.0.0.1:0", config)
-                .await
-                .unwrap(),
+            Proto::Udp => RegistryServer::bind_udp("127.0.0.1:0", config).await.unwrap(),
+            Proto::Tcp => RegistryServer::bind_tcp("127.0.0.1:0", config).await.unwrap(),
         };
         let port = server.local_addr().port();
-        Registry {
-            proto,
-            port,
-            _python: None,
-            rust: Some(server.spawn()),
-        }
+        Registry { proto, port, _python: None, rust: Some(server.spawn()) }
     }
 
     fn client(&self) -> RegistryClient {
@@ -84,8 +69,7 @@ fn fast_registrar() -> RegistrarConfig {
     c
 }
 
-const PY_IMPORTS: &str =
-    "import sys, rpyc\nfrom rpyc.utils.registry import UDPRegistryClient, TCPRegistryClient\n";
+const PY_IMPORTS: &str = "import sys, rpyc\nfrom rpyc.utils.registry import UDPRegistryClient, TCPRegistryClient\n";
 
 /// Both directions through one registry:
 /// a Rust server registers and Python discovers, connects and lists it;
@@ -94,16 +78,9 @@ async fn both_directions(reg: Registry) {
     // Rust server → Python client.
     let service = rpyc::conformance::service();
     let (addr, stop) = serve(service.clone(), ServerConfig::default()).await;
-    let registrar = Registrar::start_with(
-        reg.registrar_client(),
-        service.aliases().to_vec(),
-        addr.port(),
-        fast_registrar(),
-    );
-    assert!(
-        registrar.wait_registered(Duration::from_secs(10)).await,
-        "the registry never acknowledged"
-    );
+    let registrar =
+        Registrar::start_with(reg.registrar_client(), service.aliases().to_vec(), addr.port(), fast_registrar());
+    assert!(registrar.wait_registered(Duration::from_secs(10)).await, "the registry never acknowledged");
 
     let code = format!(
         "{PY_IMPORTS}reg = {}\n\
@@ -115,10 +92,7 @@ async fn both_directions(reg: Registry) {
     );
     let (ok, out) = python(&code, &[]).await;
     assert!(ok, "{out}");
-    assert!(
-        out.contains(&format!("FOUND [('127.0.0.1', {})]", addr.port())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("FOUND [('127.0.0.1', {})]", addr.port())), "{out}");
     assert!(out.contains("ANSWER 42"), "{out}");
     assert!(out.contains("'CONFORMANCE'"), "{out}");
 
@@ -126,20 +100,9 @@ async fn both_directions(reg: Registry) {
     let (_py_server, py_port) = python_registered_server(python6(), reg.proto, reg.port);
     let client = reg.client();
     wait_discovered(&client, "pyecho", py_port).await;
-    assert_eq!(
-        client.discover("ECHO2").await.unwrap(),
-        vec![ServerAddr::new("127.0.0.1", py_port)]
-    );
-    let conn = registry::connect_by_service(&client, "PyEcho", ClientBuilder::new())
-        .await
-        .unwrap();
-    let answer: i64 = conn
-        .root()
-        .await
-        .unwrap()
-        .call_method("get_answer", ())
-        .await
-        .unwrap();
+    assert_eq!(client.discover("ECHO2").await.unwrap(), vec![ServerAddr::new("127.0.0.1", py_port)]);
+    let conn = registry::connect_by_service(&client, "PyEcho", ClientBuilder::new()).await.unwrap();
+    let answer: i64 = conn.root().await.unwrap().call_method("get_answer", ()).await.unwrap();
     assert_eq!(answer, 42);
     conn.close().await;
 
@@ -148,10 +111,7 @@ async fn both_directions(reg: Registry) {
     for n in ["CONFORMANCE", "PYECHO", "ECHO2"] {
         assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
     }
-    assert_eq!(
-        client.list(Some("127.0.0.1")).await.unwrap().len(),
-        names.len()
-    );
+    assert_eq!(client.list(Some("127.0.0.1")).await.unwrap().len(), names.len());
     assert!(client.list(Some("10.99.99.99")).await.unwrap().is_empty());
 
     // Unregistering on stop: Python no longer finds the Rust server.
@@ -164,10 +124,7 @@ async fn both_directions(reg: Registry) {
     );
     let (ok, out) = python(&code, &[]).await;
     assert!(ok && out.contains("NOTFOUND"), "{out}");
-    assert!(matches!(
-        registry::discover(&client, "conformance").await,
-        Err(RegistryError::NotFound { .. })
-    ));
+    assert!(matches!(registry::discover(&client, "conformance").await, Err(RegistryError::NotFound { .. })));
     stop.shutdown();
 }
 
@@ -183,14 +140,12 @@ async fn python_registry_tcp_serves_rust_and_python_in_both_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_registry_udp_serves_rust_and_python_in_both_roles() {
-    bounded(async { both_directions(Registry::rust(Proto::Udp, listing_config()).await).await })
-        .await;
+    bounded(async { both_directions(Registry::rust(Proto::Udp, listing_config()).await).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_registry_tcp_serves_rust_and_python_in_both_roles() {
-    bounded(async { both_directions(Registry::rust(Proto::Tcp, listing_config()).await).await })
-        .await;
+    bounded(async { both_directions(Registry::rust(Proto::Tcp, listing_config()).await).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,28 +156,14 @@ async fn python_5_peers_and_the_rust_registry() {
         let (_py, py_port) = python_registered_server(python5(), Proto::Udp, reg.port);
         let client = reg.client();
         wait_discovered(&client, "PYECHO", py_port).await;
-        let conn = registry::connect_by_service(
-            &client,
-            "pyecho",
-            ClientBuilder::new().dialect(Dialect::V5),
-        )
-        .await
-        .unwrap();
-        let answer: i64 = conn
-            .root()
-            .await
-            .unwrap()
-            .call_method("get_answer", ())
-            .await
-            .unwrap();
+        let conn =
+            registry::connect_by_service(&client, "pyecho", ClientBuilder::new().dialect(Dialect::V5)).await.unwrap();
+        let answer: i64 = conn.root().await.unwrap().call_method("get_answer", ()).await.unwrap();
         assert_eq!(answer, 42);
         // rpyc 5.3.1's discover finds a Rust-registered server.
         let registrar = Registrar::start(reg.registrar_client(), vec!["RUSTY".into()], 4242);
         assert!(registrar.wait_registered(Duration::from_secs(10)).await);
-        let code = format!(
-            "{PY_IMPORTS}print('FOUND', rpyc.discover('rusty', registrar={}))",
-            reg.py_registrar()
-        );
+        let code = format!("{PY_IMPORTS}print('FOUND', rpyc.discover('rusty', registrar={}))", reg.py_registrar());
         let (ok, out) = python_with(python5(), &code, &[]).await;
         assert!(ok && out.contains("FOUND (('127.0.0.1', 4242),)"), "{out}");
         registrar.stop().await;
@@ -268,22 +209,12 @@ async fn listing_is_refused_unless_allowed() {
 async fn pruning(reg: Registry) {
     let client = reg.registrar_client();
     client.register(&["ONCE".into()], 1111).await.unwrap();
-    let registrar =
-        Registrar::start_with(client.clone(), vec!["KEPT".into()], 2222, fast_registrar());
+    let registrar = Registrar::start_with(client.clone(), vec!["KEPT".into()], 2222, fast_registrar());
     assert!(registrar.wait_registered(Duration::from_secs(10)).await);
-    assert_eq!(
-        client.discover("once").await.unwrap(),
-        vec![ServerAddr::new("127.0.0.1", 1111)]
-    );
+    assert_eq!(client.discover("once").await.unwrap(), vec![ServerAddr::new("127.0.0.1", 1111)]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(
-        client.discover("once").await.unwrap().is_empty(),
-        "ONCE should have been pruned"
-    );
-    assert_eq!(
-        client.discover("kept").await.unwrap(),
-        vec![ServerAddr::new("127.0.0.1", 2222)]
-    );
+    assert!(client.discover("once").await.unwrap().is_empty(), "ONCE should have been pruned");
+    assert_eq!(client.discover("kept").await.unwrap(), vec![ServerAddr::new("127.0.0.1", 2222)]);
     // Python's discover agrees.
     let code = format!(
         "{PY_IMPORTS}from rpyc.utils.factory import DiscoveryError\nreg = {}\n\
@@ -293,10 +224,7 @@ async fn pruning(reg: Registry) {
         reg.py_registrar()
     );
     let (ok, out) = python(&code, &[]).await;
-    assert!(
-        ok && out.contains("KEPT (('127.0.0.1', 2222),)") && out.contains("ONCE pruned"),
-        "{out}"
-    );
+    assert!(ok && out.contains("KEPT (('127.0.0.1', 2222),)") && out.contains("ONCE pruned"), "{out}");
     registrar.stop().await;
 }
 
@@ -363,23 +291,14 @@ async fn clients_report_missing_registries_and_services() {
         assert!(matches!(err, RegistryError::NoReply { .. }), "{err}");
         assert!(err.to_string().contains("no registry answered"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
-        let err = Proto::Tcp
-            .client(free_port(Proto::Tcp))
-            .discover("x")
-            .await
-            .unwrap_err();
+        let err = Proto::Tcp.client(free_port(Proto::Tcp)).discover("x").await.unwrap_err();
         assert!(matches!(err, RegistryError::Io { .. }), "{err}");
 
         let reg = Registry::rust(Proto::Udp, RegistryConfig::default()).await;
-        let err = registry::discover(&reg.client(), "nothing-here")
-            .await
-            .unwrap_err();
+        let err = registry::discover(&reg.client(), "nothing-here").await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!(
-                "no servers exposing 'nothing-here' were found (registry udp://127.0.0.1:{})",
-                reg.port
-            )
+            format!("no servers exposing 'nothing-here' were found (registry udp://127.0.0.1:{})", reg.port)
         );
         assert!(RegistryClient::udp("host:notaport").is_err());
         assert!(RegistryClient::tcp("tcp://host:1").is_err());
@@ -397,11 +316,7 @@ async fn send_raw(port: u16, datagrams: &[Vec<u8>]) {
 
 fn request(cmd: &str, args: rpyc::Value) -> Vec<u8> {
     use rpyc::Value;
-    rpyc::wire::brine::encode(&Value::Tuple(vec![
-        Value::from("RPYC"),
-        Value::from(cmd),
-        args,
-    ]))
+    rpyc::wire::brine::encode(&Value::Tuple(vec![Value::from("RPYC"), Value::from(cmd), args]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,22 +338,10 @@ async fn hostile_datagrams_are_dropped_and_floods_are_bounded() {
             request("BOGUS", t(vec![])),
             request("QUERY", t(vec![1.into()])),
             request("REGISTER", t(vec!["NOTATUPLE".into(), 1.into()])),
-            request(
-                "REGISTER",
-                t(vec![
-                    t((0..100).map(|i| Value::from(format!("A{i}"))).collect()),
-                    1.into(),
-                ]),
-            ),
-            request(
-                "REGISTER",
-                t(vec![t(vec![Value::from("N".repeat(500))]), 1.into()]),
-            ),
+            request("REGISTER", t(vec![t((0..100).map(|i| Value::from(format!("A{i}"))).collect()), 1.into()])),
+            request("REGISTER", t(vec![t(vec![Value::from("N".repeat(500))]), 1.into()])),
             request("REGISTER", t(vec![t(vec!["X".into()]), 70000.into()])),
-            request(
-                "REGISTER",
-                t(vec![t(vec!["X".into()]), Value::from("/tmp/unix.sock")]),
-            ),
+            request("REGISTER", t(vec![t(vec!["X".into()]), Value::from("/tmp/unix.sock")])),
             request("QUERY", deep),
         ];
         send_raw(reg.port, &junk).await;
@@ -448,14 +351,8 @@ async fn hostile_datagrams_are_dropped_and_floods_are_bounded() {
         assert!(handle.services().is_empty(), "{:?}", handle.services());
 
         // A flood of registrations from one address fills its share only.
-        let flood: Vec<Vec<u8>> = (0..1000)
-            .map(|i| {
-                request(
-                    "REGISTER",
-                    t(vec![t(vec![Value::from(format!("F{i}"))]), 1.into()]),
-                )
-            })
-            .collect();
+        let flood: Vec<Vec<u8>> =
+            (0..1000).map(|i| request("REGISTER", t(vec![t(vec![Value::from(format!("F{i}"))]), 1.into()]))).collect();
         send_raw(reg.port, &flood).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let total: usize = handle.services().iter().map(|(_, s)| s.len()).sum();
@@ -464,15 +361,8 @@ async fn hostile_datagrams_are_dropped_and_floods_are_bounded() {
         // without a reply, so the client reports no answer.
         let first = handle.services()[0].0.clone();
         client.register(&[first], 1).await.unwrap();
-        let refused = client
-            .clone()
-            .timeout(Duration::from_millis(300))
-            .register(&["ONE_MORE".into()], 1)
-            .await;
-        assert!(
-            matches!(refused, Err(RegistryError::NoReply { .. })),
-            "{refused:?}"
-        );
+        let refused = client.clone().timeout(Duration::from_millis(300)).register(&["ONE_MORE".into()], 1).await;
+        assert!(matches!(refused, Err(RegistryError::NoReply { .. })), "{refused:?}");
         assert!(client.list(None).await.unwrap().len() <= 20);
     })
     .await;
@@ -489,30 +379,19 @@ async fn tcp_registry_drops_silent_and_oversized_clients() {
         // Silent clients occupy every slot, then time out.
         let mut idle = Vec::new();
         for _ in 0..4 {
-            idle.push(
-                tokio::net::TcpStream::connect(("127.0.0.1", reg.port))
-                    .await
-                    .unwrap(),
-            );
+            idle.push(tokio::net::TcpStream::connect(("127.0.0.1", reg.port)).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         for s in &mut idle {
             let mut buf = [0u8; 16];
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .unwrap()
-                .unwrap_or(0);
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
             assert_eq!(n, 0, "a silent client gets no answer, just the close");
         }
         // An oversized request is cut off unanswered.
-        let mut big = tokio::net::TcpStream::connect(("127.0.0.1", reg.port))
-            .await
-            .unwrap();
+        let mut big = tokio::net::TcpStream::connect(("127.0.0.1", reg.port)).await.unwrap();
         let _ = big.write_all(&vec![0x15; 5000]).await;
         let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut buf))
-            .await
-            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut buf)).await.unwrap();
         assert!(buf.is_empty());
         // And the registry still serves.
         let client = reg.client();

@@ -4,9 +4,7 @@
 use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
 use super::CmdResult;
 use clap::Args;
-use rpyc::registry::{
-    self, RegistryClient, RegistryConfig, RegistryError, RegistryServer, REGISTRY_PORT,
-};
+use rpyc::registry::{self, RegistryClient, RegistryConfig, RegistryError, RegistryServer, REGISTRY_PORT};
 use std::io::Write;
 use std::time::Duration;
 
@@ -92,11 +90,7 @@ async fn serve_registry(args: &RegistryCmdArgs, config: RegistryConfig, addr: &s
     };
     let listening = server.describe();
     if args.json {
-        println!(
-            "{{\"listening\": {}, \"port\": {}}}",
-            json_str(&listening),
-            server.local_addr().port()
-        );
+        println!("{{\"listening\": {}, \"port\": {}}}", json_str(&listening), server.local_addr().port());
     } else {
         println!("listening on {listening}");
     }
@@ -104,11 +98,7 @@ async fn serve_registry(args: &RegistryCmdArgs, config: RegistryConfig, addr: &s
     eprintln!(
         "rpyc registry on {listening}: pruning after {:?}, listing {} (Ctrl-C to stop)",
         args.pruning_timeout,
-        if args.allow_listing {
-            "allowed"
-        } else {
-            "refused"
-        }
+        if args.allow_listing { "allowed" } else { "refused" }
     );
     let handle = server.spawn();
     wait_for_signal().await;
@@ -133,10 +123,8 @@ async fn discover(args: &DiscoverArgs, client: RegistryClient) -> CmdResult {
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        let items: Vec<String> = servers
-            .iter()
-            .map(|s| format!("{{\"host\": {}, \"port\": {}}}", json_str(&s.host), s.port))
-            .collect();
+        let items: Vec<String> =
+            servers.iter().map(|s| format!("{{\"host\": {}, \"port\": {}}}", json_str(&s.host), s.port)).collect();
         println!("[{}]", items.join(", "));
     } else {
         for s in &servers {
@@ -163,10 +151,7 @@ async fn list(args: &ListArgs, client: RegistryClient) -> CmdResult {
         }
     }
     if names.is_empty() {
-        eprintln!(
-            "rpyc: the registry at {} knows no services",
-            client.describe()
-        );
+        eprintln!("rpyc: the registry at {} knows no services", client.describe());
     }
     Ok(())
 }

@@ -62,11 +62,7 @@ async fn ping(args: &PingArgs) -> CmdResult {
     let start = Instant::now();
     let conn = args.connect.connect(&args.addr).await?;
     let connect_time = start.elapsed();
-    eprintln!(
-        "connected to {} in {:.3} ms",
-        args.addr,
-        millis(connect_time)
-    );
+    eprintln!("connected to {} in {:.3} ms", args.addr, millis(connect_time));
     let mut rtts = Vec::new();
     let mut result = Ok(());
     for _ in 0..args.count {
@@ -113,11 +109,7 @@ fn parse_args(raw: &[String]) -> Result<CallArgsParsed, Box<dyn std::error::Erro
                 Some(k) => format!("keyword argument {k}"),
                 None => format!("argument {}", n + 1),
             };
-            let caret: String = e
-                .caret(literal_text)
-                .lines()
-                .map(|l| format!("\n    {l}"))
-                .collect();
+            let caret: String = e.caret(literal_text).lines().map(|l| format!("\n    {l}")).collect();
             usage(format!("{what} is not a Python literal: {e}{caret}"))
         })?;
         match name {
@@ -128,10 +120,7 @@ fn parse_args(raw: &[String]) -> Result<CallArgsParsed, Box<dyn std::error::Erro
                 keywords.push((k.to_string(), Object::Value(value)));
             }
             None if !keywords.is_empty() => {
-                return Err(usage(format!(
-                    "argument {} ({text}) is positional but follows a keyword argument",
-                    n + 1
-                )))
+                return Err(usage(format!("argument {} ({text}) is positional but follows a keyword argument", n + 1)))
             }
             None => positional.push(Object::Value(value)),
         }
@@ -160,11 +149,7 @@ pub fn run_call(args: &CallArgs) -> CmdResult {
     runtime()?.block_on(call(args, positional, keywords))
 }
 
-async fn call(
-    args: &CallArgs,
-    positional: Vec<Object>,
-    keywords: Vec<(String, Object)>,
-) -> CmdResult {
+async fn call(args: &CallArgs, positional: Vec<Object>, keywords: Vec<(String, Object)>) -> CmdResult {
     let conn = args.connect.connect(&args.addr).await?;
     let outcome = invoke(&conn, &args.method, positional, keywords).await;
     let shown = match outcome {
@@ -175,10 +160,7 @@ async fn call(
     match shown {
         Ok((type_name, (repr, value))) => {
             if args.json {
-                let value = value
-                    .as_ref()
-                    .map(json_value)
-                    .unwrap_or_else(|| "null".into());
+                let value = value.as_ref().map(json_value).unwrap_or_else(|| "null".into());
                 println!(
                     "{{\"ok\": true, \"type\": {}, \"repr\": {}, \"value\": {value}}}",
                     json_str(&type_name),
@@ -239,10 +221,7 @@ fn show(obj: Object) -> Pin<Box<dyn Future<Output = (String, Option<Value>)> + S
             Ok(v) => (v.repr(), Some(v)),
             Err(Object::Remote(n)) => match n.repr().await {
                 Ok(r) => (r, None),
-                Err(e) => (
-                    format!("<remote {} (repr failed: {e})>", n.class_name()),
-                    None,
-                ),
+                Err(e) => (format!("<remote {} (repr failed: {e})>", n.class_name()), None),
             },
             Err(Object::Tuple(items)) => {
                 let mut parts = Vec::with_capacity(items.len());

@@ -44,17 +44,10 @@ pub struct ServeArgs {
 
 pub fn run_serve(args: &ServeArgs) -> CmdResult {
     let register = args.register || args.registry.registry.is_some();
-    let registry = if register {
-        Some(args.registry.client()?)
-    } else {
-        None
-    };
+    let registry = if register { Some(args.registry.client()?) } else { None };
     let host_ip: Option<IpAddr> = args.host.trim_matches(['[', ']']).parse().ok();
     if args.unix.is_none() && host_ip.is_none() && args.host.contains(':') {
-        return Err(usage(format!(
-            "--host {:?} is not a host name or IP address",
-            args.host
-        )));
+        return Err(usage(format!("--host {:?} is not a host name or IP address", args.host)));
     }
     runtime()?.block_on(serve(args, registry, host_ip))
 }
@@ -89,18 +82,12 @@ async fn serve(
     let server = Server::new(service.clone(), ServerConfig::default()).listen(listener);
     if args.json {
         let port = port.map(|p| p.to_string()).unwrap_or_else(|| "null".into());
-        println!(
-            "{{\"listening\": {}, \"port\": {port}}}",
-            json_str(&listening)
-        );
+        println!("{{\"listening\": {}, \"port\": {port}}}", json_str(&listening));
     } else {
         println!("listening on {listening}");
     }
     std::io::stdout().flush()?;
-    eprintln!(
-        "rpyc serve: {} on {listening} (Ctrl-C to stop)",
-        service.name()
-    );
+    eprintln!("rpyc serve: {} on {listening} (Ctrl-C to stop)", service.name());
     let stop = server.spawn();
 
     let registrar = match (registry, port) {
@@ -118,12 +105,7 @@ async fn serve(
             );
             let mut config = RegistrarConfig::default();
             config.interval = args.register_interval;
-            Some(Registrar::start_with(
-                client,
-                service.aliases().to_vec(),
-                port,
-                config,
-            ))
+            Some(Registrar::start_with(client, service.aliases().to_vec(), port, config))
         }
         _ => None,
     };

@@ -54,8 +54,8 @@ pub fn init_logging(verbose: u8, quiet: bool, default: &str) {
             _ => "trace".to_string(),
         },
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -66,10 +66,7 @@ pub fn init_logging(verbose: u8, quiet: bool, default: &str) {
 
 /// Parses a positive number of seconds.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
         return Err(format!("{s:?} is not a positive number of seconds"));
     }
@@ -99,20 +96,10 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "FILE", help_heading = "TLS (tls://)")]
     pub ca: Option<PathBuf>,
     /// tls:// — the client certificate (PEM) to present; needs --key.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "key",
-        help_heading = "TLS (tls://)"
-    )]
+    #[arg(long, value_name = "FILE", requires = "key", help_heading = "TLS (tls://)")]
     pub cert: Option<PathBuf>,
     /// tls:// — the private key (PEM) of --cert.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "cert",
-        help_heading = "TLS (tls://)"
-    )]
+    #[arg(long, value_name = "FILE", requires = "cert", help_heading = "TLS (tls://)")]
     pub key: Option<PathBuf>,
     /// tls:// — the name the server certificate must carry, when it is not
     /// the host in ADDR (tunnels, port forwards).
@@ -142,8 +129,7 @@ impl ConnectArgs {
     /// The endpoint ADDR names, with the credentials the options give.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, Box<dyn Error>> {
         let tls_opts = self.ca.is_some() || self.cert.is_some() || self.server_name.is_some();
-        let ssh_opts =
-            self.identity.is_some() || self.known_hosts.is_some() || self.accept_new_host_key;
+        let ssh_opts = self.identity.is_some() || self.known_hosts.is_some() || self.accept_new_host_key;
         let scheme = addr.split_once("://").map(|(s, _)| s).unwrap_or("tcp");
         if tls_opts && scheme != "tls" {
             return Err(usage(format!(
@@ -186,10 +172,7 @@ impl ConnectArgs {
                     config = config.trust_on_first_use();
                 }
                 config.connect_timeout = self.timeout;
-                Ok(Endpoint::Ssh {
-                    target,
-                    config: Arc::new(config),
-                })
+                Ok(Endpoint::Ssh { target, config: Arc::new(config) })
             }
             "tcp" | "unix" => Ok(Endpoint::parse(addr).map_err(|e| usage(e.to_string()))?),
             other => Err(usage(format!(
@@ -214,9 +197,7 @@ impl ConnectArgs {
         match tokio::time::timeout(deadline, builder.connect_endpoint(&endpoint)).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}").into()),
-            Err(_) => {
-                Err(format!("cannot connect to {addr}: no connection within {deadline:?}").into())
-            }
+            Err(_) => Err(format!("cannot connect to {addr}: no connection within {deadline:?}").into()),
         }
     }
 }
@@ -242,11 +223,7 @@ impl RegistryArgs {
         let client = match (&self.registry, self.registry_tcp) {
             (Some(addr), true) => RegistryClient::tcp(addr).map_err(|e| usage(e.to_string()))?,
             (Some(addr), false) => RegistryClient::udp(addr).map_err(|e| usage(e.to_string()))?,
-            (None, true) => {
-                return Err(usage(
-                    "--registry-tcp needs --registry HOST[:PORT]: TCP cannot broadcast",
-                ))
-            }
+            (None, true) => return Err(usage("--registry-tcp needs --registry HOST[:PORT]: TCP cannot broadcast")),
             (None, false) => RegistryClient::udp_broadcast(REGISTRY_PORT),
         };
         Ok(client.timeout(self.registry_timeout))
@@ -283,10 +260,7 @@ pub fn json_value(v: &Value) -> String {
         Value::Float(f) if f.is_finite() => v.repr(),
         Value::Str(s) => json_str(s),
         Value::Tuple(items) | Value::FrozenSet(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(json_value).collect::<Vec<_>>().join(", ")
-            )
+            format!("[{}]", items.iter().map(json_value).collect::<Vec<_>>().join(", "))
         }
         other => json_str(&other.repr()),
     }
@@ -307,10 +281,7 @@ mod tests {
             Value::from("a\"b\n\u{1}"),
             Value::Bytes(vec![0]),
         ]);
-        assert_eq!(
-            json_value(&v),
-            r#"[null, true, -3, 1.5, "inf", "a\"b\n\u0001", "b'\\x00'"]"#
-        );
+        assert_eq!(json_value(&v), r#"[null, true, -3, 1.5, "inf", "a\"b\n\u0001", "b'\\x00'"]"#);
     }
 
     #[test]
