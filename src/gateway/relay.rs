@@ -42,6 +42,10 @@ const MAX_CALLBACKS: usize = 65_536;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The sequence number of the gateway's own GETROOT.
 const ROOT_SEQ: i64 = 0;
+/// Frames the upstream may send before answering the gateway's GETROOT
+/// (a server whose `on_connect` calls the client, like rpyc 6's
+/// `rpyc_classic` with `ClassicService`); they are relayed afterwards.
+const MAX_EARLY_FRAMES: usize = 64;
 
 /// A frame as read: its exact bytes (forwarded unchanged) and, if it was
 /// compressed, its inflated payload (what the checks read).
@@ -340,12 +344,13 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
     let timeout = secs(limits.upstream_timeout_secs);
     let opened = tokio::time::timeout(timeout, async {
         let (mut up, desc) = super::connect_upstream(&ctx.upstream, timeout).await?;
-        let root = fetch_root(&mut up, upstream_dialect, &channel, &decode).await.map_err(|e| format!("{desc}: {e}"))?;
-        Ok::<_, String>((up, desc, root))
+        let (root, early) =
+            fetch_root(&mut up, upstream_dialect, &channel, &decode).await.map_err(|e| format!("{desc}: {e}"))?;
+        Ok::<_, String>((up, desc, root, early))
     })
     .await
     .unwrap_or_else(|_| Err(format!("{}: no answer within {timeout:?}", ctx.upstream.describe())));
-    let (upstream, upstream_desc, root) = match opened {
+    let (upstream, upstream_desc, root, early) = match opened {
         Ok(x) => x,
         Err(e) => {
             ctx.shared.metrics.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -397,7 +402,7 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
     let (cl_tx, cl_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let (up_tx, up_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let mut cpump = Box::pin(client_pump(session.clone(), creader, Some(first), up_tx.clone(), cl_tx.clone()));
-    let mut upump = Box::pin(upstream_pump(session.clone(), ureader, up_tx, cl_tx.clone()));
+    let mut upump = Box::pin(upstream_pump(session.clone(), ureader, early, up_tx, cl_tx.clone()));
     let mut cwriter = Box::pin(writer(cw, cl_rx));
     let mut uwriter = Box::pin(writer(uw, up_rx));
     let drain = drain_watch(session.clone(), draining, drain_timeout);
@@ -451,33 +456,44 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
 }
 
 /// Asks the upstream for its root (GETROOT under the gateway's own
-/// sequence number) and returns the root's (class id, instance id).
+/// sequence number) and returns the root's (class id, instance id), with
+/// any frames the upstream sent before its answer.
 async fn fetch_root(
     up: &mut BoxStream,
     dialect: Dialect,
     channel: &ChannelConfig,
     decode: &DecodeLimits,
-) -> Result<(i64, i64), String> {
+) -> Result<((i64, i64), Vec<RawFrame>), String> {
     let args = Value::Tuple(vec![
         Value::from(Handler::GetRoot.id()),
         Value::Tuple(vec![Value::from(crate::wire::message::LABEL_VALUE), Value::Tuple(vec![])]),
     ]);
     up.write_all(&frame_of(dialect, MSG_REQUEST, ROOT_SEQ, &args, channel)).await.map_err(|e| e.to_string())?;
     up.flush().await.map_err(|e| e.to_string())?;
+    // Unbuffered on purpose: whatever follows the answer stays in the stream
+    // for the upstream pump.
     let mut reader = RawReader::new(&mut *up, channel.clone());
-    let frame = match reader.read().await {
-        Ok(Some(f)) => f,
-        Ok(None) => return Err("closed the connection before answering GETROOT".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    let msg = decode_message(dialect, frame.payload(), decode)
-        .map_err(|e| format!("answered GETROOT with something that is not RPyC {dialect:?}: {e}"))?;
-    match msg.kind {
-        MSG_REPLY if msg.seq == ROOT_SEQ => {
-            remote_ref(&msg.args).ok_or_else(|| format!("answered GETROOT with {} instead of a reference", msg.args.repr()))
+    let mut early = Vec::new();
+    loop {
+        let frame = match reader.read().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("closed the connection before answering GETROOT".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let msg = decode_message(dialect, frame.payload(), decode)
+            .map_err(|e| format!("answered GETROOT with something that is not RPyC {dialect:?}: {e}"))?;
+        match msg.kind {
+            MSG_REPLY if msg.seq == ROOT_SEQ => {
+                let root = remote_ref(&msg.args)
+                    .ok_or_else(|| format!("answered GETROOT with {} instead of a reference", msg.args.repr()))?;
+                return Ok((root, early));
+            }
+            MSG_EXCEPTION if msg.seq == ROOT_SEQ => {
+                return Err(format!("refused GETROOT: {}", Exception::load(msg.args)))
+            }
+            _ if early.len() < MAX_EARLY_FRAMES => early.push(frame),
+            _ => return Err(format!("sent {MAX_EARLY_FRAMES} messages without answering GETROOT")),
         }
-        MSG_EXCEPTION => Err(format!("refused GETROOT: {}", Exception::load(msg.args))),
-        _ => Err("sent something other than the answer to GETROOT".into()),
     }
 }
 
@@ -541,14 +557,19 @@ async fn client_pump<R: AsyncRead + Unpin>(
 async fn upstream_pump<R: AsyncRead + Unpin>(
     s: Arc<Session>,
     mut reader: RawReader<R>,
+    early: Vec<RawFrame>,
     up_tx: mpsc::Sender<Vec<u8>>,
     cl_tx: mpsc::Sender<Vec<u8>>,
 ) -> End {
+    let mut early = early.into_iter();
     loop {
-        let frame = match reader.read().await {
-            Ok(Some(f)) => f,
-            Ok(None) => return End::Upstream("closed the connection".into()),
-            Err(e) => return End::Upstream(e.to_string()),
+        let frame = match early.next() {
+            Some(f) => f,
+            None => match reader.read().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return End::Upstream("closed the connection".into()),
+                Err(e) => return End::Upstream(e.to_string()),
+            },
         };
         let msg = match decode_message(s.upstream_dialect, frame.payload(), &s.decode) {
             Ok(m) => m,

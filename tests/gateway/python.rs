@@ -159,3 +159,41 @@ async fn callbacks_pass_through() {
     })
     .await;
 }
+
+/// rpyc 6's own `rpyc_classic` serves `rpyc.utils.classic.SlaveService`,
+/// which is `ClassicService`: its `on_connect` calls the client (GETROOT,
+/// then `getmodule` on the client's root) before it answers anything — so
+/// the upstream speaks first, before the gateway has its root.
+const CLASSIC_SERVICE_SERVER: &str = r#"
+import sys, threading, time, os
+from rpyc.utils.classic import SlaveService
+from rpyc.utils.server import ThreadedServer
+server = ThreadedServer(SlaveService, hostname="127.0.0.1", port=0, auto_register=False)
+server._listen()
+print("PORT", server.listener.getsockname()[1], flush=True)
+threading.Thread(target=lambda: (time.sleep(300), os._exit(0)), daemon=True).start()
+server.start()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_service_server_that_calls_first() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, port) = blocking(|| {
+            let mut cmd = Command::new(common::python6());
+            cmd.arg("-c").arg(CLASSIC_SERVICE_SERVER);
+            let child = common::spawn(cmd);
+            let port: u16 = child.wait_line("PORT ", STEP).parse().unwrap();
+            (child, port)
+        })
+        .await;
+        let policy = "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
+        let gw = start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{port}"), policy), pki.dir.path()).await;
+        let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "alice", "classic")).await;
+        assert!(ok, "{out}");
+        assert_lines(&out, &["EVAL 42", "NAMESPACE 5", "GETPID True"]);
+        let (_, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "bob", "noclassic")).await;
+        assert_lines(&out, &["DENIED eval AttributeError: cannot access 'eval'"]);
+    })
+    .await;
+}
