@@ -82,3 +82,42 @@ async fn challenge_response_listener() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_listener_identity_is_the_ssh_user() {
+    bounded(async {
+        let pki = Pki::new();
+        let dir = pki.dir.path().to_path_buf();
+        let key = dir.join("dave_ed25519");
+        let (ok, out) = blocking({
+            let key = key.clone();
+            move || {
+                let mut cmd = Command::new("ssh-keygen");
+                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "dave", "-f"]).arg(&key);
+                common::run_with_timeout(cmd, Duration::from_secs(30))
+            }
+        })
+        .await;
+        assert!(ok, "ssh-keygen failed (is openssh-client installed?): {out}");
+        std::fs::copy(dir.join("dave_ed25519.pub"), dir.join("authorized_keys")).unwrap();
+        let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
+        let text = format!(
+            "[[listen]]\nurl = \"ssh://127.0.0.1:0\"\nhost_key = \"host_key\"\nauthorized_keys = \"authorized_keys\"\n\
+             [upstream.py]\nurl = \"tcp://127.0.0.1:{port}\"\n\
+             [policy.policies.dave]\nroot_allow = [\"get_answer\"]\n[policy.identities]\ndave = \"dave\"\n"
+        );
+        let gw = start_gateway(&text, &dir).await;
+        let config = rpyc::transport::ssh::SshConfig::new("127.0.0.1", gw.addr.port(), "dave")
+            .with_key_file(&key)
+            .with_known_hosts(dir.join("known_hosts"))
+            .trust_on_first_use();
+        let endpoint =
+            rpyc::transport::Endpoint::Ssh { target: "127.0.0.1:1".into(), config: std::sync::Arc::new(config) };
+        let conn = step("connect over ssh", ClientBuilder::new().timeout(STEP).connect_endpoint(&endpoint)).await.unwrap();
+        let root = step("root", conn.root()).await.unwrap();
+        assert_eq!(step("get_answer", root.call_method::<i64>("get_answer", ())).await.unwrap(), 42);
+        let err = step("add", root.call_method::<i64>("add", (1, 2))).await.expect_err("add is not allowed for dave");
+        assert!(err.is_exception("AttributeError"), "{err}");
+    })
+    .await;
+}
