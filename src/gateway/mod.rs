@@ -278,6 +278,19 @@ async fn bind_listener(l: &ListenerConfig) -> Result<ListenerRt, GatewayError> {
     })
 }
 
+fn warn_weak_policies(config: &GatewayConfig) {
+    let set = &config.policy;
+    for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p))) {
+        if p.root_rules_bypassable() {
+            tracing::warn!(
+                policy = name,
+                "deny_private is off: the root rules of this policy (classic, root_allow, root_deny) can be \
+                 bypassed through _-names; turn deny_private off only for fully trusted (classic) identities"
+            );
+        }
+    }
+}
+
 fn audit_sink(c: &config::AuditConfig) -> Result<AuditSink, GatewayError> {
     Ok(match (c.format, &c.file) {
         (AuditFormat::Json, Some(path)) => {
@@ -299,6 +312,7 @@ impl Gateway {
     /// mistake fails here rather than per connection.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         config.validate()?;
+        warn_weak_policies(&config);
         let audit = audit_sink(&config.audit)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -432,6 +446,7 @@ impl GatewayHandle {
     /// for new connections. On any error nothing changes.
     pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, GatewayError> {
         config.validate()?;
+        warn_weak_policies(&config);
         let old = self.shared.rules();
         let mut report = ReloadReport::default();
         let mut updates = Vec::new();

@@ -133,6 +133,11 @@ pub struct GatewayPolicy {
     /// Refuse attribute names starting with `_`, except those in
     /// `safe_attrs`. Default: true — the `_`-names are how Python objects
     /// lead to their classes, globals and builtins.
+    ///
+    /// The root rules (`root_allow`, `root_deny`, `classic`) are only as
+    /// strong as this: with `_`-names open, a client can reach the root's
+    /// class (`root.get_service_name.__self__`) and call its functions with
+    /// the root as argument. Turn it off only together with `classic`.
     pub deny_private: bool,
     /// The dunders allowed despite `deny_private`. Default: RPyC's
     /// `safe_attrs` ([`SAFE_ATTRS`]).
@@ -253,6 +258,13 @@ impl GatewayPolicy {
     /// The handlers actually forwarded (`allow_handlers` − `deny_handlers`).
     pub fn handlers(&self) -> HandlerSet {
         self.allow_handlers.minus(self.deny_handlers)
+    }
+
+    /// True if `deny_private` is off for an identity without classic rights:
+    /// it can get around the root rules (see [`GatewayPolicy::deny_private`]).
+    /// With `classic` granted there is nothing left to get around.
+    pub fn root_rules_bypassable(&self) -> bool {
+        !self.deny_private && !self.classic
     }
 
     /// True if requests with this handler may be forwarded.

@@ -121,3 +121,60 @@ async fn ssh_listener_identity_is_the_ssh_user() {
     })
     .await;
 }
+
+/// The gateway reaches a Python `SSLAuthenticator` server over TLS with its
+/// own client certificate: behind the gateway, that certificate is who calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_sees_the_gateways_certificate() {
+    bounded(async {
+        let pki = Pki::new();
+        let p = |f: &str| pki.path(f).display().to_string();
+        let args = ["--kind", "service", "--ssl-key", &p("server.key"), "--ssl-cert", &p("server.pem"), "--ssl-ca", &p("ca.pem")]
+            .map(str::to_string);
+        let (_server, port) = blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::python_server(&common::python6(), &args)
+        })
+        .await;
+        let upstream = format!("tls://127.0.0.1:{port}");
+        let text = config_text(&pki, &upstream, "")
+            .replace("[upstream.py]\n", "[upstream.py]\nca = \"ca.pem\"\ncert = \"carol.pem\"\nkey = \"carol.key\"\n");
+        let gw = start_gateway(&text, pki.dir.path()).await;
+        let conn = rust_client(&gw, &pki, "bob").await;
+        let root = step("root", conn.root()).await.unwrap();
+        let who: Option<String> = step("whoami", root.call_method("whoami", ())).await.unwrap();
+        assert_eq!(who.as_deref(), Some("carol"));
+        assert_eq!(step("add", root.call_method::<i64>("add", (2, 3))).await.unwrap(), 5);
+    })
+    .await;
+}
+
+/// `service = "PYTEST"`: the upstream is looked up in a registry per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_found_through_the_registry() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
+        let registry = rpyc::registry::RegistryServer::bind_udp("127.0.0.1:0", Default::default()).await.unwrap();
+        let raddr = registry.local_addr();
+        let stop = registry.spawn();
+        let client = rpyc::registry::RegistryClient::udp(&raddr.to_string()).unwrap();
+        step("register", client.register(&["PYTEST".to_string()], port)).await.unwrap();
+        let text = format!(
+            "[[listen]]\nurl = \"tls://127.0.0.1:0\"\ntls = {:?}\n[upstream.py]\nservice = \"pytest\"\nregistry = \"{raddr}\"\n",
+            pki.dir.path().display().to_string()
+        );
+        let gw = start_gateway(&text, pki.dir.path()).await;
+        let conn = rust_client(&gw, &pki, "bob").await;
+        let root = step("root", conn.root()).await.unwrap();
+        assert_eq!(step("add", root.call_method::<i64>("add", (2, 3))).await.unwrap(), 5);
+        // A name nobody registered is a clear error on the first call.
+        let text = text.replace("service = \"pytest\"", "service = \"NOBODY\"");
+        let gw2 = start_gateway(&text, pki.dir.path()).await;
+        let conn = rust_client(&gw2, &pki, "bob").await;
+        let err = step("root", conn.root()).await.expect_err("no server registered");
+        assert!(err.is_exception("ConnectionRefusedError") && err.to_string().contains("NOBODY"), "{err}");
+        stop.shutdown();
+    })
+    .await;
+}
