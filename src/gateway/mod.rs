@@ -20,8 +20,9 @@
 //!   rate.
 //!
 //! A denied request is answered by the gateway itself with the exception a
-//! Python client expects (`AttributeError("cannot access 'eval'")`,
-//! `PermissionError` for a handler) and never reaches the upstream; the
+//! Python client expects (`AttributeError("cannot access 'eval'")` for names
+//! and for disabled GETATTR/SETATTR/DELATTR, as Python raises it;
+//! `PermissionError` for other handlers) and never reaches the upstream; the
 //! connection and the upstream stay healthy. Callbacks from the upstream to
 //! the client pass through. When the upstream goes away, every pending call
 //! of the client fails at once with an `EOFError` naming the upstream.

@@ -108,7 +108,7 @@ impl From<HandlerSet> for Vec<String> {
 ///
 /// The defaults are the gateway's safe default: every handler except
 /// PICKLE, SETATTR and DELATTR; no `_`-prefixed name except RPyC's safe
-/// dunders; no classic-mode roots; at most 256 requests in flight per
+/// dunders; no classic-mode roots; at most 1024 requests in flight per
 /// identity. The upstream's own exposure rules still apply behind it.
 ///
 /// ```toml
@@ -117,7 +117,7 @@ impl From<HandlerSet> for Vec<String> {
 /// deny_private = true
 /// root_allow = ["add", "get_answer"]     # only these root methods
 /// classic = false
-/// max_in_flight = 256
+/// max_in_flight = 1024
 /// rate_per_sec = 0                       # 0 = unlimited
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,7 +156,9 @@ pub struct GatewayPolicy {
     /// server they are remote code execution.
     pub classic: bool,
     /// Most requests one identity may have in flight through the gateway,
-    /// over all its connections (0 = unlimited). Default: 256.
+    /// over all its connections (0 = unlimited). Default: 1024 (a Python
+    /// server handles one connection's requests one at a time; more in
+    /// flight only queue up).
     pub max_in_flight: usize,
     /// Requests per second one identity may start, over all its connections
     /// (0 = unlimited). Default: 0.
@@ -177,7 +179,7 @@ impl Default for GatewayPolicy {
             root_allow: BTreeSet::new(),
             root_deny: SERVICE_HOOKS.iter().map(|s| s.to_string()).collect(),
             classic: false,
-            max_in_flight: 256,
+            max_in_flight: 1024,
             rate_per_sec: 0.0,
             burst: 0,
         }

@@ -241,7 +241,13 @@ impl Session {
         }
         let policy = self.policy();
         if !policy.handler_allowed(req.handler) {
-            return Err(fail(Denial::Handler(req.handler)));
+            // Python refuses a disabled GETATTR/SETATTR/DELATTR with
+            // AttributeError("cannot access 'name'"); so does the gateway.
+            let by_name = matches!(req.handler, Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr);
+            return Err(fail(match (&name, by_name) {
+                (Some(n), true) => Denial::Name { name: n.clone(), rule: "handler" },
+                _ => Denial::Handler(req.handler),
+            }));
         }
         let on_root = req.target == Target::Upstream(self.root.0, self.root.1);
         for n in &req.names {

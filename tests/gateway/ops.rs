@@ -191,7 +191,7 @@ async fn the_rpyc_gateway_command() {
         let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "classic"])).await;
         let dir = pki.dir.path().display().to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
-        cmd.args(["gateway", "--listen", "tls://127.0.0.1:0", "--tls", &dir, "--upstream"])
+        cmd.args(["-q", "gateway", "--listen", "tls://127.0.0.1:0", "--tls", &dir, "--upstream"])
             .arg(format!("tcp://127.0.0.1:{port}"));
         let child = common::spawn(cmd);
         let listening = blocking(move || {
