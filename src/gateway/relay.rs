@@ -307,7 +307,8 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Whatever is still pending was never answered.
         for (seq, p) in self.take_all_pending() {
-            self.close_pending(seq, p, "aborted");
+            let outcome = if p.handler == Handler::Close { "closed" } else { "aborted" };
+            self.close_pending(seq, p, outcome);
         }
     }
 }
@@ -425,6 +426,12 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
     drop(upump);
     drop(uwriter);
     let conn = session.ctx.conn_id;
+    // A client that sent CLOSE expects the upstream to hang up.
+    let closing = session.lock().pending.values().any(|p| p.handler == Handler::Close);
+    let end = match end {
+        End::Upstream(_) if closing => End::ClientClosed,
+        other => other,
+    };
     let why = match &end {
         End::ClientClosed => "the client closed the connection".to_string(),
         End::Client(e) => format!("client: {e}"),
@@ -449,9 +456,8 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         for (seq, p) in session.take_all_pending() {
             if p.handler != Handler::Close {
                 let exc = Exception::new("EOFError", text.clone());
-                if cl_tx.try_send(exception_frame(session.client_dialect, seq, &exc, &session.channel)).is_err() {
-                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, cl_tx.send(exception_frame(session.client_dialect, seq, &exc, &session.channel))).await;
-                }
+                let frame = exception_frame(session.client_dialect, seq, &exc, &session.channel);
+                let _ = tokio::time::timeout(FLUSH_TIMEOUT, cl_tx.send(frame)).await;
             }
             session.close_pending(seq, p, "aborted");
         }

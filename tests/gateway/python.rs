@@ -197,3 +197,32 @@ async fn classic_service_server_that_calls_first() {
     })
     .await;
 }
+
+/// The Python conformance client (every check group) against the Rust
+/// CONFORMANCE server, through the gateway with the safe default policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_through_the_gateway() {
+    bounded(async {
+        let pki = Pki::new();
+        let (addr, stop) = common::serve(rpyc::conformance::service(), rpyc::ServerConfig::default()).await;
+        let gw = start_gateway(&config_text(&pki, &format!("tcp://{addr}"), ""), pki.dir.path()).await;
+        let d = pki.dir.path().to_path_buf();
+        let port = gw.addr.port().to_string();
+        let (ok, out) = blocking(move || {
+            let mut cmd = Command::new(common::python6());
+            cmd.arg(common::script("conformance_client.py"))
+                .args(["--port", &port, "--ssl-key"])
+                .arg(d.join("alice.key"))
+                .arg("--ssl-cert")
+                .arg(d.join("alice.pem"))
+                .arg("--ssl-ca")
+                .arg(d.join("ca.pem"));
+            common::run_with_timeout(cmd, Duration::from_secs(100))
+        })
+        .await;
+        stop.shutdown();
+        assert!(ok, "{out}");
+        assert!(out.lines().any(|l| l.starts_with("checks: ") && l.ends_with(" ok")), "{out}");
+    })
+    .await;
+}
