@@ -184,32 +184,75 @@ async fn rpyc5_client_is_translated_for_an_rpyc6_server() {
     .await;
 }
 
+/// `rpyc` as a user runs it: the gateway command with a policy file, `rpyc
+/// ping` and `rpyc call` through it, SIGHUP to grant a right, SIGTERM to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rpyc_gateway_command() {
     bounded(async {
         let pki = Pki::new();
         let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "classic"])).await;
         let dir = pki.dir.path().display().to_string();
+        let policy = pki.path("policy.toml");
+        std::fs::write(&policy, "[default]\n").unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
         cmd.args(["-q", "gateway", "--listen", "tls://127.0.0.1:0", "--tls", &dir, "--upstream"])
-            .arg(format!("tcp://127.0.0.1:{port}"));
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--policy")
+            .arg(&policy);
         let child = common::spawn(cmd);
-        let listening = blocking(move || {
+        let (mut child, url) = blocking(move || {
             let l = child.wait_line("listening ", STEP);
             (child, l)
         })
         .await;
-        let (_child, url) = listening;
         assert!(url.starts_with("tls://127.0.0.1:"), "{url}");
-        let ping = blocking(move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
-            cmd.args(["ping", &url, "--ca"])
-                .arg(format!("{dir}/ca.pem"))
-                .args(["--cert", &format!("{dir}/bob.pem"), "--key", &format!("{dir}/bob.key")]);
-            common::run_with_timeout(cmd, Duration::from_secs(30))
+        let rpyc = |args: Vec<String>| {
+            let dir = dir.clone();
+            blocking(move || {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
+                cmd.args(&args)
+                    .arg("--ca")
+                    .arg(format!("{dir}/ca.pem"))
+                    .args(["--cert", &format!("{dir}/bob.pem"), "--key", &format!("{dir}/bob.key")]);
+                common::run_with_timeout(cmd, Duration::from_secs(30))
+            })
+        };
+        let ping = rpyc(vec!["ping".into(), url.clone()]).await;
+        assert!(ping.0, "rpyc ping through the gateway failed: {}", ping.1);
+        let eval = vec!["call".to_string(), url.clone(), "eval".into(), "'6*7'".into()];
+        let denied = rpyc(eval.clone()).await;
+        assert!(!denied.0 && denied.1.contains("cannot access 'eval'"), "{}", denied.1);
+        // Grant bob classic mode and send SIGHUP.
+        std::fs::write(&policy, "[policies.ops]\nclassic = true\n[identities]\nbob = \"ops\"\n").unwrap();
+        let pid = child.child.id().to_string();
+        let hup = blocking(move || Command::new("kill").args(["-HUP", &pid]).status().unwrap()).await;
+        assert!(hup.success());
+        let mut granted = (false, String::new());
+        for _ in 0..50 {
+            granted = rpyc(eval.clone()).await;
+            if granted.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(granted.0 && granted.1.trim() == "42", "{}", granted.1);
+        // SIGTERM: drain (nothing in flight) and exit 0.
+        let pid = child.child.id().to_string();
+        let status = blocking(move || {
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let deadline = std::time::Instant::now() + STEP;
+            loop {
+                if let Some(st) = child.child.try_wait().unwrap() {
+                    return Some(st);
+                }
+                if std::time::Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         })
         .await;
-        assert!(ping.0, "rpyc ping through the gateway failed: {}", ping.1);
+        assert!(status.is_some_and(|s| s.success()), "rpyc gateway did not stop cleanly on SIGTERM: {status:?}");
     })
     .await;
 }
