@@ -56,6 +56,16 @@ elif scenario == "service":
     print("LIST", list(lst), flush=True)
     expect(PermissionError, lambda: pickle.dumps(lst), "pickle")
     print("STILL", c.root.add(1, 1), flush=True)
+elif scenario == "pending":
+    c = connect()
+    c.root.add(1, 1)
+    print("CALLING", flush=True)
+    t = time.time()
+    try:
+        c.root.sleep(30)
+        print("RETURNED", flush=True)
+    except Exception as e:
+        print(f"FAILED after {time.time() - t:.1f}s {type(e).__name__}: {str(e).splitlines()[0]}", flush=True)
 elif scenario == "callback":
     c = connect()
     print("CALLBACK", c.root.call_back(lambda x: x * 2, 21), flush=True)
@@ -223,6 +233,30 @@ async fn conformance_suite_through_the_gateway() {
         stop.shutdown();
         assert!(ok, "{out}");
         assert!(out.lines().any(|l| l.starts_with("checks: ") && l.ends_with(" ok")), "{out}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_pending_call_fails_when_the_upstream_dies() {
+    bounded(async {
+        let pki = Pki::new();
+        let (mut server, _port, gw) = python_behind_gateway("service", &pki, "").await;
+        let args = py_args(&gw, pki.dir.path(), "bob", "pending");
+        let line = blocking(move || {
+            let mut cmd = Command::new(common::python6());
+            cmd.arg("-c").arg(CLIENT).args(args);
+            let client = common::spawn(cmd);
+            client.wait_line("CALLING", STEP);
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            client.wait_line("FAILED", STEP)
+        })
+        .await;
+        assert!(line.contains("EOFError") && line.contains("went away"), "{line}");
+        let secs: f64 = line.trim_start_matches("after ").split('s').next().unwrap().parse().unwrap();
+        assert!(secs < 3.0, "{line}");
     })
     .await;
 }
