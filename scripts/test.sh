@@ -42,9 +42,11 @@ if ! id rpyctest >/dev/null 2>&1; then
         exit 1
     fi
     log "creating user rpyctest for the SSH tests"
-    useradd -m -s /bin/bash rpyctest
+    useradd -m -s /bin/bash -p '*' rpyctest
 fi
 if [ "$(id -u)" -eq 0 ]; then
+    # sshd (UsePAM no) refuses locked accounts even for key logins: '*' = no password, not locked.
+    usermod -p '*' rpyctest
     mkdir -p /run/sshd
 fi
 

@@ -296,7 +296,7 @@ impl Connection {
         let seq = shared.next_seq();
         let (tx, rx) = oneshot::channel();
         lock(&shared.pending).insert(seq, (Handler::Close, tx));
-        if shared.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Close, Value::Tuple(vec![]))).is_ok() {
+        if shared.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Close, Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])]))).is_ok() {
             // A Python server closes without replying; its EOF also ends the wait.
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }

@@ -294,3 +294,4 @@ impl Raw {
             .map_err(|_| std::io::Error::other("write stalled: the server stopped reading"))?
     }
 }
+
