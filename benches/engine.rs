@@ -11,6 +11,9 @@
 //! End-to-end figures over real sockets come from `scripts/bench.sh`
 //! (BENCHMARKS.md).
 
+// criterion_main! generates an undocumented `main`.
+#![allow(missing_docs)]
+
 // A benchmark that cannot set up has nothing to measure: failing loudly is right.
 #![allow(clippy::panic)]
 
@@ -43,7 +46,8 @@ fn compressible_bytes(n: usize) -> Vec<u8> {
 
 /// What a Python client sends for `root.add(5, 10)`: CALLATTR(root, "add", (5, 10), ()).
 fn add_request() -> Value {
-    let root = Value::Tuple(vec![Value::from("rpyc_rust.BenchService"), Value::from(94_000_000_123i64), Value::from(1)]);
+    let root =
+        Value::Tuple(vec![Value::from("rpyc_rust.BenchService"), Value::from(94_000_000_123i64), Value::from(1)]);
     let boxed_args = Value::Tuple(vec![
         Value::from(2),
         Value::Tuple(vec![
@@ -101,7 +105,9 @@ fn frame_benches(c: &mut Criterion) {
         for (mode, cfg) in [("zlib", &compressing), ("plain", &plain)] {
             let mut always = cfg.clone();
             always.compress_up_to = usize::MAX;
-            g.bench_function(format!("encode {name} {mode}"), |b| b.iter(|| encode_frame(black_box(&data), &always).len()));
+            g.bench_function(format!("encode {name} {mode}"), |b| {
+                b.iter(|| encode_frame(black_box(&data), &always).len())
+            });
             let wire = encode_frame(&data, &always);
             g.bench_function(format!("decode {name} {mode}"), |b| {
                 b.iter(|| {
@@ -115,7 +121,8 @@ fn frame_benches(c: &mut Criterion) {
 }
 
 fn dispatch_benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("runtime: {e}"));
     let service = Service::builder("bench", || ())
         .method("add(a, b)", |a: i64, b: i64| Ok(a + b))
         .method("echo(x)", |x: rpyc::Object| Ok(x))

@@ -279,7 +279,14 @@ async fn rpc_suite(cli: &Cli, target: &Target, rep: &mut Report) -> Res<()> {
                 };
                 iters += 1;
             }
-            rep.emit(c, &s, &t, &format!("echo_{}_mib_s", size_name(size)), mib_s(size, iters, start.elapsed()), "MiB/s");
+            rep.emit(
+                c,
+                &s,
+                &t,
+                &format!("echo_{}_mib_s", size_name(size)),
+                mib_s(size, iters, start.elapsed()),
+                "MiB/s",
+            );
         }
     }
     if want("netref") {
@@ -529,7 +536,9 @@ impl RawClient {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
         let mut s: Box<dyn Io> = match &self.tls {
-            Some((cfg, name)) => Box::new(tokio_rustls::TlsConnector::from(cfg.clone()).connect(name.clone(), tcp).await?),
+            Some((cfg, name)) => {
+                Box::new(tokio_rustls::TlsConnector::from(cfg.clone()).connect(name.clone(), tcp).await?)
+            }
             None => Box::new(tcp),
         };
         s.write_all(&[mode]).await?;

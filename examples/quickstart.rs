@@ -19,7 +19,7 @@ use rpyc::auth::TlsClientCert;
 use rpyc::policy::PolicySet;
 use rpyc::transport::tls::{TlsClientConfig, TlsIdentity, TlsServerConfig};
 use rpyc::transport::Listener;
-use rpyc::{AccessPolicy, ClientBuilder, Class, Ctx, Exception, Kwargs, Object, Server, ServerConfig, Service};
+use rpyc::{AccessPolicy, Class, ClientBuilder, Ctx, Exception, Kwargs, Object, Server, ServerConfig, Service};
 
 struct Report {
     owner: String,
@@ -89,7 +89,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  apply(lambda x: 3*x, 14)   = {r}   (the server called back into the client)");
     let rep = root.callattr("report", ()).await?.into_netref()?;
     println!("  report().title()           = {:?}", rep.call_method::<String>("title", ()).await?);
-    println!("  report().internal_notes    = {:?}   (public attribute: granted to ops)", rep.getattr("internal_notes").await?.extract::<String>()?);
+    println!(
+        "  report().internal_notes    = {:?}   (public attribute: granted to ops)",
+        rep.getattr("internal_notes").await?.extract::<String>()?
+    );
     match root.callattr("div", (1.0, 0.0)).await {
         Err(e) => println!("  div(1, 0)                  raised {}", first_line(&e)),
         Ok(v) => println!("  div(1, 0)                  = {v:?} (unexpected)"),

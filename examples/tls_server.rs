@@ -38,19 +38,13 @@ struct Cli {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
 
     let service = Service::builder("greeter", || ())
-        .method("whoami()", |ctx: Ctx| {
-            Ok(ctx.credentials().identity.clone())
-        })
-        .method("greet()", |ctx: Ctx| {
-            Ok(format!("hello, {}", ctx.credentials().display_identity()))
-        })
+        .method("whoami()", |ctx: Ctx| Ok(ctx.credentials().identity.clone()))
+        .method("greet()", |ctx: Ctx| Ok(format!("hello, {}", ctx.credentials().display_identity())))
         .method("add(x, y)", |x: i64, y: i64| Ok(x + y))
         .build();
 

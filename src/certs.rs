@@ -17,8 +17,7 @@
 //! permission 0600; certificates are world-readable PEM.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use std::fmt;
 use std::io::Write;
@@ -83,10 +82,7 @@ pub struct CertKeyPem {
 
 impl fmt::Debug for CertKeyPem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertKeyPem")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("CertKeyPem").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -98,9 +94,7 @@ pub struct DevCa {
 
 impl fmt::Debug for DevCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevCa")
-            .field("pem", &self.pem)
-            .finish_non_exhaustive()
+        f.debug_struct("DevCa").field("pem", &self.pem).finish_non_exhaustive()
     }
 }
 
@@ -113,38 +107,22 @@ impl DevCa {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let tag = params.key_identifier(&key);
         let tag: String = tag.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("rpyc development CA {tag}"));
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, DEV_ORG);
+        params.distinguished_name.push(DnType::CommonName, format!("rpyc development CA {tag}"));
+        params.distinguished_name.push(DnType::OrganizationName, DEV_ORG);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params, -1, CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key)?;
-        let pem = CertKeyPem {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        };
-        Ok(DevCa {
-            pem,
-            issuer: Issuer::new(params, key),
-        })
+        let pem = CertKeyPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        Ok(DevCa { pem, issuer: Issuer::new(params, key) })
     }
 
     /// Loads a CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<DevCa, CertError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        let pem = CertKeyPem {
-            cert_pem: cert_pem.to_string(),
-            key_pem: key_pem.to_string(),
-        };
+        let pem = CertKeyPem { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() };
         Ok(DevCa { pem, issuer })
     }
 
@@ -156,19 +134,11 @@ impl DevCa {
         }
         let cert_pem = read(&cert)?;
         let key_pem = read(&key)?;
-        let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| CertError::BadCa {
-            path: key.clone(),
-            reason: format!("not a usable private key: {e}"),
-        })?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|e| CertError::BadCa {
-                path: cert,
-                reason: format!("not a usable CA certificate: {e}"),
-            })?;
-        Ok(DevCa {
-            pem: CertKeyPem { cert_pem, key_pem },
-            issuer,
-        })
+        let key_pair = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CertError::BadCa { path: key.clone(), reason: format!("not a usable private key: {e}") })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair)
+            .map_err(|e| CertError::BadCa { path: cert, reason: format!("not a usable CA certificate: {e}") })?;
+        Ok(DevCa { pem: CertKeyPem { cert_pem, key_pem }, issuer })
     }
 
     /// The CA certificate and key.
@@ -191,16 +161,9 @@ impl DevCa {
             }
         }
         let mut params = CertificateParams::new(sans)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "rpyc development server");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, DEV_ORG);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.distinguished_name.push(DnType::CommonName, "rpyc development server");
+        params.distinguished_name.push(DnType::OrganizationName, DEV_ORG);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         set_validity(&mut params, -1, LEAF_VALIDITY_DAYS);
         self.sign(params)
@@ -222,9 +185,7 @@ impl DevCa {
         check_name(name)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, DEV_ORG);
+        params.distinguished_name.push(DnType::OrganizationName, DEV_ORG);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         set_validity(&mut params, from, to);
@@ -235,10 +196,7 @@ impl DevCa {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(CertKeyPem {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(CertKeyPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -273,14 +231,7 @@ pub const DEFAULT_CLIENT: &str = "client";
 const DEV_ORG: &str = "rpyc development certificates - NOT FOR PRODUCTION";
 
 /// The files [`init_dir`] writes, in order.
-pub const INIT_FILES: [&str; 6] = [
-    "ca.pem",
-    "ca.key",
-    "server.pem",
-    "server.key",
-    "client.pem",
-    "client.key",
-];
+pub const INIT_FILES: [&str; 6] = ["ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key"];
 
 /// Creates a development CA, a server certificate and a client certificate
 /// (common name `client`) in `dir`: exactly the files in [`INIT_FILES`].
@@ -332,10 +283,7 @@ pub fn client_cert(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertErr
 /// for names that are not safe file names.
 pub fn client_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertError> {
     check_name(name)?;
-    Ok((
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    ))
+    Ok((dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))))
 }
 
 /// Writes a file; `private` files get permission 0600 (on Unix), also when
@@ -352,11 +300,9 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Cert
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io_err(path, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io_err(path, e))?;
     }
-    f.write_all(contents.as_bytes())
-        .map_err(|e| io_err(path, e))
+    f.write_all(contents.as_bytes()).map_err(|e| io_err(path, e))
 }
 
 fn read(path: &Path) -> Result<String, CertError> {
@@ -364,28 +310,17 @@ fn read(path: &Path) -> Result<String, CertError> {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> CertError {
-    CertError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    CertError::Io { path: path.to_path_buf(), source }
 }
 
 /// A client name doubles as a file name: keep it to a safe alphabet and
 /// away from the CA's and the server's own files.
 fn check_name(name: &str) -> Result<(), CertError> {
-    let bad = |reason| {
-        Err(CertError::BadName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(CertError::BadName { name: name.to_string(), reason });
     if name.is_empty() || name.len() > 64 {
         return bad("must be 1 to 64 characters");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@')) {
         return bad("use letters, digits, '-', '_', '.' and '@' only");
     }
     if name.starts_with('.') || name.starts_with('-') {
@@ -453,19 +388,14 @@ mod tests {
         assert_eq!(info.common_name.as_deref(), Some("alice"));
         let server = crate::transport::tls::certificate_info(&pem_der(&pki.server.cert_pem));
         for n in ["localhost", "127.0.0.1", "::1", "rpyc.example"] {
-            assert!(
-                server.subject_alt_names.iter().any(|s| s == n),
-                "{n}: {server:?}"
-            );
+            assert!(server.subject_alt_names.iter().any(|s| s == n), "{n}: {server:?}");
         }
         assert!(!format!("{alice:?}").contains("PRIVATE KEY"));
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {
         use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
     }
 
     #[test]
@@ -473,29 +403,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = init_dir(dir.path(), &[]).unwrap();
         assert_eq!(files.len(), INIT_FILES.len());
-        assert!(matches!(
-            init_dir(dir.path(), &[]),
-            Err(CertError::Exists(_))
-        ));
+        assert!(matches!(init_dir(dir.path(), &[]), Err(CertError::Exists(_))));
         let (cert, key) = client_cert(dir.path(), "alice").unwrap();
         assert!(cert.ends_with("alice.pem") && key.ends_with("alice.key"));
         #[cfg(unix)]
         for f in ["ca.key", "server.key", "client.key", "alice.key"] {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(f))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
-        assert!(matches!(
-            client_cert(dir.path(), "alice"),
-            Err(CertError::Exists(_))
-        ));
+        assert!(matches!(client_cert(dir.path(), "alice"), Err(CertError::Exists(_))));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            client_cert(empty.path(), "bob"),
-            Err(CertError::NoCa(_))
-        ));
+        assert!(matches!(client_cert(empty.path(), "bob"), Err(CertError::NoCa(_))));
     }
 }

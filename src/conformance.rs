@@ -42,7 +42,9 @@ fn counter_class() -> &'static Class<Counter> {
             .method("incr()", |c: This<Counter>| Ok(c.value.fetch_add(1, Ordering::SeqCst) + 1))
             .doc("Adds one and returns the new value.")
             .attr("value", |c: &Counter| c.value.load(Ordering::SeqCst))
-            .plain_method("__repr__()", |c: This<Counter>| Ok(format!("Counter(value={})", c.value.load(Ordering::SeqCst))))
+            .plain_method("__repr__()", |c: This<Counter>| {
+                Ok(format!("Counter(value={})", c.value.load(Ordering::SeqCst)))
+            })
             .plain_method("__str__()", |c: This<Counter>| Ok(format!("Counter at {}", c.value.load(Ordering::SeqCst))))
             .build()
     })
@@ -70,9 +72,10 @@ pub fn py_add(x: &Value, y: &Value) -> Result<Value> {
             Value::Int(crate::wire::Int::from_big(a + b))
         }
         (Float(a), Float(b)) => Float(a + b),
-        (Float(a), other) | (other, Float(a)) if matches!(other, Int(_) | Bool(_)) => {
-            Float(a + num_traits::ToPrimitive::to_f64(&crate::wire::serde_bridge::to_bigint(other).unwrap_or_default()).unwrap_or(f64::NAN))
-        }
+        (Float(a), other) | (other, Float(a)) if matches!(other, Int(_) | Bool(_)) => Float(
+            a + num_traits::ToPrimitive::to_f64(&crate::wire::serde_bridge::to_bigint(other).unwrap_or_default())
+                .unwrap_or(f64::NAN),
+        ),
         (Complex(a, b), Complex(c, d)) => Complex(a + c, b + d),
         (Str(a), Str(b)) => Str(format!("{a}{b}")),
         (Bytes(a), Bytes(b)) => Bytes([a.as_slice(), b.as_slice()].concat()),
@@ -97,7 +100,9 @@ async fn call_remote(func: &Object, args: Vec<Object>) -> Result<Object> {
 async fn items_of(seq: Object) -> Result<Vec<Object>> {
     match seq {
         Object::Tuple(items) => Ok(items),
-        Object::Value(Value::Tuple(items) | Value::FrozenSet(items)) => Ok(items.into_iter().map(Object::Value).collect()),
+        Object::Value(Value::Tuple(items) | Value::FrozenSet(items)) => {
+            Ok(items.into_iter().map(Object::Value).collect())
+        }
         Object::Remote(n) => n.to_vec().await,
         other => Err(Error::type_error(format!("'{}' object is not iterable", other.describe()))),
     }

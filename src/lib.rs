@@ -78,8 +78,7 @@ pub mod wire;
 pub use client::{connect, connect_stream, ClientBuilder};
 pub use connection::builtin as objects;
 pub use connection::{
-    Args, AsyncResult, Class, Connection, ConnectionConfig, Ctx, IntoObject, Kwargs, Netref, Object, SelfObject,
-    This,
+    Args, AsyncResult, Class, Connection, ConnectionConfig, Ctx, IntoObject, Kwargs, Netref, Object, SelfObject, This,
 };
 pub use error::{Error, Result};
 pub use identity::Credentials;

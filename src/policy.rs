@@ -14,16 +14,86 @@ use std::collections::BTreeSet;
 
 /// RPyC's `safe_attrs` (the dunders any peer may use by default).
 pub const SAFE_ATTRS: &[&str] = &[
-    "__abs__", "__add__", "__and__", "__bool__", "__cmp__", "__contains__", "__delitem__", "__delslice__",
-    "__div__", "__divmod__", "__doc__", "__eq__", "__float__", "__floordiv__", "__ge__", "__getitem__",
-    "__getslice__", "__gt__", "__hash__", "__hex__", "__iadd__", "__iand__", "__idiv__", "__ifloordiv__",
-    "__ilshift__", "__imod__", "__imul__", "__index__", "__int__", "__invert__", "__ior__", "__ipow__",
-    "__irshift__", "__isub__", "__iter__", "__itruediv__", "__ixor__", "__le__", "__len__", "__long__",
-    "__lshift__", "__lt__", "__mod__", "__mul__", "__ne__", "__neg__", "__new__", "__nonzero__", "__oct__",
-    "__or__", "__pos__", "__pow__", "__radd__", "__rand__", "__rdiv__", "__rdivmod__", "__repr__",
-    "__rfloordiv__", "__rlshift__", "__rmod__", "__rmul__", "__ror__", "__rpow__", "__rrshift__",
-    "__rshift__", "__rsub__", "__rtruediv__", "__rxor__", "__setitem__", "__setslice__", "__str__", "__sub__",
-    "__truediv__", "__xor__", "next", "__length_hint__", "__enter__", "__exit__", "__next__", "__format__",
+    "__abs__",
+    "__add__",
+    "__and__",
+    "__bool__",
+    "__cmp__",
+    "__contains__",
+    "__delitem__",
+    "__delslice__",
+    "__div__",
+    "__divmod__",
+    "__doc__",
+    "__eq__",
+    "__float__",
+    "__floordiv__",
+    "__ge__",
+    "__getitem__",
+    "__getslice__",
+    "__gt__",
+    "__hash__",
+    "__hex__",
+    "__iadd__",
+    "__iand__",
+    "__idiv__",
+    "__ifloordiv__",
+    "__ilshift__",
+    "__imod__",
+    "__imul__",
+    "__index__",
+    "__int__",
+    "__invert__",
+    "__ior__",
+    "__ipow__",
+    "__irshift__",
+    "__isub__",
+    "__iter__",
+    "__itruediv__",
+    "__ixor__",
+    "__le__",
+    "__len__",
+    "__long__",
+    "__lshift__",
+    "__lt__",
+    "__mod__",
+    "__mul__",
+    "__ne__",
+    "__neg__",
+    "__new__",
+    "__nonzero__",
+    "__oct__",
+    "__or__",
+    "__pos__",
+    "__pow__",
+    "__radd__",
+    "__rand__",
+    "__rdiv__",
+    "__rdivmod__",
+    "__repr__",
+    "__rfloordiv__",
+    "__rlshift__",
+    "__rmod__",
+    "__rmul__",
+    "__ror__",
+    "__rpow__",
+    "__rrshift__",
+    "__rshift__",
+    "__rsub__",
+    "__rtruediv__",
+    "__rxor__",
+    "__setitem__",
+    "__setslice__",
+    "__str__",
+    "__sub__",
+    "__truediv__",
+    "__xor__",
+    "next",
+    "__length_hint__",
+    "__enter__",
+    "__exit__",
+    "__next__",
+    "__format__",
 ];
 
 /// The attribute-access flags of an RPyC connection.
@@ -159,8 +229,7 @@ impl AccessPolicy {
         plain |= self.allow_exposed_attrs && !prefix.is_empty() && name.starts_with(prefix);
         plain |= self.allow_safe_attrs && self.safe_attrs.contains(name);
         plain |= self.allow_public_attrs && !name.starts_with('_');
-        let has_exposed =
-            !prefix.is_empty() && matches!(lookup(name), Some(Visibility::Exposed));
+        let has_exposed = !prefix.is_empty() && matches!(lookup(name), Some(Visibility::Exposed));
 
         let chosen: Option<Resolved<'n>> = if plain && (!has_exposed || hasattr(name)) {
             // Python looks up `name` itself.
@@ -396,7 +465,10 @@ mod tests {
         assert!(set.resolve(&bob).method_allowed("add") && !set.resolve(&bob).method_allowed("foo"));
         let err = PolicySet::from_toml("[identities]\nx = \"nope\"\n").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("undefined policy \"nope\""), "{err}");
-        let err = PolicySet::from_toml("[default]\nallow_everything = true\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = PolicySet::from_toml("[default]\nallow_everything = true\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("allow_everything"), "{err}");
     }
 

@@ -45,7 +45,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         // Servers drop connections that sent nothing for an hour; clients
         // (ConnectionConfig's own default) wait forever, as in Python.
-        let connection = ConnectionConfig { idle_timeout: Some(Duration::from_secs(3600)), ..ConnectionConfig::default() };
+        let connection =
+            ConnectionConfig { idle_timeout: Some(Duration::from_secs(3600)), ..ConnectionConfig::default() };
         ServerConfig {
             connection,
             max_connections: 10_000,

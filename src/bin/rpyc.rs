@@ -168,10 +168,7 @@ fn run_certs_init(args: &CertsInitArgs) -> CmdResult {
         }
     }
     let files = certs::init_dir(&args.dir, &args.sans)?;
-    println!(
-        "Created DEVELOPMENT certificates in {} (not for production):",
-        args.dir.display()
-    );
+    println!("Created DEVELOPMENT certificates in {} (not for production):", args.dir.display());
     for f in &files {
         let what = match f.file_name().and_then(|n| n.to_str()).unwrap_or_default() {
             "ca.pem" => "CA certificate: both sides trust it",
@@ -198,10 +195,7 @@ fn run_certs_client(args: &CertsClientArgs) -> CmdResult {
         remove_if_exists(&key)?;
     }
     let (cert, key) = certs::client_cert(&args.dir, &args.name)?;
-    println!(
-        "Created client certificate for identity {:?} (development only):",
-        args.name
-    );
+    println!("Created client certificate for identity {:?} (development only):", args.name);
     println!("  {}", cert.display());
     println!("  {} (0600)", key.display());
     Ok(())

@@ -37,7 +37,9 @@ fn slice_bounds(len: usize, s: &(Value, Value, Value)) -> Result<Vec<usize>> {
     let get = |v: &Value| -> Result<Option<i64>> {
         match v {
             Value::None => Ok(None),
-            other => other.as_i64().map(Some).ok_or_else(|| Error::type_error("slice indices must be integers or None")),
+            other => {
+                other.as_i64().map(Some).ok_or_else(|| Error::type_error("slice indices must be integers or None"))
+            }
         }
     };
     let step = get(&s.2)?.unwrap_or(1);
@@ -110,9 +112,10 @@ fn list_class() -> &'static Class<ListState> {
                 Ok(s.items.iter().filter(|x| obj_eq(x, &value)).count())
             })
             .method("index(value)", |s: This<ListState>, value: Object| {
-                s.items.iter().position(|x| obj_eq(x, &value)).ok_or_else(|| {
-                    Error::value_error(format!("{} is not in list", describe(&value)))
-                })
+                s.items
+                    .iter()
+                    .position(|x| obj_eq(x, &value))
+                    .ok_or_else(|| Error::value_error(format!("{} is not in list", describe(&value))))
             })
             .build()
     })
@@ -152,18 +155,27 @@ fn dict_class() -> &'static Class<DictState> {
         Class::<DictState>::builder("builtins.dict")
             .plain_method("__len__()", |s: This<DictState>| Ok(s.pairs.len()))
             .plain_method("__getitem__(key)", |s: This<DictState>, key: Value| {
-                s.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).ok_or_else(|| Exception::key_error(key).into())
+                s.pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| Exception::key_error(key).into())
             })
-            .plain_method("__contains__(key)", |s: This<DictState>, key: Value| Ok(s.pairs.iter().any(|(k, _)| *k == key)))
+            .plain_method("__contains__(key)", |s: This<DictState>, key: Value| {
+                Ok(s.pairs.iter().any(|(k, _)| *k == key))
+            })
             .plain_method("__iter__()", |s: This<DictState>| {
                 Ok(iterator(s.pairs.iter().map(|(k, _)| Object::Value(k.clone())).collect()))
             })
             .plain_method("__repr__()", |s: This<DictState>| {
-                let inner: Vec<String> = s.pairs.iter().map(|(k, v)| format!("{}: {}", k.repr(), describe(v))).collect();
+                let inner: Vec<String> =
+                    s.pairs.iter().map(|(k, v)| format!("{}: {}", k.repr(), describe(v))).collect();
                 Ok(format!("{{{}}}", inner.join(", ")))
             })
             .method("keys()", |s: This<DictState>| Ok(Value::Tuple(s.pairs.iter().map(|(k, _)| k.clone()).collect())))
-            .method("values()", |s: This<DictState>| Ok(Object::Tuple(s.pairs.iter().map(|(_, v)| v.clone()).collect())))
+            .method("values()", |s: This<DictState>| {
+                Ok(Object::Tuple(s.pairs.iter().map(|(_, v)| v.clone()).collect()))
+            })
             .method("items()", |s: This<DictState>| {
                 Ok(Object::Tuple(
                     s.pairs.iter().map(|(k, v)| Object::Tuple(vec![Object::Value(k.clone()), v.clone()])).collect(),

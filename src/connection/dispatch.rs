@@ -122,7 +122,9 @@ pub(super) fn handle(ctx: Ctx, handler: Handler, args: Vec<Object>) -> BoxFuture
             let exc = next();
             match target(&obj) {
                 Ok(inst) => match inst.class.member("__exit__").cloned() {
-                    Some(m) => invoke_member(ctx, inst, m, "__exit__", vec![exc, Object::none(), Object::none()], vec![]),
+                    Some(m) => {
+                        invoke_member(ctx, inst, m, "__exit__", vec![exc, Object::none(), Object::none()], vec![])
+                    }
                     None => ready(Err(Error::attribute_error("__exit__"))),
                 },
                 Err(e) => ready(Err(e)),
@@ -366,7 +368,11 @@ fn text(ctx: Ctx, obj: Object, names: &[&str]) -> BoxFuture<Result<Object>> {
         }
     }
     let id = object_hash(&inst);
-    ready(Ok(Object::Value(Value::Str(format!("<{} object at 0x{:x}>", inst.class.name, id as u64 & 0xffff_ffff_ffff)))))
+    ready(Ok(Object::Value(Value::Str(format!(
+        "<{} object at 0x{:x}>",
+        inst.class.name,
+        id as u64 & 0xffff_ffff_ffff
+    )))))
 }
 
 fn object_hash(inst: &Arc<Instance>) -> i64 {
@@ -420,7 +426,8 @@ fn dir(ctx: &Ctx, obj: &Object) -> Result<Object> {
 }
 
 fn inspect(ctx: &Ctx, pack: &Object) -> Result<Object> {
-    let pack = pack.as_value().and_then(IdPack::from_value).ok_or_else(|| Error::type_error("INSPECT needs an id-pack"))?;
+    let pack =
+        pack.as_value().and_then(IdPack::from_value).ok_or_else(|| Error::type_error("INSPECT needs an id-pack"))?;
     let inst = ctx.conn.shared.local_object(&pack)?;
     let mut methods = Vec::new();
     for name in inst.class.member_names() {

@@ -68,7 +68,13 @@ pub struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(ctx: Ctx, target: Arc<Instance>, sig: Arc<Signature>, args: Vec<Object>, kwargs: Vec<(String, Object)>) -> Call {
+    pub(crate) fn new(
+        ctx: Ctx,
+        target: Arc<Instance>,
+        sig: Arc<Signature>,
+        args: Vec<Object>,
+        kwargs: Vec<(String, Object)>,
+    ) -> Call {
         let given = args.len();
         Call { ctx, target, sig, args: args.into(), kwargs, given, param: 0 }
     }
@@ -120,9 +126,8 @@ impl<T: DeserializeOwned> FromCall for T {
         let (arg, pname) = call.next_arg();
         match arg {
             Some(obj) => match obj.into_value() {
-                Ok(v) => from_value(v).map_err(|e| {
-                    Error::type_error(format!("{}() argument '{}': {}", call.sig.name, pname, e.0))
-                }),
+                Ok(v) => from_value(v)
+                    .map_err(|e| Error::type_error(format!("{}() argument '{}': {}", call.sig.name, pname, e.0))),
                 Err(o) => Err(Error::type_error(format!(
                     "{}() argument '{}': expected a value, got {}",
                     call.sig.name,
@@ -130,9 +135,8 @@ impl<T: DeserializeOwned> FromCall for T {
                     o.describe()
                 ))),
             },
-            None => T::deserialize(Missing).map_err(|_| {
-                Error::type_error(format!("{}() missing required argument: '{}'", call.sig.name, pname))
-            }),
+            None => T::deserialize(Missing)
+                .map_err(|_| Error::type_error(format!("{}() missing required argument: '{}'", call.sig.name, pname))),
         }
     }
 }

@@ -31,7 +31,9 @@ use crate::identity::Credentials;
 use crate::policy::AccessPolicy;
 use crate::service::Service;
 use crate::wire::brine::DecodeLimits;
-use crate::wire::message::{self, Dialect, Handler, Message, LABEL_LOCAL_REF, LABEL_REMOTE_REF, LABEL_TUPLE, LABEL_VALUE};
+use crate::wire::message::{
+    self, Dialect, Handler, Message, LABEL_LOCAL_REF, LABEL_REMOTE_REF, LABEL_TUPLE, LABEL_VALUE,
+};
 use crate::wire::{Exception, IdPack, Int, Value};
 use netref::NetrefInner;
 use std::collections::HashMap;
@@ -296,7 +298,14 @@ impl Connection {
         let seq = shared.next_seq();
         let (tx, rx) = oneshot::channel();
         lock(&shared.pending).insert(seq, (Handler::Close, tx));
-        if shared.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Close, Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])]))).is_ok() {
+        if shared
+            .send_message(
+                message::MSG_REQUEST,
+                seq,
+                &request_value(Handler::Close, Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])])),
+            )
+            .is_ok()
+        {
             // A Python server closes without replying; its EOF also ends the wait.
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
@@ -595,8 +604,11 @@ impl Shared {
             return Netref(inner);
         }
         self.handles.fetch_add(1, Ordering::AcqRel);
-        let inner =
-            Arc::new(NetrefInner { conn: self.clone(), id_pack: pack.clone(), refcount: std::sync::atomic::AtomicU64::new(1) });
+        let inner = Arc::new(NetrefInner {
+            conn: self.clone(),
+            id_pack: pack.clone(),
+            refcount: std::sync::atomic::AtomicU64::new(1),
+        });
         proxies.insert(pack, Arc::downgrade(&inner));
         Netref(inner)
     }
@@ -827,10 +839,7 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
         None => {
             shared.reply(
                 seq,
-                Err(Error::Exception(Exception::new(
-                    "KeyError",
-                    format!("unknown request handler {handler_id:?}"),
-                ))),
+                Err(Error::Exception(Exception::new("KeyError", format!("unknown request handler {handler_id:?}")))),
             );
             return Ok(());
         }
@@ -852,7 +861,9 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
     };
     let conn = Connection::from_shared(shared.clone());
     // Synchronous handlers run while the future is built: catch their panics too.
-    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch::handle(Ctx { conn }, handler, args))) {
+    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch::handle(Ctx { conn }, handler, args)
+    })) {
         Ok(f) => f,
         Err(panic) => Box::pin(std::future::ready(Err(panic_error(panic)))),
     };

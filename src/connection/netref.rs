@@ -45,9 +45,7 @@ impl fmt::Debug for Netref {
 }
 
 fn kwargs_value(kwargs: Vec<(String, Object)>) -> Object {
-    Object::Tuple(
-        kwargs.into_iter().map(|(k, v)| Object::Tuple(vec![Object::Value(Value::Str(k)), v])).collect(),
-    )
+    Object::Tuple(kwargs.into_iter().map(|(k, v)| Object::Tuple(vec![Object::Value(Value::Str(k)), v])).collect())
 }
 
 impl Netref {
@@ -150,7 +148,11 @@ impl Netref {
     }
 
     /// `obj[key] = value`.
-    pub async fn setitem(&self, key: impl super::handler::IntoObject, value: impl super::handler::IntoObject) -> Result<()> {
+    pub async fn setitem(
+        &self,
+        key: impl super::handler::IntoObject,
+        value: impl super::handler::IntoObject,
+    ) -> Result<()> {
         self.callattr("__setitem__", (key, value)).await.map(|_| ())
     }
 

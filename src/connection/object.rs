@@ -369,7 +369,11 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
     }
 
     /// An exposed read-only attribute computed from the state.
-    pub fn attr<R: super::handler::IntoObject>(mut self, name: &str, get: impl Fn(&T) -> R + Send + Sync + 'static) -> Self {
+    pub fn attr<R: super::handler::IntoObject>(
+        mut self,
+        name: &str,
+        get: impl Fn(&T) -> R + Send + Sync + 'static,
+    ) -> Self {
         self.insert_attr(name, Visibility::Exposed, get, None);
         self
     }

@@ -368,8 +368,7 @@ impl GatewayConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read gateway configuration {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, base)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        Self::from_toml(&text, base).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -381,8 +380,15 @@ impl GatewayConfig {
             }
         };
         for l in &mut self.listeners {
-            for p in [&mut l.tls, &mut l.cert, &mut l.key, &mut l.client_ca, &mut l.host_key, &mut l.authorized_keys, &mut l.secrets]
-            {
+            for p in [
+                &mut l.tls,
+                &mut l.cert,
+                &mut l.key,
+                &mut l.client_ca,
+                &mut l.host_key,
+                &mut l.authorized_keys,
+                &mut l.secrets,
+            ] {
                 fix(p);
             }
         }
@@ -451,7 +457,9 @@ impl GatewayConfig {
                         ));
                     }
                     if scheme == "tls" && u.ca.is_none() {
-                        return err(format!("upstream {name:?}: tls:// needs ca (the CA of the upstream's certificate)"));
+                        return err(format!(
+                            "upstream {name:?}: tls:// needs ca (the CA of the upstream's certificate)"
+                        ));
                     }
                 }
                 (None, Some(_)) => {

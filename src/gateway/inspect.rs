@@ -67,9 +67,9 @@ pub(crate) fn inspect_request(args: &Value) -> Result<Inspected, Denial> {
             None => Ok(None),
             Some(Arg::Value(Value::Str(s))) => Ok(Some(s.clone())),
             // Python decodes bytes names as UTF-8.
-            Some(Arg::Value(Value::Bytes(b))) => String::from_utf8(b.clone())
-                .map(Some)
-                .map_err(|_| malformed("attribute name is not UTF-8")),
+            Some(Arg::Value(Value::Bytes(b))) => {
+                String::from_utf8(b.clone()).map(Some).map_err(|_| malformed("attribute name is not UTF-8"))
+            }
             Some(_) => Err(malformed(format!("{} attribute name is not a string", handler.name()))),
         }
     };
@@ -186,10 +186,8 @@ mod tests {
         ));
         assert_eq!(r.map(|r| r.names).ok(), Some(vec!["eval".to_string()]));
         // A value target (e.g. `().__class__`) is still checked by name.
-        let r = inspect_request(&req(
-            Value::from(4),
-            val(Value::Tuple(vec![Value::Tuple(vec![]), "__class__".into()])),
-        ));
+        let r =
+            inspect_request(&req(Value::from(4), val(Value::Tuple(vec![Value::Tuple(vec![]), "__class__".into()]))));
         assert_eq!(r.map(|r| (r.target, r.names)).ok(), Some((Target::Other, vec!["__class__".to_string()])));
     }
 
@@ -213,11 +211,7 @@ mod tests {
             req(Value::from(4), tuple_args(vec![Value::Tuple(vec![Value::Float(3.0), pack()]), val("x".into())])),
             req(Value::from(4), tuple_args(vec![local(pack()), local(pack())])),
         ] {
-            assert!(
-                matches!(inspect_request(&bad), Err(Denial::Malformed(_))),
-                "{} was accepted",
-                bad.repr()
-            );
+            assert!(matches!(inspect_request(&bad), Err(Denial::Malformed(_))), "{} was accepted", bad.repr());
         }
     }
 

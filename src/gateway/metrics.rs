@@ -62,8 +62,18 @@ impl Metrics {
         let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        counter("rpyc_gateway_connections_total", "Client connections accepted.", "counter", get(&self.connections_total));
-        counter("rpyc_gateway_connections_active", "Client connections open now.", "gauge", get(&self.connections_active));
+        counter(
+            "rpyc_gateway_connections_total",
+            "Client connections accepted.",
+            "counter",
+            get(&self.connections_total),
+        );
+        counter(
+            "rpyc_gateway_connections_active",
+            "Client connections open now.",
+            "gauge",
+            get(&self.connections_active),
+        );
         counter(
             "rpyc_gateway_auth_failures_total",
             "Connections refused by the handshake or authenticator.",
@@ -95,7 +105,8 @@ impl Metrics {
             for (j, decision) in ["allowed", "denied"].iter().enumerate() {
                 let v = get(&pair[j]);
                 if v > 0 {
-                    let _ = writeln!(s, "rpyc_gateway_requests_total{{handler=\"{name}\",decision=\"{decision}\"}} {v}");
+                    let _ =
+                        writeln!(s, "rpyc_gateway_requests_total{{handler=\"{name}\",decision=\"{decision}\"}} {v}");
                 }
             }
         }
@@ -104,7 +115,8 @@ impl Metrics {
         for (reason, v) in REASONS.iter().zip(&self.denials) {
             let _ = writeln!(s, "rpyc_gateway_denials_total{{reason=\"{reason}\"}} {}", get(v));
         }
-        let _ = writeln!(s, "# HELP rpyc_gateway_request_duration_seconds Time from forwarding a request to its reply.");
+        let _ =
+            writeln!(s, "# HELP rpyc_gateway_request_duration_seconds Time from forwarding a request to its reply.");
         let _ = writeln!(s, "# TYPE rpyc_gateway_request_duration_seconds histogram");
         let mut cumulative = 0;
         for (bound, v) in BUCKETS.iter().zip(&self.latency) {

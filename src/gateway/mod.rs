@@ -281,7 +281,8 @@ async fn bind_listener(l: &ListenerConfig) -> Result<ListenerRt, GatewayError> {
 
 fn warn_weak_policies(config: &GatewayConfig) {
     let set = &config.policy;
-    for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p))) {
+    for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p)))
+    {
         if p.root_rules_bypassable() {
             tracing::warn!(
                 policy = name,
@@ -344,8 +345,7 @@ impl Gateway {
 
     /// `(listener name, bound address)` of every TCP-based listener.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners()
-            .iter().filter_map(|l| l.listener.local_addr().map(|a| (l.name.clone(), a))).collect()
+        self.listeners().iter().filter_map(|l| l.listener.local_addr().map(|a| (l.name.clone(), a))).collect()
     }
 
     /// The address of the metrics endpoint, if configured.
@@ -676,9 +676,7 @@ pub(crate) async fn connect_upstream(u: &UpstreamConfig, timeout: Duration) -> R
     };
     let open = |ep: Endpoint, shown: String| {
         let tcp = tcp.clone();
-        async move {
-            connect_endpoint(&ep, &tcp).await.map(|(s, _)| (s, shown.clone())).map_err(|e| e.to_string())
-        }
+        async move { connect_endpoint(&ep, &tcp).await.map(|(s, _)| (s, shown.clone())).map_err(|e| e.to_string()) }
     };
     if let Some(url) = &u.url {
         let ep = if url.starts_with("tls://") {

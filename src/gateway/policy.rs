@@ -454,7 +454,8 @@ mod tests {
         let (name, p) = set.resolve(Some("bob"), &["calc".to_string()]);
         assert!(name == "calc" && !p.handler_allowed(Handler::Dir) && p.handler_allowed(Handler::GetAttr));
         assert_eq!(set.resolve(Some("carol"), &[]).0, "default");
-        let err = GatewayPolicySet::from_toml("[default]\nallow_handlers = [\"GETATR\"]\n", "t").err().unwrap_or_default();
+        let err =
+            GatewayPolicySet::from_toml("[default]\nallow_handlers = [\"GETATR\"]\n", "t").err().unwrap_or_default();
         assert!(err.contains("unknown handler \"GETATR\""), "{err}");
         let err = GatewayPolicySet::from_toml("[identities]\nx = \"nope\"\n", "t").err().unwrap_or_default();
         assert!(err.contains("undefined policy \"nope\""), "{err}");

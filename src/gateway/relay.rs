@@ -216,7 +216,15 @@ impl Session {
         st.policy.2.clone()
     }
 
-    fn audit(&self, handler: &str, name: Option<&str>, seq: i64, decision: &'static str, outcome: &str, latency: Duration) {
+    fn audit(
+        &self,
+        handler: &str,
+        name: Option<&str>,
+        seq: i64,
+        decision: &'static str,
+        outcome: &str,
+        latency: Duration,
+    ) {
         self.ctx.shared.audit.record(&AuditRecord {
             conn: self.ctx.conn_id,
             identity: &self.ctx.identity,
@@ -243,7 +251,8 @@ impl Session {
         if !policy.handler_allowed(req.handler) {
             // Python refuses a disabled GETATTR/SETATTR/DELATTR with
             // AttributeError("cannot access 'name'"); so does the gateway.
-            let by_name = matches!(req.handler, Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr);
+            let by_name =
+                matches!(req.handler, Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr);
             return Err(fail(match (&name, by_name) {
                 (Some(n), true) => Denial::Name { name: n.clone(), rule: "handler" },
                 _ => Denial::Handler(req.handler),
@@ -443,10 +452,7 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         End::Upstream(e) => {
             session.ctx.shared.metrics.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(conn, identity = %session.ctx.identity, upstream = %session.upstream_desc, error = %e, "upstream connection lost");
-            Some(format!(
-                "upstream {:?} ({}) went away: {e}",
-                session.ctx.upstream_name, session.upstream_desc
-            ))
+            Some(format!("upstream {:?} ({}) went away: {e}", session.ctx.upstream_name, session.upstream_desc))
         }
         End::Drained { .. } => Some("the gateway shut down before the upstream answered".to_string()),
         _ => None,
@@ -623,7 +629,11 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
                         return End::Client("the client writer stopped".into());
                     }
                 } else {
-                    tracing::debug!(conn = s.ctx.conn_id, seq = msg.seq, "upstream reply to no pending request dropped");
+                    tracing::debug!(
+                        conn = s.ctx.conn_id,
+                        seq = msg.seq,
+                        "upstream reply to no pending request dropped"
+                    );
                 }
             }
         }

@@ -89,9 +89,7 @@ impl Endpoint {
             )));
         }
         if s.contains("://") {
-            return Err(Error::Transport(format!(
-                "unsupported address '{s}': use tcp://host:port or unix:///path"
-            )));
+            return Err(Error::Transport(format!("unsupported address '{s}': use tcp://host:port or unix:///path")));
         }
         if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             return Ok(Endpoint::Tcp(s.to_string()));

@@ -65,8 +65,7 @@
 use crate::error::{Error, Result};
 use crate::identity::{CertificateInfo, Credentials, PeerAddr, TransportKind};
 use crate::transport::{
-    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, Stream, TcpAcceptor,
-    TcpOptions,
+    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, Stream, TcpAcceptor, TcpOptions,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -121,8 +120,7 @@ pub enum TlsVersion {
 
 impl TlsVersion {
     fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
-        static BOTH: [&SupportedProtocolVersion; 2] =
-            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
         static ONLY13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         match self {
             TlsVersion::Tls12 => &BOTH,
@@ -171,10 +169,7 @@ impl TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        TlsIdentity {
-            cert_chain: self.cert_chain.clone(),
-            key: self.key.clone_key(),
-        }
+        TlsIdentity { cert_chain: self.cert_chain.clone(), key: self.key.clone_key() }
     }
 }
 
@@ -191,10 +186,7 @@ impl fmt::Debug for TlsIdentity {
         let leaf = self.cert_chain.first().map(|c| certificate_info(c));
         f.debug_struct("TlsIdentity")
             .field("certificates", &self.cert_chain.len())
-            .field(
-                "common_name",
-                &leaf.as_ref().and_then(|l| l.common_name.clone()),
-            )
+            .field("common_name", &leaf.as_ref().and_then(|l| l.common_name.clone()))
             .field("sha256", &leaf.map(|l| l.sha256_fingerprint))
             .field("key", &"<redacted>")
             .finish()
@@ -275,18 +267,14 @@ impl TlsServerConfig {
 
     /// Adds the CA certificates in a PEM bundle to the client CAs.
     pub fn with_client_ca_pem(mut self, pem: &[u8]) -> Result<Self> {
-        self.client_ca
-            .extend(certs_from_pem(pem, "the client CA PEM")?);
+        self.client_ca.extend(certs_from_pem(pem, "the client CA PEM")?);
         Ok(self)
     }
 
     /// Adds the CA certificates in a PEM file to the client CAs.
     pub fn with_client_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        self.client_ca.extend(certs_from_pem(
-            &read_file(path)?,
-            &path.display().to_string(),
-        )?);
+        self.client_ca.extend(certs_from_pem(&read_file(path)?, &path.display().to_string())?);
         Ok(self)
     }
 
@@ -315,33 +303,22 @@ impl TlsServerConfig {
                     ));
                 }
                 let roots = root_store(&self.client_ca, "client CA")?;
-                let mut verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 if mode == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
                 }
-                let verifier = verifier.build().map_err(|e| {
-                    Error::Transport(format!("TLS server configuration: client CA: {e}"))
-                })?;
+                let verifier = verifier
+                    .build()
+                    .map_err(|e| Error::Transport(format!("TLS server configuration: client CA: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         if self.identity.cert_chain.is_empty() {
-            return Err(Error::Transport(
-                "TLS server configuration: no server certificate was given".into(),
-            ));
+            return Err(Error::Transport("TLS server configuration: no server certificate was given".into()));
         }
         let mut config = builder
-            .with_single_cert(
-                self.identity.cert_chain.clone(),
-                self.identity.key.clone_key(),
-            )
-            .map_err(|e| {
-                Error::Transport(format!(
-                    "TLS server certificate or key: {}",
-                    describe_config_error(&e)
-                ))
-            })?;
+            .with_single_cert(self.identity.cert_chain.clone(), self.identity.key.clone_key())
+            .map_err(|e| Error::Transport(format!("TLS server certificate or key: {}", describe_config_error(&e))))?;
         config.send_tls13_tickets = self.send_tls13_tickets;
         Ok(Arc::new(config))
     }
@@ -401,10 +378,7 @@ impl TlsClientConfig {
         let dir = dir.as_ref();
         Self::new()
             .with_ca_file(dir.join(CA_FILE))?
-            .with_identity_files(
-                dir.join(format!("{name}.pem")),
-                dir.join(format!("{name}.key")),
-            )
+            .with_identity_files(dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
     }
 
     /// Trusts the CA certificates in a PEM bundle.
@@ -416,10 +390,7 @@ impl TlsClientConfig {
     /// Trusts the CA certificates in a PEM file.
     pub fn with_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        self.ca.extend(certs_from_pem(
-            &read_file(path)?,
-            &path.display().to_string(),
-        )?);
+        self.ca.extend(certs_from_pem(&read_file(path)?, &path.display().to_string())?);
         Ok(self)
     }
 
@@ -430,11 +401,7 @@ impl TlsClientConfig {
     }
 
     /// Presents the client certificate and key in PEM files.
-    pub fn with_identity_files(
-        self,
-        cert: impl AsRef<Path>,
-        key: impl AsRef<Path>,
-    ) -> Result<Self> {
+    pub fn with_identity_files(self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
         Ok(self.with_identity(TlsIdentity::from_pem_files(cert, key)?))
     }
 
@@ -461,14 +428,9 @@ impl TlsClientConfig {
             .with_root_certificates(roots);
         let config = match &self.identity {
             None => builder.with_no_client_auth(),
-            Some(id) => builder
-                .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())
-                .map_err(|e| {
-                    Error::Transport(format!(
-                        "TLS client certificate or key: {}",
-                        describe_config_error(&e)
-                    ))
-                })?,
+            Some(id) => builder.with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key()).map_err(|e| {
+                Error::Transport(format!("TLS client certificate or key: {}", describe_config_error(&e)))
+            })?,
         };
         Ok(Arc::new(config))
     }
@@ -504,8 +466,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::Transport(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| Error::Transport(format!("cannot read {}: {e}", path.display())))
 }
 
 fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
@@ -522,9 +483,9 @@ fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>
 
 fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => Error::Transport(format!(
-            "{what}: no private key found (expected a -----BEGIN PRIVATE KEY----- block)"
-        )),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            Error::Transport(format!("{what}: no private key found (expected a -----BEGIN PRIVATE KEY----- block)"))
+        }
         e => Error::Transport(format!("{what}: not a valid PEM private key: {e}")),
     })
 }
@@ -533,10 +494,7 @@ fn root_store(certs: &[CertificateDer<'static>], what: &str) -> Result<RootCertS
     let mut roots = RootCertStore::empty();
     for (i, c) in certs.iter().enumerate() {
         roots.add(c.clone()).map_err(|e| {
-            Error::Transport(format!(
-                "{what} certificate #{} is not usable as a trust anchor: {e}",
-                i + 1
-            ))
+            Error::Transport(format!("{what} certificate #{} is not usable as a trust anchor: {e}", i + 1))
         })?;
     }
     Ok(roots)
@@ -562,21 +520,12 @@ pub fn certificate_info(der: &[u8]) -> CertificateInfo {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(der);
     let sha256_fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut info = CertificateInfo {
-        common_name: None,
-        subject_alt_names: Vec::new(),
-        sha256_fingerprint,
-        der: der.to_vec(),
-    };
+    let mut info =
+        CertificateInfo { common_name: None, subject_alt_names: Vec::new(), sha256_fingerprint, der: der.to_vec() };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return info;
     };
-    info.common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string);
+    info.common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
@@ -584,11 +533,9 @@ pub fn certificate_info(der: &[u8]) -> CertificateInfo {
                 GeneralName::DNSName(n) => info.subject_alt_names.push((*n).to_string()),
                 GeneralName::IPAddress(b) => {
                     if let Ok(a) = <[u8; 4]>::try_from(*b) {
-                        info.subject_alt_names
-                            .push(std::net::Ipv4Addr::from(a).to_string());
+                        info.subject_alt_names.push(std::net::Ipv4Addr::from(a).to_string());
                     } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
-                        info.subject_alt_names
-                            .push(std::net::Ipv6Addr::from(a).to_string());
+                        info.subject_alt_names.push(std::net::Ipv6Addr::from(a).to_string());
                     }
                 }
                 _ => {}
@@ -643,10 +590,7 @@ impl TlsAcceptor {
     pub async fn bind(addr: &str, config: &TlsServerConfig) -> Result<TlsAcceptor> {
         let config = config.to_rustls()?;
         let tcp = TcpAcceptor::bind(addr).await?;
-        Ok(TlsAcceptor {
-            tcp,
-            config: Arc::new(RwLock::new(config)),
-        })
+        Ok(TlsAcceptor { tcp, config: Arc::new(RwLock::new(config)) })
     }
 
     /// A handle that reloads the certificates while the server runs.
@@ -664,17 +608,10 @@ impl Accept for TlsAcceptor {
     fn accept(&self) -> BoxFut<'_, io::Result<Incoming>> {
         Box::pin(async move {
             let (tcp, peer) = self.tcp.accept_tcp().await?;
-            let config = self
-                .config
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
             let handshake: BoxFut<'static, Result<(BoxStream, Credentials)>> =
                 Box::pin(server_handshake(tcp, peer, config));
-            Ok(Incoming {
-                peer: PeerAddr::Ip(peer),
-                handshake,
-            })
+            Ok(Incoming { peer: PeerAddr::Ip(peer), handshake })
         })
     }
 
@@ -710,12 +647,7 @@ async fn server_handshake(
     // With a client verifier in place, rustls only completes the handshake
     // when a presented certificate verified, so any certificate here is
     // verified.
-    if let Some(leaf) = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-    {
+    if let Some(leaf) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
         let info = certificate_info(leaf);
         creds.identity = info.common_name.clone();
         creds.certificate = Some(info);
@@ -762,10 +694,7 @@ impl Listener {
 impl Endpoint {
     /// A TLS endpoint: `host:port` plus the client configuration.
     pub fn tls(addr: impl Into<String>, config: TlsClientConfig) -> Endpoint {
-        Endpoint::Tls {
-            addr: addr.into(),
-            config: Arc::new(config),
-        }
+        Endpoint::Tls { addr: addr.into(), config: Arc::new(config) }
     }
 
     /// Parses `tls://host:port` or a bare `host:port` into a TLS endpoint
@@ -774,19 +703,12 @@ impl Endpoint {
         let addr = match s.strip_prefix("tls://") {
             Some(rest) => rest.trim_end_matches('/'),
             None if s.contains("://") => {
-                return Err(Error::Transport(format!(
-                    "'{s}' is not a TLS address: use tls://host:port or host:port"
-                )))
+                return Err(Error::Transport(format!("'{s}' is not a TLS address: use tls://host:port or host:port")))
             }
             None => s,
         };
-        if addr
-            .rsplit_once(':')
-            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-        {
-            return Err(Error::Transport(format!(
-                "TLS address '{s}' has no port: use tls://host:port"
-            )));
+        if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+            return Err(Error::Transport(format!("TLS address '{s}' has no port: use tls://host:port")));
         }
         Ok(Endpoint::tls(addr, config))
     }
@@ -812,15 +734,7 @@ pub async fn connect_tls_with(
     let rustls_config = config.to_rustls()?;
     let name = config.server_name_for(addr)?;
     let (stream, creds) = connect_tcp(addr, tcp).await?;
-    client_handshake(
-        stream,
-        name,
-        rustls_config,
-        config.handshake_timeout,
-        addr,
-        creds.peer,
-    )
-    .await
+    client_handshake(stream, name, rustls_config, config.handshake_timeout, addr, creds.peer).await
 }
 
 /// Runs the TLS client handshake over a stream you opened (a tunnel, a
@@ -833,15 +747,7 @@ pub async fn connect_tls_stream(
 ) -> Result<(BoxStream, Credentials)> {
     let rustls_config = config.to_rustls()?;
     let name = config.server_name_for(server_name)?;
-    client_handshake(
-        stream,
-        name,
-        rustls_config,
-        config.handshake_timeout,
-        server_name,
-        PeerAddr::Unknown,
-    )
-    .await
+    client_handshake(stream, name, rustls_config, config.handshake_timeout, server_name, PeerAddr::Unknown).await
 }
 
 async fn client_handshake<S: Stream>(
@@ -869,12 +775,7 @@ async fn client_handshake<S: Stream>(
         }
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, peer);
-    creds.certificate = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| certificate_info(c));
+    creds.certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| certificate_info(c));
     Ok((Box::new(TlsStream::new(stream, Side::Client)), creds))
 }
 
@@ -897,11 +798,7 @@ struct TlsStream<T> {
 
 impl<T> TlsStream<T> {
     fn new(inner: T, side: Side) -> Self {
-        TlsStream {
-            inner,
-            side,
-            cut: FrameCut::default(),
-        }
+        TlsStream { inner, side, cut: FrameCut::default() }
     }
 
     fn map<R>(&self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
@@ -953,16 +850,13 @@ impl FrameCut {
         if let Some(h) = header.get_mut(self.have..) {
             h.copy_from_slice(rest);
         }
-        need.saturating_add(Self::frame_rest(&header))
-            .min(buf.len())
+        need.saturating_add(Self::frame_rest(&header)).min(buf.len())
     }
 
     /// Payload plus `\n` of a frame with this header.
     fn frame_rest(header: &[u8; crate::channel::HEADER_LEN]) -> usize {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        usize::try_from(len)
-            .unwrap_or(usize::MAX)
-            .saturating_add(Self::FLUSHER)
+        usize::try_from(len).unwrap_or(usize::MAX).saturating_add(Self::FLUSHER)
     }
 
     /// Accounts for bytes that were written.
@@ -992,11 +886,7 @@ impl FrameCut {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             // rustls reports a missing close_notify as UnexpectedEof.
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
@@ -1006,11 +896,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let chunk = buf.get(..self.cut.next_chunk(buf)).unwrap_or(buf);
         let r = Pin::new(&mut self.inner).poll_write(cx, chunk);
         if let Poll::Ready(Ok(n)) = r {
@@ -1041,8 +927,7 @@ enum Side {
 }
 
 fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 /// An I/O error from a TLS handshake or stream, in words.
@@ -1081,9 +966,7 @@ fn describe(e: &rustls::Error, side: Side) -> String {
             Side::Client => "the server presented no certificate".into(),
         },
         E::AlertReceived(alert) => describe_alert(*alert, side),
-        E::InvalidMessage(_)
-        | E::InappropriateMessage { .. }
-        | E::InappropriateHandshakeMessage { .. } => match side {
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => match side {
             Side::Server => format!(
                 "the client does not speak TLS ({e}); a plain RPyC client must use \
                      rpyc.ssl_connect (Python) or a tls:// endpoint"
@@ -1135,17 +1018,10 @@ fn describe_cert_error(e: &CertificateError, whose: &str) -> String {
             "the {whose} certificate is not valid for the name that was dialled: connect by a name \
              the certificate carries, or set server_name"
         ),
-        C::NotValidForNameContext {
-            expected,
-            presented,
-        } => {
+        C::NotValidForNameContext { expected, presented } => {
             let names = match presented.is_empty() {
                 true => "nothing".to_string(),
-                false => presented
-                    .iter()
-                    .map(|p| plain_name(p))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                false => presented.iter().map(|p| plain_name(p)).collect::<Vec<_>>().join(", "),
             };
             format!(
                 "the {whose} certificate is not valid for '{}' (it names {names}): connect by one \
@@ -1198,9 +1074,7 @@ fn describe_alert(alert: AlertDescription, side: Side) -> String {
             A::BadCertificate => "the client rejected this server's certificate (wrong name for \
                 the address it dialled?)"
                 .into(),
-            A::CertificateExpired => {
-                "the client rejected this server's certificate as expired".into()
-            }
+            A::CertificateExpired => "the client rejected this server's certificate as expired".into(),
             A::DecryptError => "the client could not verify this server's certificate with its \
                 CA (signed by a different CA of the same name?)"
                 .into(),
@@ -1255,10 +1129,7 @@ mod tests {
     fn missing_ca_is_a_clear_error() {
         let e = TlsClientConfig::new().to_rustls().unwrap_err().to_string();
         assert!(e.contains("no CA"), "{e}");
-        let e = TlsClientConfig::new()
-            .with_ca_pem(b"junk")
-            .unwrap_err()
-            .to_string();
+        let e = TlsClientConfig::new().with_ca_pem(b"junk").unwrap_err().to_string();
         assert!(e.contains("no certificate found"), "{e}");
     }
 
@@ -1287,10 +1158,7 @@ mod tests {
         let bounds = [a.len(), a.len() + b.len(), batch.len()];
         let mut at = 0;
         for n in chunks {
-            assert!(
-                bounds.iter().all(|&bd| !(at < bd && at + n > bd)),
-                "chunk {at}+{n}"
-            );
+            assert!(bounds.iter().all(|&bd| !(at < bd && at + n > bd)), "chunk {at}+{n}");
             at += n;
         }
         // a header split over two writes
@@ -1304,9 +1172,7 @@ mod tests {
         let e = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(describe(&e, Side::Client).contains("requires a client certificate"));
         let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        assert!(
-            describe(&e, Side::Server).contains("client certificate is not signed by a trusted CA")
-        );
+        assert!(describe(&e, Side::Server).contains("client certificate is not signed by a trusted CA"));
         let e = rustls::Error::NoCertificatesPresented;
         assert!(describe(&e, Side::Server).contains("presented no certificate"));
         let io = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);

@@ -644,14 +644,21 @@ impl<'de> de::Deserializer<'de> for Value {
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, ConvertError> {
         match self {
             Value::Bytes(b) => v.visit_seq(de::value::SeqDeserializer::new(b.into_iter())),
-            Value::Tuple(items) | Value::FrozenSet(items) => v.visit_seq(de::value::SeqDeserializer::new(items.into_iter())),
+            Value::Tuple(items) | Value::FrozenSet(items) => {
+                v.visit_seq(de::value::SeqDeserializer::new(items.into_iter()))
+            }
             other => Err(invalid(&other, &v)),
         }
     }
     fn deserialize_tuple<V: Visitor<'de>>(self, _: usize, v: V) -> Result<V::Value, ConvertError> {
         self.deserialize_seq(v)
     }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(self, _: &'static str, _: usize, v: V) -> Result<V::Value, ConvertError> {
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: usize,
+        v: V,
+    ) -> Result<V::Value, ConvertError> {
         self.deserialize_seq(v)
     }
 
@@ -666,7 +673,9 @@ impl<'de> de::Deserializer<'de> for Value {
                             let key = p.pop().unwrap_or(Value::None);
                             pairs.push((key, val));
                         }
-                        other => return Err(ConvertError(format!("expected a (key, value) pair, got {}", other.repr()))),
+                        other => {
+                            return Err(ConvertError(format!("expected a (key, value) pair, got {}", other.repr())))
+                        }
                     }
                 }
                 v.visit_map(de::value::MapDeserializer::new(pairs.into_iter()))
@@ -846,7 +855,10 @@ mod tests {
     #[test]
     fn lenient_numbers() {
         assert_eq!(from_value::<f64>(Value::from(2)).ok(), Some(2.0));
-        assert_eq!(from_value::<(i64, String)>(Value::Tuple(vec![1.into(), "a".into()])).ok(), Some((1, "a".to_string())));
+        assert_eq!(
+            from_value::<(i64, String)>(Value::Tuple(vec![1.into(), "a".into()])).ok(),
+            Some((1, "a".to_string()))
+        );
         assert!(from_value::<u8>(Value::from(300)).is_err());
         assert!(from_value::<i64>(Value::from("x")).is_err());
     }

@@ -155,8 +155,7 @@ impl Value {
     pub fn set_eq(&self, other: &Value) -> bool {
         match (self, other) {
             (Value::FrozenSet(a), Value::FrozenSet(b)) => {
-                a.iter().all(|x| b.iter().any(|y| x.set_eq(y)))
-                    && b.iter().all(|y| a.iter().any(|x| x.set_eq(y)))
+                a.iter().all(|x| b.iter().any(|y| x.set_eq(y))) && b.iter().all(|y| a.iter().any(|x| x.set_eq(y)))
             }
             _ => self == other,
         }

@@ -6,8 +6,8 @@
 //! service that raises `Exception::new("ValueError", "…")` is caught by
 //! `except ValueError` on the Python side.
 
-use super::value::{Int, Value};
 use super::message::EXC_STOP_ITERATION;
+use super::value::{Int, Value};
 use std::fmt;
 
 /// A Python exception: raised by a Rust service, or received from a peer.

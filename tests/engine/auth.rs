@@ -125,7 +125,10 @@ async fn each_identity_gets_exactly_its_policy() {
 
     // setattr/delattr/pickle: refused unless granted.
     let bob_counter = bob.callattr("make_counter", (1,)).await.unwrap().into_netref().unwrap();
-    assert_eq!(bob_counter.setattr("value", 5).await.unwrap_err().exception().unwrap().message(), "cannot access 'value'");
+    assert_eq!(
+        bob_counter.setattr("value", 5).await.unwrap_err().exception().unwrap().message(),
+        "cannot access 'value'"
+    );
     assert_eq!(bob_counter.delattr("value").await.unwrap_err().exception().unwrap().message(), "cannot access 'value'");
     let w_counter = writer.callattr("make_counter", (1,)).await.unwrap().into_netref().unwrap();
     let e = w_counter.setattr("value", 5).await.unwrap_err();
@@ -136,7 +139,10 @@ async fn each_identity_gets_exactly_its_policy() {
         async move { conn.request(Handler::Pickle, vec![Object::Remote(root), rpyc::Value::from(4).into()]).await }
     };
     assert!(pickle(&bob).await.unwrap_err().is_exception("ValueError"), "pickling is disabled");
-    assert!(pickle(&writer).await.unwrap_err().is_exception("TypeError"), "granted, but Rust objects cannot be pickled");
+    assert!(
+        pickle(&writer).await.unwrap_err().is_exception("TypeError"),
+        "granted, but Rust objects cannot be pickled"
+    );
     stop.shutdown();
 }
 

@@ -17,7 +17,10 @@ async fn conformance() -> (Connection, Netref, rpyc::server::ShutdownHandle) {
 async fn typed_calls_kwargs_and_python_style_type_errors() {
     let (_conn, root, stop) = conformance().await;
     assert_eq!(root.call_method::<i64>("add", (5, 10)).await.unwrap(), 15);
-    assert_eq!(root.callattr_kw("add", (), Kwargs::new().arg("x", 1).arg("y", 2)).await.unwrap().extract::<i64>().unwrap(), 3);
+    assert_eq!(
+        root.callattr_kw("add", (), Kwargs::new().arg("x", 1).arg("y", 2)).await.unwrap().extract::<i64>().unwrap(),
+        3
+    );
     assert_eq!(root.call_method::<String>("add", ("a", "b")).await.unwrap(), "ab");
     assert_eq!(root.getattr("the_real_answer_though").await.unwrap().extract::<i64>().unwrap(), 43);
     assert_eq!(root.call_method::<String>("get_service_name", ()).await.unwrap(), "CONFORMANCE");
@@ -74,7 +77,8 @@ async fn nested_callbacks_many_levels_deep() {
     let r: i64 = root.callattr("call_back", (level(root.clone(), 16), 0)).await.unwrap().extract().unwrap();
     assert_eq!(r, 16);
     // An exception deep inside comes back out with its class.
-    let bad = Object::function(|| -> rpyc::Result<()> { Err(rpyc::Exception::new("ZeroDivisionError", "deep").into()) });
+    let bad =
+        Object::function(|| -> rpyc::Result<()> { Err(rpyc::Exception::new("ZeroDivisionError", "deep").into()) });
     let e = root.callattr("call_back", (bad,)).await.unwrap_err();
     assert!(e.is_exception("ZeroDivisionError"), "{e}");
     drop(conn);
@@ -289,7 +293,8 @@ async fn big_values_round_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_and_unix_sockets_work_too() {
-    let server = rpyc::Server::new(rpyc::conformance::service(), ServerConfig::default()).bind_tcp("[::1]:0").await.unwrap();
+    let server =
+        rpyc::Server::new(rpyc::conformance::service(), ServerConfig::default()).bind_tcp("[::1]:0").await.unwrap();
     let addr = server.local_addrs()[0];
     let stop = server.spawn();
     let conn = rpyc::connect(&format!("tcp://{addr}")).await.unwrap();

@@ -9,7 +9,11 @@ pub fn example(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "{} is not built: run `cargo test --all-targets` (or `cargo build --examples`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --all-targets` (or `cargo build --examples`)",
+        path.display()
+    );
     path
 }
 

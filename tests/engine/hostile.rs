@@ -19,7 +19,10 @@ async fn server() -> (SocketAddr, rpyc::server::ShutdownHandle) {
 
 /// A well-behaved client still gets served.
 async fn still_serving(addr: SocketAddr) {
-    let conn = tokio::time::timeout(Duration::from_secs(5), rpyc::connect(&addr.to_string())).await.expect("connect in time").expect("connect");
+    let conn = tokio::time::timeout(Duration::from_secs(5), rpyc::connect(&addr.to_string()))
+        .await
+        .expect("connect in time")
+        .expect("connect");
     let root = conn.root().await.expect("root");
     assert_eq!(root.call_method::<i64>("add", (20, 22)).await.expect("add"), 42);
 }
@@ -35,9 +38,9 @@ async fn impossible_lengths_close_at_once() {
     let (addr, stop) = server().await;
     let before = rss();
     for first_bytes in [
-        vec![0xff, 0xff, 0xff, 0xff, 0x00],             // a 4 GiB frame
+        vec![0xff, 0xff, 0xff, 0xff, 0x00],            // a 4 GiB frame
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), // HTTP to a plain listener
-        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01],       // a TLS ClientHello
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01],      // a TLS ClientHello
     ] {
         let mut raw = Raw::connect(addr).await;
         raw.send(&first_bytes).await;
@@ -204,7 +207,11 @@ async fn hundreds_of_pipelined_requests_in_one_write_are_all_answered() {
     let root = raw.root().await;
     let mut batch = Vec::new();
     for i in 0..500i64 {
-        batch.extend(request_frame(10_000 + i, Handler::CallAttr, callattr_args(&root, "add", vec![i.into(), 1.into()])));
+        batch.extend(request_frame(
+            10_000 + i,
+            Handler::CallAttr,
+            callattr_args(&root, "add", vec![i.into(), 1.into()]),
+        ));
     }
     raw.send(&batch).await;
     let mut answered = std::collections::HashSet::new();
@@ -294,4 +301,3 @@ impl Raw {
             .map_err(|_| std::io::Error::other("write stalled: the server stopped reading"))?
     }
 }
-

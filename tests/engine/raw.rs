@@ -19,7 +19,13 @@ pub fn boxed(v: Value) -> Value {
 
 pub fn request_frame(seq: i64, handler: Handler, boxed_args: Value) -> Vec<u8> {
     let mut payload = Vec::new();
-    encode_message(Dialect::V6, MSG_REQUEST, seq, &Value::Tuple(vec![Value::from(handler.id()), boxed_args]), &mut payload);
+    encode_message(
+        Dialect::V6,
+        MSG_REQUEST,
+        seq,
+        &Value::Tuple(vec![Value::from(handler.id()), boxed_args]),
+        &mut payload,
+    );
     encode_frame(&payload, &ChannelConfig::default())
 }
 
@@ -93,7 +99,12 @@ pub fn local_ref(id_pack: &Value) -> Value {
 pub fn callattr_args(root_pack: &Value, name: &str, args: Vec<Value>) -> Value {
     Value::Tuple(vec![
         Value::from(2),
-        Value::Tuple(vec![local_ref(root_pack), boxed(Value::from(name)), boxed(Value::Tuple(args)), boxed(Value::Tuple(vec![]))]),
+        Value::Tuple(vec![
+            local_ref(root_pack),
+            boxed(Value::from(name)),
+            boxed(Value::Tuple(args)),
+            boxed(Value::Tuple(vec![])),
+        ]),
     ])
 }
 

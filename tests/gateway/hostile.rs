@@ -79,7 +79,9 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         let root_ref = local(pack.clone());
 
         // CMP looks the op up on type(root) and calls it: `eval` by another door.
-        let m = raw.request(h(Handler::Cmp), tuple_args(vec![root_ref.clone(), val("6*7".into()), val("eval".into())])).await;
+        let m = raw
+            .request(h(Handler::Cmp), tuple_args(vec![root_ref.clone(), val("6*7".into()), val("eval".into())]))
+            .await;
         let e = exception(&m);
         assert!(e.is("AttributeError") && e.message() == "cannot access 'eval'", "{e}");
         // OLDSLICING's attempt and fallback names.
@@ -110,7 +112,8 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         let m = raw.request(h(Handler::GetAttr), local(pack.clone())).await;
         assert!(exception(&m).is("TypeError"));
         // A private name on a value: the first step of ().__class__.__base__…
-        let m = raw.request(h(Handler::GetAttr), val(Value::Tuple(vec![Value::Tuple(vec![]), "__class__".into()]))).await;
+        let m =
+            raw.request(h(Handler::GetAttr), val(Value::Tuple(vec![Value::Tuple(vec![]), "__class__".into()]))).await;
         assert!(exception(&m).is("AttributeError"));
         // PICKLE and SETATTR handlers.
         let m = raw.request(h(Handler::Pickle), tuple_args(vec![root_ref.clone(), val(Value::from(2))])).await;
@@ -119,7 +122,12 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         let m = raw
             .request(
                 h(Handler::CallAttr),
-                tuple_args(vec![root_ref.clone(), val("get_service_name".into()), val(Value::Tuple(vec![])), val(Value::Tuple(vec![]))]),
+                tuple_args(vec![
+                    root_ref.clone(),
+                    val("get_service_name".into()),
+                    val(Value::Tuple(vec![])),
+                    val(Value::Tuple(vec![])),
+                ]),
             )
             .await;
         assert_eq!(m.kind, MSG_REPLY, "{:?}", m.args);

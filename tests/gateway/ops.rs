@@ -210,10 +210,12 @@ async fn the_rpyc_gateway_command() {
             let dir = dir.clone();
             blocking(move || {
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
-                cmd.args(&args)
-                    .arg("--ca")
-                    .arg(format!("{dir}/ca.pem"))
-                    .args(["--cert", &format!("{dir}/bob.pem"), "--key", &format!("{dir}/bob.key")]);
+                cmd.args(&args).arg("--ca").arg(format!("{dir}/ca.pem")).args([
+                    "--cert",
+                    &format!("{dir}/bob.pem"),
+                    "--key",
+                    &format!("{dir}/bob.key"),
+                ]);
                 common::run_with_timeout(cmd, Duration::from_secs(30))
             })
         };

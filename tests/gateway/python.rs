@@ -83,7 +83,8 @@ elif scenario == "callback":
 async fn classic_rights_are_per_identity() {
     bounded(async {
         let pki = Pki::new();
-        let policy = "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
+        let policy =
+            "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
         let (_server, _port, gw) = python_behind_gateway("classic", &pki, policy).await;
         // bob has the safe default: every classic root is an AttributeError,
         // the connection stays usable, and rpyc.classic cannot even connect.
@@ -197,7 +198,8 @@ async fn classic_service_server_that_calls_first() {
             (child, port)
         })
         .await;
-        let policy = "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
+        let policy =
+            "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
         let gw = start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{port}"), policy), pki.dir.path()).await;
         let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "alice", "classic")).await;
         assert!(ok, "{out}");

@@ -113,7 +113,8 @@ async fn ssh_listener_identity_is_the_ssh_user() {
             .trust_on_first_use();
         let endpoint =
             rpyc::transport::Endpoint::Ssh { target: "127.0.0.1:1".into(), config: std::sync::Arc::new(config) };
-        let conn = step("connect over ssh", ClientBuilder::new().timeout(STEP).connect_endpoint(&endpoint)).await.unwrap();
+        let conn =
+            step("connect over ssh", ClientBuilder::new().timeout(STEP).connect_endpoint(&endpoint)).await.unwrap();
         let root = step("root", conn.root()).await.unwrap();
         assert_eq!(step("get_answer", root.call_method::<i64>("get_answer", ())).await.unwrap(), 42);
         let err = step("add", root.call_method::<i64>("add", (1, 2))).await.expect_err("add is not allowed for dave");
@@ -129,8 +130,17 @@ async fn tls_upstream_sees_the_gateways_certificate() {
     bounded(async {
         let pki = Pki::new();
         let p = |f: &str| pki.path(f).display().to_string();
-        let args = ["--kind", "service", "--ssl-key", &p("server.key"), "--ssl-cert", &p("server.pem"), "--ssl-ca", &p("ca.pem")]
-            .map(str::to_string);
+        let args = [
+            "--kind",
+            "service",
+            "--ssl-key",
+            &p("server.key"),
+            "--ssl-cert",
+            &p("server.pem"),
+            "--ssl-ca",
+            &p("ca.pem"),
+        ]
+        .map(str::to_string);
         let (_server, port) = blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             common::python_server(&common::python6(), &args)

@@ -82,7 +82,8 @@ fn rust_corpus() -> Vec<Value> {
         Value::FrozenSet(vec![]),
         Value::FrozenSet(vec![Value::from(1)]),
     ];
-    let nested = Value::Tuple(vec![Value::from(1), Value::Tuple(vec![Value::from("a"), Value::Tuple(vec![Value::None])])]);
+    let nested =
+        Value::Tuple(vec![Value::from(1), Value::Tuple(vec![Value::from("a"), Value::Tuple(vec![Value::None])])]);
     v.push(nested);
     for n in 1..=6 {
         v.push(Value::Tuple((0..n).map(Value::from).collect()));
@@ -108,7 +109,11 @@ fn every_rust_dump_loads_in_python_and_dumps_back_identically() {
         let out = child.wait_with_output().expect("python output");
         writer.join().expect("writer").expect("write corpus");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "python rejected Rust brine:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python rejected Rust brine:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let reprs: Vec<&str> = stdout.lines().collect();
         assert_eq!(reprs.len(), corpus.len(), "{stdout}");
         for (v, r) in corpus.iter().zip(reprs) {

@@ -23,7 +23,8 @@ async fn compare(flags: &[&str], policy: AccessPolicy) {
     cmd.arg(script("policy_probe.py")).arg("serve").args(flags);
     let py = spawn(cmd);
     let py_port: u16 = py.wait_line("PORT ", Duration::from_secs(30)).parse().expect("port");
-    let (addr, stop) = crate::common::serve(rpyc::conformance::service(), ServerConfig::default().with_policy(policy)).await;
+    let (addr, stop) =
+        crate::common::serve(rpyc::conformance::service(), ServerConfig::default().with_policy(policy)).await;
     let from_python = probe(py_port).await;
     let from_rust = probe(addr.port()).await;
     stop.shutdown();

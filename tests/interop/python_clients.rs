@@ -20,7 +20,8 @@ fn assert_passed(ok: bool, output: &str) {
     assert!(ok, "Python conformance client failed:\n{output}");
     let summary = output.lines().rev().find(|l| l.starts_with("checks:")).unwrap_or("");
     assert!(!summary.contains("FAILURES"), "{output}");
-    let n: usize = summary.trim_start_matches("checks:").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let n: usize =
+        summary.trim_start_matches("checks:").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(n > 0, "the client ran no checks:\n{output}");
 }
 
@@ -30,7 +31,21 @@ async fn python6_client_passes_every_conformance_group() {
     let (ok, out) = run_client(python6(), vec!["--port".into(), addr.port().to_string()]).await;
     stop.shutdown();
     assert_passed(ok, &out);
-    for group in ["seeds", "echo", "callbacks", "sleep", "exceptions", "counter", "async", "events", "listlike", "dictlike", "policy", "threads", "close"] {
+    for group in [
+        "seeds",
+        "echo",
+        "callbacks",
+        "sleep",
+        "exceptions",
+        "counter",
+        "async",
+        "events",
+        "listlike",
+        "dictlike",
+        "policy",
+        "threads",
+        "close",
+    ] {
         assert!(out.contains(&format!("[{group}] ok")), "group {group} did not pass:\n{out}");
     }
 }
@@ -39,7 +54,8 @@ async fn python6_client_passes_every_conformance_group() {
 async fn python6_client_with_allow_public_attrs() {
     let cfg = ServerConfig::default().with_policy(AccessPolicy::default().with_public_attrs(true));
     let (addr, stop) = common::serve(rpyc::conformance::service(), cfg).await;
-    let args = ["--port", &addr.port().to_string(), "--allow-public", "--only", "policy,seeds"].map(String::from).to_vec();
+    let args =
+        ["--port", &addr.port().to_string(), "--allow-public", "--only", "policy,seeds"].map(String::from).to_vec();
     let (ok, out) = run_client(python6(), args).await;
     stop.shutdown();
     assert_passed(ok, &out);

@@ -8,7 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 async fn connect(port: u16, dialect: Dialect) -> rpyc::Connection {
-    ClientBuilder::new().dialect(dialect).timeout(Duration::from_secs(20)).connect(&format!("127.0.0.1:{port}")).await.expect("connect")
+    ClientBuilder::new()
+        .dialect(dialect)
+        .timeout(Duration::from_secs(20))
+        .connect(&format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect")
 }
 
 async fn service_checks(dialect: Dialect) {
@@ -66,7 +71,8 @@ async fn service_checks(dialect: Dialect) {
     assert_eq!(*calls.lock().unwrap(), 1);
 
     // An exception raised in our callback reaches Python and comes back.
-    let failing = Object::function(|| -> rpyc::Result<()> { Err(rpyc::Exception::new("KeyError", "from rust").into()) });
+    let failing =
+        Object::function(|| -> rpyc::Result<()> { Err(rpyc::Exception::new("KeyError", "from rust").into()) });
     let err = root.callattr("call_back", (failing,)).await.expect_err("must fail");
     assert!(err.is_exception("KeyError"), "{err}");
 
@@ -118,7 +124,8 @@ async fn classic_checks(dialect: Dialect) {
 
     // modules.sys.path
     let sys = c.module("sys").await.expect("sys");
-    let path: Vec<String> = sys.getattr("path").await.expect("path").into_netref().expect("list").get().await.expect("strings");
+    let path: Vec<String> =
+        sys.getattr("path").await.expect("path").into_netref().expect("list").get().await.expect("strings");
     assert!(!path.is_empty());
     // modules["xml.dom.minidom"]
     let minidom = c.module("xml.dom.minidom").await.expect("minidom");
@@ -133,7 +140,8 @@ async fn classic_checks(dialect: Dialect) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("hello.txt");
     let builtins = c.builtins().await.expect("builtins");
-    let f = builtins.callattr("open", (file.display().to_string(), "w")).await.expect("open").into_netref().expect("file");
+    let f =
+        builtins.callattr("open", (file.display().to_string(), "w")).await.expect("open").into_netref().expect("file");
     f.callattr("write", ("hello from rust",)).await.expect("write");
     f.callattr("close", ()).await.expect("close");
     let f = builtins.callattr("open", (file.display().to_string(),)).await.expect("open").into_netref().expect("file");
@@ -148,7 +156,8 @@ async fn classic_checks(dialect: Dialect) {
         *lc.lock().unwrap() += 1;
         Ok(x * x)
     });
-    let mapped = builtins.callattr("map", (square, (1, 2, 3, 4))).await.expect("map").into_netref().expect("map object");
+    let mapped =
+        builtins.callattr("map", (square, (1, 2, 3, 4))).await.expect("map").into_netref().expect("map object");
     let values: Vec<i64> = mapped.get().await.expect("iterate");
     assert_eq!(values, vec![1, 4, 9, 16]);
     assert_eq!(*local_calls.lock().unwrap(), 4);

@@ -12,9 +12,7 @@
 use crate::common;
 use rpyc::certs::{self, CertKeyPem, DevCa};
 use rpyc::identity::TransportKind;
-use rpyc::transport::tls::{
-    connect_tls, ClientAuth, TlsAcceptor, TlsClientConfig, TlsIdentity, TlsServerConfig,
-};
+use rpyc::transport::tls::{connect_tls, ClientAuth, TlsAcceptor, TlsClientConfig, TlsIdentity, TlsServerConfig};
 use rpyc::transport::Listener;
 use rpyc::{ClientBuilder, Connection, Server, ServerConfig};
 use std::net::SocketAddr;
@@ -29,15 +27,11 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(15);
 
 async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
-    tokio::time::timeout(DEADLINE, body)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {DEADLINE:?}"));
+    tokio::time::timeout(DEADLINE, body).await.unwrap_or_else(|_| panic!("test did not finish within {DEADLINE:?}"));
 }
 
 async fn step<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
+    tokio::time::timeout(STEP, f).await.unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
 }
 
 /// A development PKI on disk: `rpyc certs init` plus client `alice`.
@@ -70,31 +64,24 @@ impl Pki {
     }
     /// Trusts this CA, presents no certificate.
     fn anonymous_client(&self) -> TlsClientConfig {
-        TlsClientConfig::new()
-            .with_ca_file(self.path("ca.pem"))
-            .unwrap()
+        TlsClientConfig::new().with_ca_file(self.path("ca.pem")).unwrap()
     }
     /// Trusts this CA and presents an in-memory certificate.
     fn client_with(&self, cert: &CertKeyPem) -> TlsClientConfig {
-        self.anonymous_client().with_identity(
-            TlsIdentity::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap(),
-        )
+        self.anonymous_client()
+            .with_identity(TlsIdentity::from_pem(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap())
     }
 }
 
 /// Serves CONFORMANCE on a TLS listener.
 async fn serve_tls(listener: Listener) -> (SocketAddr, rpyc::server::ShutdownHandle) {
     let addr = listener.local_addr().unwrap();
-    let server =
-        Server::new(rpyc::conformance::service(), ServerConfig::default()).listen(listener);
+    let server = Server::new(rpyc::conformance::service(), ServerConfig::default()).listen(listener);
     (addr, server.spawn())
 }
 
 async fn tls_conn(addr: SocketAddr, config: TlsClientConfig) -> rpyc::Result<Connection> {
-    ClientBuilder::new()
-        .tls(config)
-        .connect(&addr.to_string())
-        .await
+    ClientBuilder::new().tls(config).connect(&addr.to_string()).await
 }
 
 async fn whoami(conn: &Connection) -> rpyc::Result<Option<String>> {
@@ -104,9 +91,7 @@ async fn whoami(conn: &Connection) -> rpyc::Result<Option<String>> {
 /// Connects, asks `whoami()` and closes: the good client every negative
 /// test runs after the bad one.
 async fn assert_serves(addr: SocketAddr, config: TlsClientConfig, expect: &str) {
-    let conn = step("good client connect", tls_conn(addr, config))
-        .await
-        .unwrap();
+    let conn = step("good client connect", tls_conn(addr, config)).await.unwrap();
     let who = step("good client whoami", whoami(&conn)).await.unwrap();
     assert_eq!(who.as_deref(), Some(expect));
     conn.close().await;
@@ -131,50 +116,25 @@ fn assert_mentions(err: &str, needles: &[&str]) {
 async fn rust_client_rust_server_mutual_tls() {
     bounded(async {
         let pki = Pki::new();
-        let (addr, stop) = serve_tls(
-            Listener::tls("127.0.0.1:0", &pki.server_config())
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &pki.server_config()).await.unwrap()).await;
 
         // ClientBuilder::tls + an IP address (the dev server cert names 127.0.0.1).
-        let conn = step("connect", tls_conn(addr, pki.client("alice")))
-            .await
-            .unwrap();
-        assert_eq!(
-            step("whoami", whoami(&conn)).await.unwrap().as_deref(),
-            Some("alice")
-        );
-        let sum: i64 = step("add", async {
-            conn.root().await?.call_method("add", (5, 10)).await
-        })
-        .await
-        .unwrap();
+        let conn = step("connect", tls_conn(addr, pki.client("alice"))).await.unwrap();
+        assert_eq!(step("whoami", whoami(&conn)).await.unwrap().as_deref(), Some("alice"));
+        let sum: i64 = step("add", async { conn.root().await?.call_method("add", (5, 10)).await }).await.unwrap();
         assert_eq!(sum, 15);
         let creds = conn.credentials();
         assert_eq!(creds.transport, TransportKind::Tls);
         let server_cert = creds.certificate.as_ref().expect("server certificate");
-        assert!(server_cert
-            .subject_alt_names
-            .iter()
-            .any(|n| n == "127.0.0.1"));
+        assert!(server_cert.subject_alt_names.iter().any(|n| n == "127.0.0.1"));
         assert_eq!(server_cert.sha256_fingerprint.len(), 64);
         conn.close().await;
 
         // connect_tls + ClientBuilder::start, by name, with the default client certificate.
         let localhost = format!("localhost:{}", addr.port());
-        let (stream, creds) = step(
-            "connect_tls",
-            connect_tls(&localhost, &pki.client("client")),
-        )
-        .await
-        .unwrap();
+        let (stream, creds) = step("connect_tls", connect_tls(&localhost, &pki.client("client"))).await.unwrap();
         let conn = ClientBuilder::new().start(stream, creds);
-        assert_eq!(
-            step("whoami", whoami(&conn)).await.unwrap().as_deref(),
-            Some("client")
-        );
+        assert_eq!(step("whoami", whoami(&conn)).await.unwrap().as_deref(), Some("client"));
         conn.close().await;
         stop.shutdown();
     })
@@ -185,12 +145,7 @@ async fn rust_client_rust_server_mutual_tls() {
 async fn python_client_conformance_over_mutual_tls() {
     bounded(async {
         let pki = Pki::new();
-        let (addr, stop) = serve_tls(
-            Listener::tls("127.0.0.1:0", &pki.server_config())
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &pki.server_config()).await.unwrap()).await;
         let mut cmd = Command::new(common::python6());
         cmd.arg(common::script("conformance_client.py"))
             .args(["--port", &addr.port().to_string()])
@@ -199,8 +154,7 @@ async fn python_client_conformance_over_mutual_tls() {
             .args(["--ssl-ca", &pki.arg("ca.pem")])
             .args(["--expect-identity", "alice"])
             .args(["--only", "seeds,identity,callbacks,events,counter"]);
-        let (ok, out) =
-            blocking(move || common::run_with_timeout(cmd, Duration::from_secs(90))).await;
+        let (ok, out) = blocking(move || common::run_with_timeout(cmd, Duration::from_secs(90))).await;
         assert!(ok, "conformance_client.py over TLS failed:\n{out}");
         assert!(out.contains("checks:"), "{out}");
         stop.shutdown();
@@ -229,32 +183,21 @@ async fn rust_client_python_ssl_server() {
         .await;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
-        let conn = step("connect to Python", tls_conn(addr, pki.client("alice")))
-            .await
-            .unwrap();
+        let conn = step("connect to Python", tls_conn(addr, pki.client("alice"))).await.unwrap();
         let root = step("root", conn.root()).await.unwrap();
         let sum: i64 = step("add", root.call_method("add", (2, 3))).await.unwrap();
         assert_eq!(sum, 5);
-        let who: Option<String> = step("whoami", root.call_method("whoami", ()))
-            .await
-            .unwrap();
+        let who: Option<String> = step("whoami", root.call_method("whoami", ())).await.unwrap();
         assert_eq!(who.as_deref(), Some("alice"));
         conn.close().await;
 
         // The Python server refuses a client without a certificate, and the
         // refusal reads well on our side.
-        let err = match step(
-            "connect without cert",
-            tls_conn(addr, pki.anonymous_client()),
-        )
-        .await
-        {
+        let err = match step("connect without cert", tls_conn(addr, pki.anonymous_client())).await {
             Err(e) => e.to_string(),
             Ok(conn) => step("call without cert", whoami(&conn))
                 .await
-                .expect_err(
-                    "a Python SSLAuthenticator server must refuse a client without certificate",
-                )
+                .expect_err("a Python SSLAuthenticator server must refuse a client without certificate")
                 .to_string(),
         };
         assert_mentions(&err, &["client certificate"]);
@@ -271,10 +214,7 @@ async fn python_first_call_after_bg_serving_thread() {
     bounded(async {
         let pki = Pki::new();
         let config = pki.server_config();
-        assert_eq!(
-            config.send_tls13_tickets, 0,
-            "the default must send no tickets"
-        );
+        assert_eq!(config.send_tls13_tickets, 0, "the default must send no tickets");
         let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &config).await.unwrap()).await;
         let mut cmd = Command::new(common::python6());
         cmd.arg(common::script("tls_first_call.py"))
@@ -283,12 +223,8 @@ async fn python_first_call_after_bg_serving_thread() {
             .args(["--ssl-cert", &pki.arg("client.pem")])
             .args(["--ssl-ca", &pki.arg("ca.pem")])
             .args(["--rounds", "20", "--timeout", "5"]);
-        let (ok, out) =
-            blocking(move || common::run_with_timeout(cmd, Duration::from_secs(100))).await;
-        assert!(
-            ok,
-            "first call after BgServingThread lost its reply:\n{out}"
-        );
+        let (ok, out) = blocking(move || common::run_with_timeout(cmd, Duration::from_secs(100))).await;
+        assert!(ok, "first call after BgServingThread lost its reply:\n{out}");
         assert!(out.contains("checks: 20 ok"), "{out}");
         stop.shutdown();
     })
@@ -307,9 +243,7 @@ where
     F: FnOnce(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = String> + Send + 'static,
 {
-    let listener = Listener::tls("127.0.0.1:0", &pki.server_config())
-        .await
-        .unwrap();
+    let listener = Listener::tls("127.0.0.1:0", &pki.server_config()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(bad_client(addr));
     let incoming = step("accept", listener.accept()).await.unwrap();
@@ -343,8 +277,7 @@ async fn refuses_client_without_certificate() {
     bounded(async {
         let pki = Pki::new();
         let config = pki.anonymous_client();
-        let (server, client) =
-            refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
+        let (server, client) = refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
         assert_mentions(&server, &["presented no certificate", "requires one"]);
         assert_mentions(&client, &["requires a client certificate"]);
     })
@@ -357,12 +290,8 @@ async fn refuses_certificate_from_another_ca() {
         let pki = Pki::new();
         let other = DevCa::generate().unwrap().client_cert("mallory").unwrap();
         let config = pki.client_with(&other);
-        let (server, client) =
-            refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
-        assert_mentions(
-            &server,
-            &["client certificate", "not signed by a trusted CA"],
-        );
+        let (server, client) = refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
+        assert_mentions(&server, &["client certificate", "not signed by a trusted CA"]);
         assert_mentions(&client, &["does not trust our client certificate"]);
     })
     .await;
@@ -374,12 +303,8 @@ async fn refuses_expired_certificate() {
         let pki = Pki::new();
         let expired = pki.ca().expired_client_cert("old").unwrap();
         let config = pki.client_with(&expired);
-        let (server, client) =
-            refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
-        assert_mentions(
-            &server,
-            &["client certificate expired", "rpyc certs client"],
-        );
+        let (server, client) = refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
+        assert_mentions(&server, &["client certificate expired", "rpyc certs client"]);
         assert_mentions(&client, &["expired"]);
     })
     .await;
@@ -390,17 +315,8 @@ async fn client_refuses_wrong_server_name() {
     bounded(async {
         let pki = Pki::new();
         let config = pki.client("alice").with_server_name("wrong.example");
-        let (server, client) =
-            refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
-        assert_mentions(
-            &client,
-            &[
-                "TLS handshake",
-                "not valid for 'wrong.example'",
-                "localhost",
-                "127.0.0.1",
-            ],
-        );
+        let (server, client) = refused_then_served(&pki, move |a| rust_client_error(a, config)).await;
+        assert_mentions(&client, &["TLS handshake", "not valid for 'wrong.example'", "localhost", "127.0.0.1"]);
         assert_mentions(&server, &["client rejected this server's certificate"]);
     })
     .await;
@@ -414,9 +330,7 @@ async fn refuses_plain_tcp_bytes() {
         // never answered with data.
         let (server, client) = refused_then_served(&pki, |addr| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
             format!("closed after {} bytes", buf.len())
@@ -449,20 +363,14 @@ async fn tls_client_to_plain_tcp_server() {
         let pki = Pki::new();
         // A Rust RPyC server: closes on the TLS hello (it reads as an
         // oversized frame).
-        let (addr, stop) =
-            common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
-        let err = step(
-            "TLS to plain Rust server",
-            tls_conn(addr, pki.client("alice")),
-        )
-        .await
-        .map(|_| ())
-        .expect_err("TLS handshake with a plain TCP server must fail")
-        .to_string();
-        assert_mentions(&err, &["TLS handshake", "plain TCP server"]);
-        let conn = step("plain client", rpyc::connect(&addr.to_string()))
+        let (addr, stop) = common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
+        let err = step("TLS to plain Rust server", tls_conn(addr, pki.client("alice")))
             .await
-            .unwrap();
+            .map(|_| ())
+            .expect_err("TLS handshake with a plain TCP server must fail")
+            .to_string();
+        assert_mentions(&err, &["TLS handshake", "plain TCP server"]);
+        let conn = step("plain client", rpyc::connect(&addr.to_string())).await.unwrap();
         let who = step("plain whoami", whoami(&conn)).await.unwrap();
         assert_eq!(who, None);
         conn.close().await;
@@ -470,8 +378,7 @@ async fn tls_client_to_plain_tcp_server() {
 
         // A Python RPyC server waits for the rest of the "frame": the
         // handshake timeout ends the wait with a clear message.
-        let (child, port) =
-            blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
+        let (child, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
         let mut config = pki.client("alice");
         config.handshake_timeout = Duration::from_secs(2);
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -481,14 +388,8 @@ async fn tls_client_to_plain_tcp_server() {
             .expect_err("TLS handshake with a plain Python server must fail")
             .to_string();
         assert_mentions(&err, &["plain TCP server"]);
-        let conn = step("plain client to Python", rpyc::connect(&addr.to_string()))
-            .await
-            .unwrap();
-        let sum: i64 = step("add", async {
-            conn.root().await?.call_method("add", (1, 1)).await
-        })
-        .await
-        .unwrap();
+        let conn = step("plain client to Python", rpyc::connect(&addr.to_string())).await.unwrap();
+        let sum: i64 = step("add", async { conn.root().await?.call_method("add", (1, 1)).await }).await.unwrap();
         assert_eq!(sum, 2);
         conn.close().await;
         drop(child);
@@ -504,26 +405,16 @@ async fn tls_client_to_plain_tcp_server() {
 async fn reload_switches_to_new_ca() {
     bounded(async {
         let old = Pki::new();
-        let acceptor = TlsAcceptor::bind("127.0.0.1:0", &old.server_config())
-            .await
-            .unwrap();
+        let acceptor = TlsAcceptor::bind("127.0.0.1:0", &old.server_config()).await.unwrap();
         let reload = acceptor.reload_handle();
         let (addr, stop) = serve_tls(Listener::new(acceptor)).await;
 
-        let before = step("connect before reload", tls_conn(addr, old.client("alice")))
-            .await
-            .unwrap();
-        assert_eq!(
-            step("whoami", whoami(&before)).await.unwrap().as_deref(),
-            Some("alice")
-        );
+        let before = step("connect before reload", tls_conn(addr, old.client("alice"))).await.unwrap();
+        assert_eq!(step("whoami", whoami(&before)).await.unwrap().as_deref(), Some("alice"));
 
         // A bad directory leaves the old configuration in force.
         let empty = tempfile::tempdir().unwrap();
-        let err = reload
-            .reload_from_dir(empty.path())
-            .unwrap_err()
-            .to_string();
+        let err = reload.reload_from_dir(empty.path()).unwrap_err().to_string();
         assert_mentions(&err, &["server.pem"]);
         assert_serves(addr, old.client("client"), "client").await;
 
@@ -540,13 +431,7 @@ async fn reload_switches_to_new_ca() {
         let err = rust_client_error(addr, mixed).await;
         assert_mentions(&err, &["client certificate"]);
         // The connection made before the reload keeps working.
-        assert_eq!(
-            step("whoami after reload", whoami(&before))
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("alice")
-        );
+        assert_eq!(step("whoami after reload", whoami(&before)).await.unwrap().as_deref(), Some("alice"));
         before.close().await;
         stop.shutdown();
     })
@@ -571,9 +456,7 @@ async fn optional_and_no_client_auth() {
         let optional = pki.server_config().with_client_auth(ClientAuth::Optional);
         let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &optional).await.unwrap()).await;
         // Optional: anonymous clients get in without identity, certificates still count…
-        let conn = step("anonymous", tls_conn(addr, pki.anonymous_client()))
-            .await
-            .unwrap();
+        let conn = step("anonymous", tls_conn(addr, pki.anonymous_client())).await.unwrap();
         assert_eq!(step("whoami", whoami(&conn)).await.unwrap(), None);
         conn.close().await;
         assert_serves(addr, pki.client("alice"), "alice").await;
@@ -588,29 +471,18 @@ async fn optional_and_no_client_auth() {
             .unwrap()
             .with_client_auth(ClientAuth::None);
         let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &none).await.unwrap()).await;
-        let conn = step("with cert, not asked", tls_conn(addr, pki.client("alice")))
-            .await
-            .unwrap();
+        let conn = step("with cert, not asked", tls_conn(addr, pki.client("alice"))).await.unwrap();
         assert_eq!(step("whoami", whoami(&conn)).await.unwrap(), None);
         conn.close().await;
         stop.shutdown();
 
         // Required without a CA is a configuration error, said before binding.
-        let no_ca = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("server.key"))
-            .unwrap();
-        let err = Listener::tls("127.0.0.1:0", &no_ca)
-            .await
-            .err()
-            .unwrap()
-            .to_string();
+        let no_ca = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("server.key")).unwrap();
+        let err = Listener::tls("127.0.0.1:0", &no_ca).await.err().unwrap().to_string();
         assert_mentions(&err, &["no CA"]);
         // A key that does not belong to the certificate, too.
         let mixed = TlsServerConfig::from_pem_files(pki.path("server.pem"), pki.path("client.key"));
-        let err = mixed
-            .unwrap()
-            .with_client_ca_file(pki.path("ca.pem"))
-            .unwrap()
-            .to_rustls();
+        let err = mixed.unwrap().with_client_ca_file(pki.path("ca.pem")).unwrap().to_rustls();
         assert_mentions(&err.err().unwrap().to_string(), &["does not belong"]);
     })
     .await;
@@ -625,11 +497,7 @@ async fn rpyc_certs_command() {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
             cmd.args(args);
             let out = cmd.output().unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             (out.status.code(), text)
         };
         let d = dir.to_str().unwrap();
@@ -655,9 +523,7 @@ async fn rpyc_certs_command() {
         // the extra name.
         let config = TlsServerConfig::from_dir(&dir).unwrap();
         let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &config).await.unwrap()).await;
-        let client = TlsClientConfig::from_dir(&dir, "bob")
-            .unwrap()
-            .with_server_name("rpyc.test");
+        let client = TlsClientConfig::from_dir(&dir, "bob").unwrap().with_server_name("rpyc.test");
         assert_serves(addr, client, "bob").await;
         stop.shutdown();
     })
