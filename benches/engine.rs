@@ -13,7 +13,6 @@
 
 // criterion_main! generates an undocumented `main`.
 #![allow(missing_docs)]
-
 // A benchmark that cannot set up has nothing to measure: failing loudly is right.
 #![allow(clippy::panic)]
 
