@@ -57,10 +57,9 @@
 //!
 //! # System roots
 //!
-//! The client trusts only the CAs you give it. The operating system's trust
-//! store is not loaded (TODO: optional `rustls-native-certs`); to trust it,
-//! pass its bundle, e.g. `/etc/ssl/certs/ca-certificates.crt`, to
-//! [`TlsClientConfig::with_ca_file`].
+//! The client trusts only the CAs you give it, plus — when asked with
+//! [`TlsClientConfig::with_system_roots`] — the operating system's bundle
+//! (`$SSL_CERT_FILE`, or the usual Debian/RHEL/Alpine/SUSE bundle paths).
 
 use crate::error::{Error, Result};
 use crate::identity::{CertificateInfo, Credentials, PeerAddr, TransportKind};
@@ -385,6 +384,27 @@ impl TlsClientConfig {
     pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self> {
         self.ca.extend(certs_from_pem(pem, "the CA PEM")?);
         Ok(self)
+    }
+
+    /// Also trusts the operating system's CA bundle: `$SSL_CERT_FILE` if set,
+    /// else the first of the well-known bundle files that exists
+    /// (`/etc/ssl/certs/ca-certificates.crt`, `/etc/pki/tls/certs/ca-bundle.crt`,
+    /// `/etc/ssl/ca-bundle.pem`, `/etc/ssl/cert.pem`).
+    pub fn with_system_roots(self) -> Result<Self> {
+        const BUNDLES: [&str; 4] = [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+        ];
+        let from_env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+        let found = from_env.or_else(|| BUNDLES.iter().map(std::path::PathBuf::from).find(|p| p.exists()));
+        match found {
+            Some(path) => self.with_ca_file(path),
+            None => Err(Error::Transport(
+                "TLS: no system CA bundle found (set SSL_CERT_FILE to your bundle, or use with_ca_file)".into(),
+            )),
+        }
     }
 
     /// Trusts the CA certificates in a PEM file.
@@ -1105,6 +1125,14 @@ fn human_secs(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn system_roots_load_the_os_bundle() {
+        // This machine (and CI) has Debian's bundle; the error names the fix otherwise.
+        match TlsClientConfig::new().with_system_roots() {
+            Ok(cfg) => assert!(cfg.ca.len() > 10, "only {} system CAs", cfg.ca.len()),
+            Err(e) => assert!(e.to_string().contains("SSL_CERT_FILE"), "{e}"),
+        }
+    }
     #[test]
     fn hosts() {
         assert_eq!(host_of("localhost:1"), "localhost");
