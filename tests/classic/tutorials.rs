@@ -1,7 +1,7 @@
 //! Each `examples/tutorial_*.rs` built and run against a real Python
 //! classic server, its output asserted.
 
-use crate::common::{python6, python_server, root, run_with_timeout, ChildGuard};
+use crate::common::{build_examples, python6, python_server, run_with_timeout, ChildGuard};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -20,30 +20,10 @@ const TUTORIALS: &[&str] = &[
     "tutorial_os_platform",
 ];
 
-/// Builds the tutorial examples once (with the profile this test binary was
-/// built with, so the library is already compiled) and returns the folder
-/// holding them.
+/// Builds the tutorial examples once and returns the folder holding them.
 fn examples_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile dir>/deps/classic-<hash>
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir").to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(root()).args(["build", "--quiet"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        } else {
-            cmd.args(["--profile", "test"]);
-        }
-        for name in TUTORIALS {
-            cmd.args(["--example", name]);
-        }
-        let (ok, out) = run_with_timeout(cmd, Duration::from_secs(1200));
-        assert!(ok, "building the tutorial examples failed:\n{out}");
-        profile_dir.join("examples")
-    })
-    .clone()
+    DIR.get_or_init(|| build_examples(TUTORIALS)).clone()
 }
 
 fn classic_server() -> (ChildGuard, String) {

@@ -138,3 +138,28 @@ pub async fn serve(service: Service, config: ServerConfig) -> (SocketAddr, rpyc:
     let server = Server::new(service, config).listen(listener);
     (addr, server.spawn())
 }
+
+/// Builds the named examples (with the profile this test binary was built
+/// with, so the library is already compiled) and returns the folder holding
+/// them. `cargo test --all-targets` builds examples as test harnesses under
+/// hashed names, so a test that runs an example as a program must build it
+/// itself; cargo's build lock makes concurrent calls from several test
+/// binaries safe.
+pub fn build_examples(names: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile dir>/deps/<test>-<hash>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir").to_path_buf();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args(["build", "--quiet"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    } else {
+        cmd.args(["--profile", "test"]);
+    }
+    for name in names {
+        cmd.args(["--example", name]);
+    }
+    let (ok, out) = run_with_timeout(cmd, Duration::from_secs(1200));
+    assert!(ok, "building the examples {names:?} failed:\n{out}");
+    profile_dir.join("examples")
+}

@@ -4,17 +4,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-/// An example binary built by `cargo test --all-targets` (or `cargo build --examples`).
+/// The examples these tests run, built once.
 pub fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo test --all-targets` (or `cargo build --examples`)",
-        path.display()
-    );
-    path
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| crate::common::build_examples(&["quickstart", "my_service", "test_service", "add_client"]))
+        .join(name)
 }
 
 #[test]
