@@ -231,6 +231,97 @@ async fn python_first_call_after_bg_serving_thread() {
     .await;
 }
 
+/// One request frame, built by hand: boxed args are `(LABEL_TUPLE, (...))`.
+fn raw_request(seq: i64, handler: rpyc::wire::message::Handler, args: Vec<rpyc::wire::Value>) -> Vec<u8> {
+    use rpyc::wire::{message, Value};
+    let boxed = |v: Value| Value::Tuple(vec![Value::from(1), v]);
+    let body = Value::Tuple(vec![Value::from(handler.id()), boxed(Value::Tuple(args))]);
+    let mut payload = Vec::new();
+    message::encode_message(message::Dialect::V6, message::MSG_REQUEST, seq, &body, &mut payload);
+    rpyc::channel::encode_frame(&payload, &rpyc::channel::ChannelConfig::default())
+}
+
+/// Reads and decodes one message from a raw TLS client stream.
+async fn read_message(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> rpyc::wire::message::Message {
+    use rpyc::channel::{ChannelConfig, FrameReader};
+    let mut reader = FrameReader::new(tls, ChannelConfig::default());
+    let frame = step("reply", reader.read_frame()).await.unwrap().expect("a reply, not EOF");
+    rpyc::wire::message::decode_message(rpyc::wire::message::Dialect::V6, &frame, &rpyc::wire::DecodeLimits::default())
+        .unwrap()
+}
+
+/// Hundreds of requests inside one TLS record (a client that batches its
+/// writes, unlike our own one-frame-per-record writer): the server must
+/// answer every one, not just the first frame of each record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_requests_pipelined_in_one_tls_record_are_all_answered() {
+    use rpyc::channel::ChannelConfig;
+    use rpyc::wire::message::{Dialect, Handler, MSG_REPLY};
+    use rpyc::wire::Value;
+    bounded(async {
+        let pki = Pki::new();
+        let (addr, stop) = serve_tls(Listener::tls("127.0.0.1:0", &pki.server_config()).await.unwrap()).await;
+        // A plain tokio-rustls client: its writes become records as they are.
+        let client = pki.client("alice");
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = client.server_name_for(&addr.to_string()).unwrap();
+        let mut tls =
+            step("handshake", tokio_rustls::TlsConnector::from(client.to_rustls().unwrap()).connect(name, tcp))
+                .await
+                .unwrap();
+
+        tls.write_all(&raw_request(1, Handler::GetRoot, vec![])).await.unwrap();
+        tls.flush().await.unwrap();
+        let root = read_message(&mut tls).await;
+        let root_pack = match root.args {
+            Value::Tuple(t) if t.len() == 2 => t[1].clone(),
+            other => panic!("unexpected root reply {other:?}"),
+        };
+
+        const N: i64 = 200;
+        let mut batch = Vec::new();
+        for i in 0..N {
+            let target = Value::Tuple(vec![Value::from(3), root_pack.clone()]);
+            let call = vec![
+                target,
+                Value::Tuple(vec![Value::from(1), Value::from("add")]),
+                Value::Tuple(vec![Value::from(1), Value::Tuple(vec![Value::from(i), Value::from(1)])]),
+                Value::Tuple(vec![Value::from(1), Value::Tuple(vec![])]),
+            ];
+            let mut payload = Vec::new();
+            let body = Value::Tuple(vec![
+                Value::from(Handler::CallAttr.id()),
+                Value::Tuple(vec![Value::from(2), Value::Tuple(call)]),
+            ]);
+            rpyc::wire::message::encode_message(
+                Dialect::V6,
+                rpyc::wire::message::MSG_REQUEST,
+                100 + i,
+                &body,
+                &mut payload,
+            );
+            batch.extend(rpyc::channel::encode_frame(&payload, &ChannelConfig::default()));
+        }
+        // rustls seals up to 16 KiB of plaintext per record.
+        assert!(batch.len() < 16 << 10, "the batch must fit one record: {} bytes", batch.len());
+        tls.write_all(&batch).await.unwrap();
+        tls.flush().await.unwrap();
+
+        let mut answered = std::collections::HashSet::new();
+        while answered.len() < N as usize {
+            let m = read_message(&mut tls).await;
+            assert_eq!(m.kind, MSG_REPLY, "{m:?}");
+            let i = m.seq - 100;
+            assert_eq!(m.args, Value::Tuple(vec![Value::from(1), Value::from(i + 1)]));
+            answered.insert(m.seq);
+        }
+        stop.shutdown();
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // refusals: a clear error, then the next good client is served
 // ---------------------------------------------------------------------------
