@@ -104,8 +104,8 @@ pub fn finish_frame(mut buf: Vec<u8>, cfg: &ChannelConfig) -> Vec<u8> {
         Some(t) => payload_len > t && payload_len <= cfg.compress_up_to,
         None => false,
     };
-    if compress {
-        if let Some(packed) = deflate(&buf[HEADER_LEN..], cfg.compression_level) {
+    if compress && compressible(&buf[HEADER_LEN..], cfg.compression_level) {
+        if let Some(packed) = deflate(&buf[HEADER_LEN..], cfg.compression_level).filter(|p| p.len() < payload_len) {
             let mut out = Vec::with_capacity(packed.len() + HEADER_LEN + 1);
             out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
             out.push(1);
@@ -124,12 +124,56 @@ pub fn finish_frame(mut buf: Vec<u8>, cfg: &ChannelConfig) -> Vec<u8> {
     buf
 }
 
+/// [`finish_frame`] for a payload in pieces (the first starting with
+/// [`HEADER_LEN`] reserved bytes): returns the frame as pieces to write in
+/// order. Large bodies are never copied unless the frame is to be
+/// compressed (at most [`ChannelConfig::compress_up_to`] bytes).
+pub fn finish_frame_pieces(mut pieces: Vec<Vec<u8>>, cfg: &ChannelConfig) -> Vec<Vec<u8>> {
+    if pieces.len() <= 1 {
+        let first = pieces.pop().unwrap_or_default();
+        return vec![finish_frame(first, cfg)];
+    }
+    let total: usize = pieces.iter().map(Vec::len).sum();
+    let payload_len = total.saturating_sub(HEADER_LEN);
+    let compress = cfg.compression_threshold.is_some_and(|t| payload_len > t && payload_len <= cfg.compress_up_to);
+    if compress || pieces.first().is_none_or(|p| p.len() < HEADER_LEN) {
+        let mut flat = Vec::with_capacity(total + 1);
+        for p in &pieces {
+            flat.extend_from_slice(p);
+        }
+        return vec![finish_frame(flat, cfg)];
+    }
+    if let Some(first) = pieces.first_mut() {
+        first[..4].copy_from_slice(&(payload_len as u32).to_be_bytes());
+        first[4] = 0;
+    }
+    if let Some(last) = pieces.last_mut() {
+        last.push(b'\n');
+    }
+    pieces
+}
+
 /// Frames a payload (copying it); see [`finish_frame`] for the zero-copy path.
 pub fn encode_frame(payload: &[u8], cfg: &ChannelConfig) -> Vec<u8> {
     let mut buf = Vec::with_capacity(payload.len() + HEADER_LEN + 1);
     buf.extend_from_slice(&[0; HEADER_LEN]);
     buf.extend_from_slice(payload);
     finish_frame(buf, cfg)
+}
+
+/// Whether compressing `data` looks worth it: payloads over 16 KiB are
+/// judged by compressing their first 4 KiB, so that random, encrypted or
+/// already compressed data (which zlib cannot shrink) is not run through
+/// zlib in full for nothing. The receiver accepts either form.
+fn compressible(data: &[u8], level: u32) -> bool {
+    const PROBE: usize = 4 << 10;
+    if data.len() <= 4 * PROBE {
+        return true;
+    }
+    match deflate(data.get(..PROBE).unwrap_or(data), level) {
+        Some(p) => p.len() * 10 < PROBE * 9,
+        None => false,
+    }
 }
 
 fn deflate(data: &[u8], level: u32) -> Option<Vec<u8>> {
@@ -180,6 +224,17 @@ pub fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, ChannelError> {
     }
 }
 
+/// True if `buffered` (bytes read ahead) starts with a complete frame.
+pub fn frame_complete(buffered: &[u8]) -> bool {
+    match buffered.get(..4) {
+        Some(h) => {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            buffered.len() >= HEADER_LEN.saturating_add(len).saturating_add(1)
+        }
+        None => false,
+    }
+}
+
 /// Reads frames from a byte stream, enforcing the configured limits.
 pub struct FrameReader<R> {
     inner: R,
@@ -190,6 +245,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps a (preferably buffered) reader.
     pub fn new(inner: R, cfg: ChannelConfig) -> Self {
         FrameReader { inner, cfg }
+    }
+
+    /// The wrapped reader (e.g. to look at what a `BufReader` holds).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
     }
 
     /// Reads the next frame's payload, inflated. `Ok(None)` means the peer
@@ -221,11 +281,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         // Grow with the bytes that actually arrive: a lying length costs the
         // liar nothing but the 64 KiB first chunk.
+        // Doubling, and exact at the end: a 16 MiB frame is read with one
+        // large allocation of its own size and no over-allocation.
         let want = len + 1;
-        let mut buf = Vec::with_capacity(want.min(64 << 10));
-        let n = (&mut self.inner).take(want as u64).read_to_end(&mut buf).await?;
-        if n < want {
-            return Err(ChannelError::Truncated { got: n + HEADER_LEN, expected: want + HEADER_LEN });
+        let mut buf: Vec<u8> = Vec::with_capacity(want.min(64 << 10));
+        while buf.len() < want {
+            if buf.len() == buf.capacity() {
+                buf.reserve_exact(buf.len().min(want - buf.len()));
+            }
+            let room = (buf.capacity() - buf.len()).min(want - buf.len());
+            let n = (&mut self.inner).take(room as u64).read_buf(&mut buf).await?;
+            if n == 0 {
+                return Err(ChannelError::Truncated { got: buf.len() + HEADER_LEN, expected: want + HEADER_LEN });
+            }
         }
         // The trailing byte is a flush hint; Python ignores its value and so do we.
         buf.truncate(len);

@@ -25,12 +25,12 @@ pub use handler::{Args, FromCall, IntoArgs, IntoObject, Kwargs, SelfObject, Sign
 pub use netref::{Netref, RemoteIter};
 pub use object::{Class, ClassBuilder, ClassDef, Instance, Object};
 
-use crate::channel::{finish_frame, ChannelConfig, FrameReader, HEADER_LEN};
+use crate::channel::{finish_frame, finish_frame_pieces, ChannelConfig, FrameReader, HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::identity::Credentials;
 use crate::policy::AccessPolicy;
 use crate::service::Service;
-use crate::wire::brine::DecodeLimits;
+use crate::wire::brine::{self, DecodeLimits, Pieces};
 use crate::wire::message::{
     self, Dialect, Handler, Message, LABEL_LOCAL_REF, LABEL_REMOTE_REF, LABEL_TUPLE, LABEL_VALUE,
 };
@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// Settings of one connection.
 #[derive(Clone, Debug)]
@@ -121,7 +121,85 @@ impl Ctx {
 
 enum Out {
     Frame(Vec<u8>),
-    Close,
+    /// One frame in several buffers (a large body travels in the buffer
+    /// it was handed over in; see [`brine::encode_taking`]).
+    Pieces(Vec<Vec<u8>>),
+}
+
+type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Small frames are coalesced into one buffer up to this size.
+const COALESCE: usize = 256 << 10;
+
+/// How long the writer keeps trying to deliver queued frames to a peer
+/// that reads nothing once the connection is closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Frames waiting to be written, and the write half while nobody writes.
+///
+/// Whoever queues a frame while the write half is idle writes it at once,
+/// in its own task, as far as the stream takes it without waiting: a
+/// reply from the reader task, a request from the caller's task. No
+/// hand-over to another task, so no scheduler round trip on the latency
+/// path. What the stream does not take at once goes to the writer task,
+/// which waits for the stream; frames queued meanwhile are written in
+/// order by whoever holds the write half, small ones coalesced into one
+/// write (a batch of pipelined replies is one `send`).
+#[derive(Default)]
+struct Outbox {
+    batch: Batch,
+    /// The write half when idle.
+    idle: Option<BoxWrite>,
+    /// The write half handed to the writer task.
+    handed: Option<BoxWrite>,
+    /// No frames are queued any more; the writer task writes what is
+    /// queued, then shuts the stream down.
+    closing: bool,
+}
+
+/// Buffers to write, in order: frames (small ones coalesced) and pieces of
+/// large ones.
+#[derive(Default)]
+struct Batch {
+    bufs: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the first buffer already written.
+    offset: usize,
+    /// Frames in `bufs`.
+    frames: usize,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Out) {
+        self.frames += 1;
+        match frame {
+            Out::Frame(f) => match self.bufs.back_mut() {
+                Some(last) if last.len() < (64 << 10) && last.len() + f.len() <= COALESCE && f.len() < (64 << 10) => {
+                    last.extend_from_slice(&f)
+                }
+                _ => self.bufs.push_back(f),
+            },
+            Out::Pieces(pieces) => self.bufs.extend(pieces.into_iter().filter(|p| !p.is_empty())),
+        }
+    }
+
+    /// Writes as much as the stream takes; `Ready(Ok)` once all is written.
+    fn poll_write(&mut self, io: &mut BoxWrite, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while let Some(front) = self.bufs.front() {
+            let rest = front.get(self.offset..).unwrap_or_default();
+            if rest.is_empty() {
+                self.bufs.pop_front();
+                self.offset = 0;
+                continue;
+            }
+            match io.as_mut().poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.offset += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 struct Slot {
@@ -143,7 +221,13 @@ pub(crate) struct Shared {
     dialect: AtomicU8,
     seq: AtomicI64,
     pending: Mutex<Pending>,
-    out: mpsc::UnboundedSender<Out>,
+    outbox: Mutex<Outbox>,
+    wake_writer: tokio::sync::Notify,
+    /// Set by the reader while more frames are already buffered: replies
+    /// wait in the outbox and leave together, in one write, once the
+    /// reader has caught up (a batch of pipelined requests gets one `send`
+    /// of replies instead of one each).
+    corked: AtomicBool,
     queued: AtomicUsize,
     in_flight: AtomicUsize,
     objects: Mutex<ObjectTable>,
@@ -216,7 +300,7 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let wr: BoxWrite = Box::pin(wr);
         let (shutdown, _) = watch::channel(false);
         let (done, _) = watch::channel(false);
         let dialect = match config.dialect {
@@ -230,7 +314,9 @@ impl Connection {
             dialect: AtomicU8::new(dialect),
             seq: AtomicI64::new(0),
             pending: Mutex::new(HashMap::new()),
-            out: tx,
+            outbox: Mutex::new(Outbox { idle: Some(wr), ..Outbox::default() }),
+            wake_writer: tokio::sync::Notify::new(),
+            corked: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             objects: Mutex::new(ObjectTable { next_id: 1, ..ObjectTable::default() }),
@@ -247,8 +333,9 @@ impl Connection {
             handles: AtomicUsize::new(0),
         });
         let conn = Connection::from_shared(shared.clone());
-        tokio::spawn(writer_loop(wr, rx, shared.clone()));
-        let reader = BufReader::with_capacity(64 << 10, rd);
+        tokio::spawn(writer_loop(shared.clone()));
+        // Small: every idle connection holds it; large frames bypass it.
+        let reader = BufReader::with_capacity(16 << 10, rd);
         tokio::spawn(reader_loop(reader, shared.clone()));
         if let Some(hook) = shared.service.on_connect_hook() {
             hook(&Ctx { conn: conn.clone() });
@@ -365,6 +452,34 @@ impl Connection {
     }
 }
 
+/// Roughly how many bytes boxing `obj` writes into the frame's first
+/// piece (bodies moved into pieces of their own excluded), so that the
+/// buffer is allocated once at the right size.
+fn boxed_size_hint(obj: &Object, depth: usize) -> usize {
+    if depth > 8 {
+        return 0;
+    }
+    match obj {
+        Object::Value(v) => value_size_hint(v, depth),
+        Object::Tuple(items) => 8 + items.iter().map(|i| boxed_size_hint(i, depth + 1)).sum::<usize>(),
+        Object::Remote(_) | Object::Local(_) => 64,
+    }
+}
+
+fn value_size_hint(v: &Value, depth: usize) -> usize {
+    if depth > 8 {
+        return 0;
+    }
+    match v {
+        Value::Bytes(b) if b.len() < brine::MOVE_OUT_MIN => 8 + b.len(),
+        Value::Str(s) if s.len() < brine::MOVE_OUT_MIN => 8 + s.len(),
+        Value::Tuple(items) | Value::FrozenSet(items) => {
+            8 + items.iter().map(|i| value_size_hint(i, depth + 1)).sum::<usize>()
+        }
+        _ => 12,
+    }
+}
+
 fn request_value(handler: Handler, boxed_args: Value) -> Value {
     Value::Tuple(vec![Value::Int(Int::Small(handler.id())), boxed_args])
 }
@@ -394,9 +509,175 @@ impl Shared {
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(&[0; HEADER_LEN]);
         message::encode_message(self.dialect(), kind, seq, args, &mut buf);
-        let frame = finish_frame(buf, &self.cfg.channel);
+        self.queue(Out::Frame(finish_frame(buf, &self.cfg.channel)), true)
+    }
+
+    /// Encodes a request or reply whose body is the boxed `obj` into a
+    /// frame. `obj` is the caller's to give away: large `bytes`/`str` values
+    /// are moved into the frame, everything else is left in place (a proxy
+    /// must outlive the queueing of the message that references it).
+    fn encode_boxed_frame(&self, kind: u8, seq: i64, handler: Option<Handler>, obj: &mut Object) -> Result<Out> {
+        let mut head = Vec::with_capacity(64 + boxed_size_hint(obj, 0));
+        head.extend_from_slice(&[0; HEADER_LEN]);
+        message::encode_head(self.dialect(), kind, seq, &mut head);
+        if let Some(h) = handler {
+            brine::encode_tuple_header(2, &mut head);
+            brine::encode_i64(h.id(), &mut head);
+        }
+        let mut out = Pieces::new(head);
+        self.encode_boxed(obj, &mut out)?;
+        if out.done.is_empty() {
+            return Ok(Out::Frame(finish_frame(out.cur, &self.cfg.channel)));
+        }
+        let mut pieces = finish_frame_pieces(out.into_pieces(), &self.cfg.channel);
+        Ok(match pieces.len() {
+            1 => Out::Frame(pieces.pop().unwrap_or_default()),
+            _ => Out::Pieces(pieces),
+        })
+    }
+
+    /// Queues an encoded frame, and writes it at once if nobody is writing
+    /// (see [`Outbox`]).
+    /// A frame that is not `eager` (a request while others are in flight)
+    /// is left to the writer task, which coalesces the frames that pile up
+    /// meanwhile into one write.
+    fn queue(&self, frame: Out, eager: bool) -> Result<()> {
+        let mut ob = lock(&self.outbox);
+        if ob.closing || self.closed.load(Ordering::Acquire) {
+            drop(ob);
+            return Err(self.closed_error());
+        }
+        ob.batch.push(frame);
         self.queued.fetch_add(1, Ordering::AcqRel);
-        self.out.send(Out::Frame(frame)).map_err(|_| self.closed_error())
+        if self.corked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(io) = ob.idle.take() else { return Ok(()) };
+        if !eager {
+            ob.handed = Some(io);
+            drop(ob);
+            self.wake_writer.notify_one();
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut ob.batch);
+        drop(ob);
+        self.write_now(io, batch);
+        Ok(())
+    }
+
+    /// Sets or lifts the cork (see [`Shared::corked`]); lifting it writes
+    /// what waited.
+    fn set_corked(&self, corked: bool) {
+        if self.corked.swap(corked, Ordering::AcqRel) == corked || corked {
+            return;
+        }
+        let mut ob = lock(&self.outbox);
+        if ob.batch.bufs.is_empty() {
+            return;
+        }
+        let Some(io) = ob.idle.take() else { return };
+        let batch = std::mem::take(&mut ob.batch);
+        drop(ob);
+        self.write_now(io, batch);
+    }
+
+    /// Writes without waiting: whatever the stream does not take at once
+    /// (and frames queued meanwhile, after a few rounds) goes to the writer
+    /// task.
+    fn write_now(&self, mut io: BoxWrite, mut batch: Batch) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..4 {
+            let done = match batch.poll_write(&mut io, &mut cx) {
+                Poll::Ready(Ok(())) => io.as_mut().poll_flush(&mut cx),
+                other => other,
+            };
+            match done {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    self.begin_close(&format!("write failed: {e}"));
+                    return;
+                }
+                Poll::Pending => break,
+            }
+            self.queued.fetch_sub(batch.frames, Ordering::AcqRel);
+            let mut ob = lock(&self.outbox);
+            if ob.batch.bufs.is_empty() {
+                if ob.closing {
+                    ob.handed = Some(io);
+                    drop(ob);
+                    self.wake_writer.notify_one();
+                } else {
+                    ob.idle = Some(io);
+                }
+                return;
+            }
+            batch = std::mem::take(&mut ob.batch);
+        }
+        self.hand_over(io, batch);
+    }
+
+    /// Gives the write half and the unwritten rest of `batch` (ahead of
+    /// anything queued since) to the writer task.
+    fn hand_over(&self, io: BoxWrite, mut batch: Batch) {
+        let mut ob = lock(&self.outbox);
+        let later = std::mem::take(&mut ob.batch);
+        batch.frames += later.frames;
+        batch.bufs.extend(later.bufs);
+        ob.batch = batch;
+        ob.handed = Some(io);
+        drop(ob);
+        self.wake_writer.notify_one();
+    }
+
+    /// Encodes the boxed form of `obj` (Python's `_box`) straight into
+    /// `out`: byte for byte the brine encoding of the boxed value, without
+    /// building that value (and so without copying payloads into it).
+    fn encode_boxed(&self, obj: &mut Object, out: &mut Pieces) -> Result<()> {
+        match obj {
+            Object::Value(v) => {
+                brine::encode_tuple_header(2, &mut out.cur);
+                brine::encode_i64(LABEL_VALUE, &mut out.cur);
+                brine::encode_taking(v, out);
+            }
+            Object::Tuple(items) => {
+                brine::encode_tuple_header(2, &mut out.cur);
+                if items.iter().all(|i| matches!(i, Object::Value(_))) {
+                    brine::encode_i64(LABEL_VALUE, &mut out.cur);
+                    brine::encode_tuple_header(items.len(), &mut out.cur);
+                    for item in items.iter_mut() {
+                        if let Object::Value(v) = item {
+                            brine::encode_taking(v, out);
+                        }
+                    }
+                } else {
+                    brine::encode_i64(LABEL_TUPLE, &mut out.cur);
+                    brine::encode_tuple_header(items.len(), &mut out.cur);
+                    for item in items.iter_mut() {
+                        self.encode_boxed(item, out)?;
+                    }
+                }
+            }
+            Object::Remote(n) => {
+                if !std::ptr::eq(Arc::as_ptr(&n.0.conn), self) {
+                    return Err(Error::type_error(
+                        "cannot pass a proxy that belongs to another connection (RPyC-over-RPyC is not supported)",
+                    ));
+                }
+                brine::encode_tuple_header(2, &mut out.cur);
+                brine::encode_i64(LABEL_LOCAL_REF, &mut out.cur);
+                n.0.id_pack.encode_into(&mut out.cur);
+            }
+            Object::Local(inst) => {
+                let id = self.register_local(inst)?;
+                brine::encode_tuple_header(2, &mut out.cur);
+                brine::encode_i64(LABEL_REMOTE_REF, &mut out.cur);
+                brine::encode_tuple_header(3, &mut out.cur);
+                brine::encode_str(&inst.class.name, &mut out.cur);
+                brine::encode_i64(inst.class.id, &mut out.cur);
+                brine::encode_i64(id, &mut out.cur);
+            }
+        }
+        Ok(())
     }
 
     async fn request(self: &Arc<Self>, handler: Handler, args: Vec<Object>) -> Result<Object> {
@@ -420,15 +701,20 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
         }
-        let args = Object::Tuple(args);
-        let boxed = self.box_object(&args)?;
+        let mut args = Object::Tuple(args);
         let seq = self.next_seq();
+        let frame = self.encode_boxed_frame(message::MSG_REQUEST, seq, Some(handler), &mut args)?;
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(seq, (handler, tx));
-        if let Err(e) = self.send_message(message::MSG_REQUEST, seq, &request_value(handler, boxed)) {
+        let eager = {
+            let mut pending = lock(&self.pending);
+            pending.insert(seq, (handler, tx));
+            pending.len() == 1
+        };
+        if let Err(e) = self.queue(frame, eager) {
             lock(&self.pending).remove(&seq);
             return Err(e);
         }
+        // Only now may proxies among the arguments go (and send DEL).
         drop(args);
         Ok((seq, rx))
     }
@@ -481,37 +767,6 @@ impl Shared {
         ]);
         let seq = self.next_seq();
         let _ = self.send_message(message::MSG_REQUEST, seq, &request_value(Handler::Del, args));
-    }
-
-    /// Boxes an object for the wire (Python's `_box`). The caller keeps
-    /// `obj` alive until the message is queued: dropping a proxy sends DEL,
-    /// which must not overtake the message that references it.
-    fn box_object(&self, obj: &Object) -> Result<Value> {
-        Ok(match obj {
-            Object::Value(v) => Value::Tuple(vec![Value::from(LABEL_VALUE), v.clone()]),
-            Object::Tuple(items) => {
-                if items.iter().all(|i| matches!(i, Object::Value(_))) {
-                    let vals = items.iter().filter_map(|i| i.as_value().cloned()).collect();
-                    Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vals)])
-                } else {
-                    let boxed = items.iter().map(|i| self.box_object(i)).collect::<Result<Vec<_>>>()?;
-                    Value::Tuple(vec![Value::from(LABEL_TUPLE), Value::Tuple(boxed)])
-                }
-            }
-            Object::Remote(n) => {
-                if !std::ptr::eq(Arc::as_ptr(&n.0.conn), self) {
-                    return Err(Error::type_error(
-                        "cannot pass a proxy that belongs to another connection (RPyC-over-RPyC is not supported)",
-                    ));
-                }
-                Value::Tuple(vec![Value::from(LABEL_LOCAL_REF), n.0.id_pack.to_value()])
-            }
-            Object::Local(inst) => {
-                let id = self.register_local(inst)?;
-                let pack = IdPack { class_name: inst.class.name.clone(), class_id: inst.class.id, instance_id: id };
-                Value::Tuple(vec![Value::from(LABEL_REMOTE_REF), pack.to_value()])
-            }
-        })
     }
 
     fn register_local(&self, inst: &Arc<Instance>) -> Result<i64> {
@@ -616,9 +871,14 @@ impl Shared {
     /// Sends the outcome of a request.
     fn reply(&self, seq: i64, result: Result<Object>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let sent = match result.and_then(|obj| self.box_object(&obj).map(|b| (b, obj))) {
-            Ok((boxed, obj)) => {
-                let r = self.send_message(message::MSG_REPLY, seq, &boxed);
+        let encoded = result.and_then(|mut obj| {
+            let frame = self.encode_boxed_frame(message::MSG_REPLY, seq, None, &mut obj)?;
+            Ok((frame, obj))
+        });
+        let sent = match encoded {
+            Ok((frame, obj)) => {
+                let r = self.queue(frame, true);
+                // Only now may proxies in the result go (and send DEL).
                 drop(obj);
                 r
             }
@@ -648,7 +908,14 @@ impl Shared {
         *lock(&self.close_reason) = Some(reason.to_string());
         tracing::debug!(service = self.service.name(), reason, "connection closing");
         self.shutdown.send_replace(true);
-        let _ = self.out.send(Out::Close);
+        {
+            let mut ob = lock(&self.outbox);
+            ob.closing = true;
+            if let Some(io) = ob.idle.take() {
+                ob.handed = Some(io);
+            }
+        }
+        self.wake_writer.notify_one();
         self.fail_pending();
     }
 
@@ -669,66 +936,70 @@ impl Shared {
     }
 }
 
-async fn writer_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
-    const BATCH: usize = 256 << 10;
-    let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
-    'outer: loop {
-        let Some(first) = rx.recv().await else { break };
-        let mut next = Some(first);
-        let mut closing = false;
-        let mut frames = 0usize;
-        while let Some(item) = next.take() {
-            match item {
-                Out::Frame(f) => {
-                    frames += 1;
-                    if f.len() >= (64 << 10) {
-                        if !batch.is_empty() {
-                            if let Err(e) = w.write_all(&batch).await {
-                                shared.begin_close(&format!("write failed: {e}"));
-                                break 'outer;
-                            }
-                            batch.clear();
-                        }
-                        if let Err(e) = w.write_all(&f).await {
-                            shared.begin_close(&format!("write failed: {e}"));
-                            break 'outer;
-                        }
-                    } else {
-                        batch.extend_from_slice(&f);
+/// Writes what the stream did not take at once (see [`Outbox`]), and
+/// shuts the stream down once the connection closes.
+async fn writer_loop(shared: Arc<Shared>) {
+    let mut closing = shared.shutdown.subscribe();
+    loop {
+        shared.wake_writer.notified().await;
+        // Let the tasks that are ready queue their frames too: pipelined
+        // requests then leave in one write instead of one each.
+        tokio::task::yield_now().await;
+        loop {
+            let (mut io, mut batch) = {
+                let mut ob = lock(&shared.outbox);
+                match ob.handed.take() {
+                    Some(io) => {
+                        let batch = std::mem::take(&mut ob.batch);
+                        (io, batch)
                     }
+                    // Idle, or a sender is writing (and hands over when
+                    // it sees `closing`).
+                    None => break,
                 }
-                Out::Close => {
-                    closing = true;
+            };
+            let write = async {
+                std::future::poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
+                io.flush().await
+            };
+            // Once the connection is closing, a peer that does not read
+            // gets a short grace, not a task and a socket held forever.
+            let give_up = async {
+                wait_true(&mut closing).await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            let flushed = tokio::select! {
+                r = write => r,
+                () = give_up => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {CLOSE_GRACE:?} after the connection began closing"),
+                )),
+            };
+            if let Err(e) = flushed {
+                shared.begin_close(&format!("write failed: {e}"));
+                return;
+            }
+            shared.queued.fetch_sub(batch.frames, Ordering::AcqRel);
+            let closing = {
+                let mut ob = lock(&shared.outbox);
+                if !ob.batch.bufs.is_empty() {
+                    ob.handed = Some(io);
+                    continue;
+                }
+                if !ob.closing {
+                    ob.idle = Some(io);
                     break;
                 }
-            }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            if let Err(e) = w.write_all(&batch).await {
-                shared.begin_close(&format!("write failed: {e}"));
-                break;
-            }
-            batch.clear();
-            if batch.capacity() > (1 << 20) {
-                batch.shrink_to(64 << 10);
-            }
-        }
-        if let Err(e) = w.flush().await {
-            shared.begin_close(&format!("flush failed: {e}"));
-            break;
-        }
-        shared.queued.fetch_sub(frames, Ordering::AcqRel);
-        if closing {
-            break;
+                io
+            };
+            let mut io = closing;
+            let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
+            return;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
 }
 
-async fn reader_loop<R: AsyncRead + Unpin>(rd: R, shared: Arc<Shared>) {
+async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>) {
     let mut frames = FrameReader::new(rd, shared.cfg.channel.clone());
     let mut shutdown = shared.shutdown.subscribe();
     let reason = loop {
@@ -750,9 +1021,18 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: R, shared: Arc<Shared>) {
                 break Some(format!("no traffic for {idle:?} (idle timeout)"));
             }
         };
+        // The next frame is already here in full: hold replies back until
+        // it is handled too, then send them together.
+        let more = crate::channel::frame_complete(frames.get_ref().buffer());
+        if more {
+            shared.set_corked(true);
+        }
         if let Err(reason) = handle_payload(&shared, payload) {
             tracing::warn!(%reason, "closing connection: protocol violation by peer");
             break Some(reason);
+        }
+        if !more {
+            shared.set_corked(false);
         }
     };
     if let Some(reason) = reason {
@@ -794,8 +1074,7 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
         shared.dialect.store(if dialect == Dialect::V5 { DIALECT_V5 } else { DIALECT_V6 }, Ordering::Release);
         tracing::debug!(?dialect, "peer dialect detected");
     }
-    let msg = message::decode_message(dialect, &payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
-    drop(payload);
+    let msg = message::decode_message_owned(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
     let Message { kind, seq, args } = msg;
     match kind {
         message::MSG_REQUEST => handle_request(shared, seq, args),

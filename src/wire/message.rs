@@ -181,31 +181,59 @@ pub enum MessageError {
 
 /// Encodes a message in the given dialect, appending to `out`.
 pub fn encode_message(dialect: Dialect, kind: u8, seq: i64, args: &Value, out: &mut Vec<u8>) {
+    encode_head(dialect, kind, seq, out);
+    brine::encode_into(args, out);
+}
+
+/// Encodes everything of a message before its args; the brine encoding of
+/// the args must follow.
+pub fn encode_head(dialect: Dialect, kind: u8, seq: i64, out: &mut Vec<u8>) {
     match dialect {
         Dialect::V6 => {
             out.push(kind);
             brine::encode_tuple_header(2, out);
             brine::encode_i64(seq, out);
-            brine::encode_into(args, out);
         }
         Dialect::V5 => {
             brine::encode_tuple_header(3, out);
             brine::encode_i64(i64::from(kind), out);
             brine::encode_i64(seq, out);
-            brine::encode_into(args, out);
         }
     }
 }
 
 /// Decodes a payload in the given dialect.
 pub fn decode_message(dialect: Dialect, payload: &[u8], limits: &DecodeLimits) -> Result<Message, MessageError> {
+    decode_message_with(dialect, payload, |start| brine::decode(payload.get(start..).unwrap_or_default(), limits))
+}
+
+/// [`decode_message`], consuming the payload: a large `bytes`/`str`
+/// argument or result becomes the payload buffer itself instead of a copy
+/// (see [`brine::decode_owned`]).
+pub fn decode_message_owned(
+    dialect: Dialect,
+    payload: Vec<u8>,
+    limits: &DecodeLimits,
+) -> Result<Message, MessageError> {
+    let head: [u8; 1] = [payload.first().copied().unwrap_or(0)];
+    let empty = payload.is_empty();
+    decode_message_with(dialect, if empty { &[] } else { &head }, |start| brine::decode_owned(payload, start, limits))
+}
+
+/// The framing around the brine value; `decode(start)` decodes the brine
+/// value at `start` of the payload. `payload` needs only its first byte.
+fn decode_message_with(
+    dialect: Dialect,
+    payload: &[u8],
+    decode: impl FnOnce(usize) -> Result<Value, BrineError>,
+) -> Result<Message, MessageError> {
     match dialect {
         Dialect::V6 => {
-            let (&kind, rest) = payload.split_first().ok_or(MessageError::Empty)?;
+            let &kind = payload.first().ok_or(MessageError::Empty)?;
             if !(MSG_REQUEST..=MSG_EXCEPTION).contains(&kind) {
                 return Err(MessageError::UnknownKind(i64::from(kind)));
             }
-            match brine::decode(rest, limits)? {
+            match decode(1)? {
                 Value::Tuple(mut t) if t.len() == 2 => {
                     let args = t.pop().unwrap_or(Value::None);
                     let seq = seq_of(t.pop())?;
@@ -214,7 +242,7 @@ pub fn decode_message(dialect: Dialect, payload: &[u8], limits: &DecodeLimits) -
                 _ => Err(MessageError::Malformed("expected (seq, args)")),
             }
         }
-        Dialect::V5 => match brine::decode(payload, limits)? {
+        Dialect::V5 => match decode(0)? {
             Value::Tuple(mut t) if t.len() == 3 => {
                 let args = t.pop().unwrap_or(Value::None);
                 let seq = seq_of(t.pop())?;
@@ -249,6 +277,14 @@ pub struct IdPack {
 }
 
 impl IdPack {
+    /// Appends the brine encoding of [`IdPack::to_value`] (without building it).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        brine::encode_tuple_header(3, out);
+        brine::encode_str(&self.class_name, out);
+        brine::encode_i64(self.class_id, out);
+        brine::encode_i64(self.instance_id, out);
+    }
+
     /// The id-pack as a brine tuple.
     pub fn to_value(&self) -> Value {
         Value::Tuple(vec![

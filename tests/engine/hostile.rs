@@ -233,8 +233,19 @@ async fn a_peer_that_never_reads_its_replies_is_cut_off() {
     let (addr, stop) = serve(rpyc::conformance::service(), config).await;
     let mut raw = Raw::connect(addr).await;
     let root = raw.root().await;
-    // Each request asks for a 64 KiB reply; nothing is read back.
-    let blob = Value::Bytes(vec![7; 64 << 10]);
+    // Each request asks for a 64 KiB reply; nothing is read back. The bytes
+    // are incompressible, so the replies cannot shrink into the socket
+    // buffers and really pile up.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise = (0..64 << 10)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let blob = Value::Bytes(noise);
     let frame = request_frame(5, Handler::CallAttr, callattr_args(&root, "echo", vec![blob]));
     let before = rss();
     let writer = tokio::spawn(async move {
