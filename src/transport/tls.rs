@@ -64,7 +64,7 @@
 use crate::error::{Error, Result};
 use crate::identity::{CertificateInfo, Credentials, PeerAddr, TransportKind};
 use crate::transport::{
-    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, Stream, TcpAcceptor, TcpOptions,
+    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, QuickAck, Stream, TcpAcceptor, TcpOptions,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -652,11 +652,11 @@ async fn server_handshake(
     peer: SocketAddr,
     config: Arc<rustls::ServerConfig>,
 ) -> Result<(BoxStream, Credentials)> {
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(QuickAck::new(tcp));
     let stream = match accept.into_fallible().await {
         Ok(s) => s,
         Err((e, tcp)) => {
-            linger_close(tcp).await;
+            linger_close(tcp.into_inner()).await;
             return Err(Error::Transport(format!(
                 "TLS handshake with {peer} failed: {}",
                 describe_io(&e, Side::Server)
@@ -754,7 +754,7 @@ pub async fn connect_tls_with(
     let rustls_config = config.to_rustls()?;
     let name = config.server_name_for(addr)?;
     let (stream, creds) = connect_tcp(addr, tcp).await?;
-    client_handshake(stream, name, rustls_config, config.handshake_timeout, addr, creds.peer).await
+    client_handshake(QuickAck::new(stream), name, rustls_config, config.handshake_timeout, addr, creds.peer).await
 }
 
 /// Runs the TLS client handshake over a stream you opened (a tunnel, a
