@@ -13,7 +13,7 @@
 # (server memory). Prints every figure, then the ratios and the targets
 # (scripts/bench_report.py), and leaves JSON lines in $OUT/results.jsonl.
 #
-#   bash scripts/bench.sh                      # everything (~10 minutes)
+#   bash scripts/bench.sh                      # everything (~20 minutes)
 #   REPEAT=1 SECS=1 IDLE=1000 CYCLES=100000 bash scripts/bench.sh   # quick look
 #
 # Never run by scripts/test.sh or CI: the figures need a quiet machine.
