@@ -1012,6 +1012,11 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>
         let payload = match frame {
             Ok(Ok(Some(p))) => p,
             Ok(Ok(None)) => break Some("peer closed the connection".to_string()),
+            Ok(Err(crate::channel::ChannelError::Io(e))) => {
+                // The stream broke (reset, TLS failure): not the peer's bytes.
+                tracing::info!(error = %e, "connection lost");
+                break Some(format!("connection lost: {e}"));
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "closing connection: bad frame from peer");
                 break Some(format!("bad frame from peer: {e}"));
