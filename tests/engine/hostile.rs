@@ -251,15 +251,26 @@ async fn a_peer_that_never_reads_its_replies_is_cut_off() {
     let writer = tokio::spawn(async move {
         for _ in 0..20_000 {
             if raw.send_checked(&frame).await.is_err() {
-                return true;
+                return (true, raw, frame);
             }
         }
-        false
+        (false, raw, frame)
     });
-    let cut_off = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("bounded").unwrap();
+    let (cut_off, mut raw, frame) =
+        tokio::time::timeout(Duration::from_secs(30), writer).await.expect("bounded").unwrap();
     assert!(cut_off, "the server kept accepting requests from a peer that reads nothing");
     assert!(rss() < before + 512 * MB, "unread replies piled up");
     still_serving(addr).await;
+    // The server stopped reading; it must also let go of the socket (a
+    // reset then fails our blocked write) instead of waiting forever for
+    // us to read its replies.
+    let released = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncWriteExt;
+        while raw.stream.write_all(&frame).await.is_ok() {}
+    })
+    .await
+    .is_ok();
+    assert!(released, "the server still holds the socket of a peer that reads nothing");
     stop.shutdown();
 }
 
