@@ -317,6 +317,40 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads the next frame's payload, inflated. `Ok(None)` means the peer
     /// closed the stream cleanly between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
+        let Some((len, flag)) = self.read_header().await? else {
+            return Ok(None);
+        };
+        let mut buf = self.read_body(Vec::new(), len).await?;
+        // The trailing byte is a flush hint; Python ignores its value and so do we.
+        buf.truncate(len);
+        if flag == 1 {
+            return inflate(&buf, self.cfg.max_inflated).map(Some);
+        }
+        Ok(Some(buf))
+    }
+
+    /// Reads the next frame with the same checks as [`read_frame`](Self::read_frame),
+    /// keeping its exact bytes (header and trailing byte included) for
+    /// relaying; the second value is the inflated payload if the frame was
+    /// compressed.
+    pub async fn read_raw_frame(&mut self) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, ChannelError> {
+        let Some((len, flag)) = self.read_header().await? else {
+            return Ok(None);
+        };
+        let mut head = Vec::with_capacity(HEADER_LEN);
+        head.extend_from_slice(&(len as u32).to_be_bytes());
+        head.push(flag);
+        let raw = self.read_body(head, len).await?;
+        let inflated = match flag {
+            1 => Some(inflate(raw.get(HEADER_LEN..HEADER_LEN + len).unwrap_or_default(), self.cfg.max_inflated)?),
+            _ => None,
+        };
+        Ok(Some((raw, inflated)))
+    }
+
+    /// Reads and checks a header: `(payload length, flag)`, or `None` at a
+    /// clean end of stream.
+    async fn read_header(&mut self) -> Result<Option<(usize, u8)>, ChannelError> {
         let mut header = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -341,28 +375,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if flag > 1 {
             return Err(ChannelError::BadFlag(flag));
         }
-        // Grow with the bytes that actually arrive: a lying length costs the
-        // liar nothing but the 64 KiB first chunk.
-        // Doubling, and exact at the end: a 16 MiB frame is read with one
-        // large allocation of its own size and no over-allocation.
-        let want = len + 1;
-        let mut buf: Vec<u8> = Vec::with_capacity(want.min(64 << 10));
-        while buf.len() < want {
+        Ok(Some((len, flag)))
+    }
+
+    /// Appends the `len`-byte payload and its trailing byte to `buf`.
+    ///
+    /// Grows with the bytes that actually arrive: a lying length costs the
+    /// liar nothing but the 64 KiB first chunk. Doubling, and exact at the
+    /// end: a 16 MiB frame is read with one large allocation of its own
+    /// size and no over-allocation.
+    async fn read_body(&mut self, mut buf: Vec<u8>, len: usize) -> Result<Vec<u8>, ChannelError> {
+        let start = buf.len();
+        let end = start + len + 1;
+        buf.reserve_exact((end - start).min(64 << 10));
+        while buf.len() < end {
             if buf.len() == buf.capacity() {
-                buf.reserve_exact(buf.len().min(want - buf.len()));
+                buf.reserve_exact(buf.len().min(end - buf.len()));
             }
-            let room = (buf.capacity() - buf.len()).min(want - buf.len());
+            let room = (buf.capacity() - buf.len()).min(end - buf.len());
             let n = (&mut self.inner).take(room as u64).read_buf(&mut buf).await?;
             if n == 0 {
-                return Err(ChannelError::Truncated { got: buf.len() + HEADER_LEN, expected: want + HEADER_LEN });
+                return Err(ChannelError::Truncated {
+                    got: buf.len() - start + HEADER_LEN,
+                    expected: len + 1 + HEADER_LEN,
+                });
             }
         }
-        // The trailing byte is a flush hint; Python ignores its value and so do we.
-        buf.truncate(len);
-        if flag == 1 {
-            return inflate(&buf, self.cfg.max_inflated).map(Some);
-        }
-        Ok(Some(buf))
+        Ok(buf)
     }
 }
 

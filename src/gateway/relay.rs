@@ -24,14 +24,14 @@ use super::inspect::{inspect_request, remote_ref, Target};
 use super::metrics::AuditRecord;
 use super::policy::{Denial, GatewayPolicy};
 use super::{IdentityLimiter, Shared};
-use crate::channel::{finish_frame, inflate, ChannelConfig, ChannelError, HEADER_LEN};
+use crate::channel::{finish_frame, ChannelConfig, ChannelError, FrameReader, HEADER_LEN};
 use crate::transport::BoxStream;
 use crate::wire::message::{decode_message, encode_message, Message, MSG_EXCEPTION, MSG_REPLY, MSG_REQUEST};
 use crate::wire::{DecodeLimits, Dialect, Exception, Handler, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 /// Frames queued towards one side before the pumps wait.
@@ -63,56 +63,17 @@ impl RawFrame {
     }
 }
 
-/// Reads frames keeping their bytes (see [`crate::channel::FrameReader`],
-/// whose limits and checks this repeats).
-pub(crate) struct RawReader<R> {
-    inner: R,
-    cfg: ChannelConfig,
-}
+/// Reads frames keeping their bytes, with the channel's limits and checks
+/// ([`FrameReader::read_raw_frame`]).
+pub(crate) struct RawReader<R>(FrameReader<R>);
 
 impl<R: AsyncRead + Unpin> RawReader<R> {
     pub(crate) fn new(inner: R, cfg: ChannelConfig) -> Self {
-        RawReader { inner, cfg }
+        RawReader(FrameReader::new(inner, cfg))
     }
 
     pub(crate) async fn read(&mut self) -> Result<Option<RawFrame>, ChannelError> {
-        let mut header = [0u8; HEADER_LEN];
-        let mut got = 0;
-        while got < HEADER_LEN {
-            let n = self.inner.read(&mut header[got..]).await?;
-            if n == 0 {
-                if got == 0 {
-                    return Ok(None);
-                }
-                return Err(ChannelError::Truncated { got, expected: HEADER_LEN });
-            }
-            got += n;
-            if got >= 4 {
-                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                if len > self.cfg.max_frame {
-                    return Err(ChannelError::FrameTooLarge { len: len as u64, limit: self.cfg.max_frame });
-                }
-            }
-        }
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let flag = header[4];
-        if flag > 1 {
-            return Err(ChannelError::BadFlag(flag));
-        }
-        let want = len + 1;
-        let mut raw = Vec::with_capacity(HEADER_LEN + want.min(64 << 10));
-        raw.extend_from_slice(&header);
-        let n = (&mut self.inner).take(want as u64).read_to_end(&mut raw).await?;
-        if n < want {
-            return Err(ChannelError::Truncated { got: n + HEADER_LEN, expected: want + HEADER_LEN });
-        }
-        let inflated = if flag == 1 {
-            let body = raw.get(HEADER_LEN..HEADER_LEN + len).unwrap_or_default();
-            Some(inflate(body, self.cfg.max_inflated)?)
-        } else {
-            None
-        };
-        Ok(Some(RawFrame { raw, inflated }))
+        Ok(self.0.read_raw_frame().await?.map(|(raw, inflated)| RawFrame { raw, inflated }))
     }
 }
 
