@@ -127,10 +127,7 @@ impl Server {
 
     /// Serves until shut down.
     pub async fn run(self) -> Result<()> {
-        let state = Arc::new(AcceptState {
-            slots: Arc::new(Semaphore::new(self.config.max_connections)),
-            per_peer: Mutex::new(HashMap::new()),
-        });
+        let state = Admission::new(self.config.max_connections);
         let mut tasks = Vec::new();
         for l in self.listeners {
             tracing::info!(service = self.service.name(), listener = %l.describe(), "listening");
@@ -170,22 +167,58 @@ impl Server {
     }
 }
 
-struct AcceptState {
+/// Connection limits at accept time, shared by [`Server`] and the gateway:
+/// a total number of slots and a count per peer IP address.
+pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     per_peer: Mutex<HashMap<IpAddr, usize>>,
 }
 
-struct PeerGuard {
-    state: Arc<AcceptState>,
+/// Why [`Admission::admit`] refused a connection.
+pub(crate) enum Refused {
+    /// Every slot is taken (`max_connections`).
+    Full,
+    /// This address holds `max_connections_per_peer` already.
+    PerPeer,
+}
+
+/// An admitted connection's slot; dropping it frees the slot.
+pub(crate) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    state: Arc<Admission>,
     ip: Option<IpAddr>,
 }
 
-impl Drop for PeerGuard {
+impl Admission {
+    pub(crate) fn new(max_connections: usize) -> Arc<Admission> {
+        Arc::new(Admission { slots: Arc::new(Semaphore::new(max_connections)), per_peer: Mutex::new(HashMap::new()) })
+    }
+
+    /// Takes a slot for a connection from `peer`, or says why not.
+    pub(crate) fn admit(self: &Arc<Self>, peer: &PeerAddr, max_per_peer: usize) -> Result<Admitted, Refused> {
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
+        let ip = match peer {
+            PeerAddr::Ip(a) => Some(a.ip()),
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= max_per_peer {
+                return Err(Refused::PerPeer);
+            }
+            *n += 1;
+        }
+        Ok(Admitted { _permit: permit, state: self.clone(), ip })
+    }
+}
+
+impl Drop for Admitted {
     fn drop(&mut self) {
         if let Some(ip) = self.ip {
             let mut m = self.state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = m.get_mut(&ip) {
-                *n -= 1;
+                *n = n.saturating_sub(1);
                 if *n == 0 {
                     m.remove(&ip);
                 }
@@ -198,7 +231,7 @@ async fn accept_loop(
     listener: Listener,
     service: Service,
     config: Arc<ServerConfig>,
-    state: Arc<AcceptState>,
+    state: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -215,31 +248,23 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %incoming.peer, limit = config.max_connections, "connection refused: server is at max_connections");
-            continue;
-        };
-        let ip = match incoming.peer {
-            PeerAddr::Ip(a) => Some(a.ip()),
-            _ => None,
-        };
-        if let Some(ip) = ip {
-            let mut m = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= config.max_connections_per_peer {
+        let admitted = match state.admit(&incoming.peer, config.max_connections_per_peer) {
+            Ok(a) => a,
+            Err(Refused::Full) => {
+                tracing::warn!(peer = %incoming.peer, limit = config.max_connections, "connection refused: server is at max_connections");
+                continue;
+            }
+            Err(Refused::PerPeer) => {
                 tracing::warn!(peer = %incoming.peer, limit = config.max_connections_per_peer, "connection refused: too many connections from this address");
                 continue;
             }
-            *n += 1;
-        }
-        let guard = PeerGuard { state: state.clone(), ip };
+        };
         tracing::debug!(peer = %incoming.peer, "accepted");
         let service = service.clone();
         let config = config.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let _guard = guard;
+            let _admitted = admitted;
             serve_stream(incoming, service, config, shutdown).await;
         });
     }

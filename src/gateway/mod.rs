@@ -60,17 +60,17 @@ pub use config::{ConfigError, GatewayConfig, ListenerConfig, RouteConfig, Upstre
 pub use policy::{GatewayPolicy, GatewayPolicySet};
 
 use crate::auth::{Authenticator, ChallengeResponse, SshPublicKey, TlsClientCert};
-use crate::identity::PeerAddr;
+use crate::server::{Admission, Refused};
 use crate::transport::tls::{TlsAcceptor, TlsClientConfig, TlsReloadHandle, TlsServerConfig};
 use crate::transport::{connect_endpoint, ssh, BoxStream, Endpoint, Incoming, Listener, TcpOptions};
 use config::{secs, AuditFormat};
 use metrics::{AuditSink, Metrics};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// Why the gateway could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -380,10 +380,7 @@ impl Gateway {
         let metrics_task = self.metrics_listener.map(|l| {
             tokio::spawn(metrics::serve_http(l, self.shared.metrics.clone(), self.shared.draining.subscribe()))
         });
-        let state = Arc::new(AcceptState {
-            slots: Arc::new(Semaphore::new(self.shared.rules().config.limits.max_connections.max(1))),
-            per_peer: Mutex::new(HashMap::new()),
-        });
+        let state = Admission::new(self.shared.rules().config.limits.max_connections.max(1));
         let mut tasks = Vec::new();
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for l in &listeners {
@@ -503,30 +500,6 @@ impl GatewayHandle {
     }
 }
 
-struct AcceptState {
-    slots: Arc<Semaphore>,
-    per_peer: Mutex<HashMap<IpAddr, usize>>,
-}
-
-struct PeerGuard {
-    state: Arc<AcceptState>,
-    ip: Option<IpAddr>,
-}
-
-impl Drop for PeerGuard {
-    fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut m = self.state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
 struct ActiveGuard(Arc<Shared>);
 
 impl Drop for ActiveGuard {
@@ -536,7 +509,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<AcceptState>) {
+async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<Admission>) {
     let mut draining = shared.draining.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -552,34 +525,25 @@ async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<AcceptS
             }
         };
         let max_per_peer = shared.rules().config.limits.max_connections_per_peer;
-        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
-            shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %incoming.peer, "connection refused: gateway is at max_connections");
-            continue;
-        };
-        let ip = match incoming.peer {
-            PeerAddr::Ip(a) => Some(a.ip()),
-            _ => None,
-        };
-        if let Some(ip) = ip {
-            let mut m = state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= max_per_peer {
+        let admitted = match state.admit(&incoming.peer, max_per_peer) {
+            Ok(a) => a,
+            Err(refused) => {
                 shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %incoming.peer, "connection refused: too many connections from this address");
+                let why = match refused {
+                    Refused::Full => "gateway is at max_connections",
+                    Refused::PerPeer => "too many connections from this address",
+                };
+                tracing::warn!(peer = %incoming.peer, "connection refused: {why}");
                 continue;
             }
-            *n += 1;
-        }
-        let guard = PeerGuard { state: state.clone(), ip };
+        };
         shared.active.fetch_add(1, Ordering::AcqRel);
         shared.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connections_active.fetch_add(1, Ordering::Relaxed);
         let active = ActiveGuard(shared.clone());
         let (shared, l) = (shared.clone(), l.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let _guard = guard;
+            let _admitted = admitted;
             let _active = active;
             serve_incoming(incoming, l, shared).await;
         });
