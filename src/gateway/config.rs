@@ -350,6 +350,11 @@ impl GatewayConfig {
 
     /// Parses TOML; relative paths are taken relative to `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigError> {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            if let Some(toml::Value::Table(p)) = table.get("policy") {
+                super::policy::check_removed(p, "[policy]").map_err(ConfigError)?;
+            }
+        }
         let mut c: GatewayConfig =
             toml::from_str(text).map_err(|e| ConfigError(format!("invalid gateway configuration: {e}")))?;
         c.resolve_paths(base_dir);

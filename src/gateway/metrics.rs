@@ -15,8 +15,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Denial reasons, as [`super::policy::Denial::reason`] names them.
-const REASONS: [&str; 9] =
-    ["handler", "private", "deny_names", "root_deny", "classic", "root_allow", "malformed", "limit", "draining"];
+const REASONS: [&str; 12] = [
+    "handler",
+    "member",
+    "introspection",
+    "deny_names",
+    "root_deny",
+    "classic",
+    "root_allow",
+    "object",
+    "callbacks",
+    "malformed",
+    "limit",
+    "draining",
+];
 
 /// The gateway's counters.
 #[derive(Default)]

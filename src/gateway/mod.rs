@@ -50,11 +50,12 @@
 //! # Ok(()) }
 //! ```
 
+mod capability;
 pub mod config;
-mod inspect;
 mod metrics;
 pub mod policy;
 mod relay;
+mod scan;
 
 pub use config::{ConfigError, GatewayConfig, ListenerConfig, RouteConfig, UpstreamConfig};
 pub use policy::{GatewayPolicy, GatewayPolicySet};
@@ -283,11 +284,14 @@ fn warn_weak_policies(config: &GatewayConfig) {
     let set = &config.policy;
     for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p)))
     {
-        if p.root_rules_bypassable() {
+        if p.classic {
+            tracing::info!(policy = name, "classic = true: full trust (remote code execution on a classic server)");
+        } else if p.objects.get(policy::ANY_CLASS).is_some_and(|m| m.contains("*")) {
             tracing::warn!(
                 policy = name,
-                "deny_private is off: the root rules of this policy (classic, root_allow, root_deny) can be \
-                 bypassed through _-names; turn deny_private off only for fully trusted (classic) identities"
+                "objects.any = [\"*\"] grants every public member of every object the upstream hands out; \
+                 if any of them leads to a module or function (os.system …), that is code execution — \
+                 grant members per class instead"
             );
         }
     }

@@ -1,14 +1,17 @@
-//! What an identity may do through the gateway: handlers, attribute names,
-//! root methods, classic mode and limits — as data, loadable from TOML.
+//! What an identity may do through the gateway, as capabilities: which
+//! handlers, which members of the root, which members of which classes of
+//! objects, whether it may pass its own objects, and limits — as data,
+//! loadable from TOML.
 //!
-//! The rules mirror what `rpyc/core/protocol.py` `_check_attr` decides on
-//! the upstream (an attribute *name* is what every access check sees), but
-//! they are enforced one hop earlier, by the gateway, for servers whose own
-//! configuration cannot be trusted (classic servers allow everything).
-//! Nothing here does I/O; [`GatewayPolicy::check_name`] and
-//! [`GatewayPolicy::handler_allowed`] are the whole decision.
+//! Python's object model offers unbounded ways to reach a name (`__class__`,
+//! a traceback's frame, `str.format`, an exception class's module …), so a
+//! list of forbidden names always misses one. The gateway therefore grants:
+//! a request is forwarded only if its handler is granted, its target is an
+//! object the identity was handed under a grant that still holds
+//! (`relay`/`capability` keep that table), and the member it names is
+//! granted for that object. Nothing here does I/O; [`GatewayPolicy`]'s
+//! `check_*` methods are the whole decision about names.
 
-use crate::policy::SAFE_ATTRS;
 use crate::wire::Handler;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,56 +107,141 @@ impl From<HandlerSet> for Vec<String> {
     }
 }
 
-/// The gateway's rules for one identity (or group, or everyone).
+/// The handlers every identity may use on the objects it was granted
+/// (below). A Python client needs each of them for ordinary use: GETROOT,
+/// PING and CLOSE for the connection, DEL to release references, INSPECT to
+/// build the proxy class of any object it receives, GETATTR/CALLATTR/CALL
+/// for granted members, REPR/STR to print, and CMP for the six comparisons.
+pub const BASE_HANDLERS: &[Handler] = &[
+    Handler::Ping,
+    Handler::Close,
+    Handler::GetRoot,
+    Handler::GetAttr,
+    Handler::Call,
+    Handler::CallAttr,
+    Handler::Repr,
+    Handler::Str,
+    Handler::Cmp,
+    Handler::Inspect,
+    Handler::Del,
+];
+
+/// Attribute names that lead from an object to code, frames, globals,
+/// builtins or the class hierarchy. Refused for every identity without
+/// `classic`, whatever its policy grants — they are how a Python object
+/// reaches `eval`.
+pub const INTROSPECTION_NAMES: &[&str] = &[
+    "__class__",
+    "__dict__",
+    "__globals__",
+    "__code__",
+    "__closure__",
+    "__self__",
+    "__func__",
+    "__bases__",
+    "__base__",
+    "__mro__",
+    "__subclasses__",
+    "__builtins__",
+    "__import__",
+    "__getattribute__",
+    "__reduce__",
+    "__reduce_ex__",
+    "__init_subclass__",
+    "__set_name__",
+    "__wrapped__",
+    "__loader__",
+    "__spec__",
+    "__module__",
+    "mro",
+    "tb_frame",
+    "tb_next",
+    "f_globals",
+    "f_locals",
+    "f_builtins",
+    "f_back",
+    "f_code",
+    "gi_frame",
+    "gi_code",
+    "cr_frame",
+    "cr_code",
+    "ag_frame",
+    "ag_code",
+    "func_globals",
+    "func_code",
+    "im_func",
+    "im_self",
+];
+
+/// The six comparison operators a CMP request may name.
+pub const COMPARISONS: &[&str] = &["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"];
+
+/// The key of [`GatewayPolicy::objects`] whose members are granted on every
+/// object.
+pub const ANY_CLASS: &str = "any";
+
+/// The gateway's rules for one identity (or group, or everyone): what it
+/// may reach on the upstream, as capabilities.
 ///
-/// The defaults are the gateway's safe default: every handler except
-/// PICKLE, SETATTR and DELATTR; no `_`-prefixed name except RPyC's safe
-/// dunders; no classic-mode roots; at most 1024 requests in flight per
-/// identity. The upstream's own exposure rules still apply behind it.
+/// Nothing is forwarded unless granted. The upstream's root object is
+/// granted; its public members (no `_`-names, not the classic roots, not
+/// the service hooks; only `root_allow` if that is set) may be read and
+/// called. Every object the upstream hands back is usable only through the
+/// members `objects` grants for its class, and only while the grant it was
+/// obtained under still holds. `classic = true` is full trust: everything
+/// is forwarded (on a classic server that is remote code execution, by
+/// design).
 ///
 /// ```toml
-/// allow_handlers = ["*"]                 # default
-/// deny_handlers = ["PICKLE", "SETATTR", "DELATTR"]
-/// deny_private = true
-/// root_allow = ["add", "get_answer"]     # only these root methods
-/// classic = false
+/// root_allow = ["add", "get_report"]     # only these root members
+/// allow_handlers = ["HASH"]              # in addition to BASE_HANDLERS
+/// callbacks = true                       # may pass its own functions
 /// max_in_flight = 1024
 /// rate_per_sec = 0                       # 0 = unlimited
+///
+/// [objects]                              # members granted per class
+/// Report = ["title", "pages", "__len__"] # by id-pack class name ("mod.Report" or "Report")
+/// any = ["__iter__"]                     # on every object
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct GatewayPolicy {
-    /// Handlers that may be forwarded. Default: all (`["*"]`).
+    /// Handlers that may be forwarded (always on granted objects only).
+    /// Default: [`BASE_HANDLERS`]. Add `HASH`, `DIR`, `INSTANCECHECK`,
+    /// `BUFFITER`, `OLDSLICING`, `CTXEXIT`, `PICKLE`, `SETATTR` or
+    /// `DELATTR` here to grant them; `["*"]` is every handler.
     pub allow_handlers: HandlerSet,
-    /// Handlers that are never forwarded, even if in `allow_handlers`.
-    /// Default: PICKLE (arbitrary object serialisation), SETATTR and DELATTR
-    /// (changing server state by name).
+    /// Handlers never forwarded, even if in `allow_handlers`. Default: none.
     pub deny_handlers: HandlerSet,
-    /// Refuse attribute names starting with `_`, except those in
-    /// `safe_attrs`. Default: true — the `_`-names are how Python objects
-    /// lead to their classes, globals and builtins.
-    ///
-    /// The root rules (`root_allow`, `root_deny`, `classic`) are only as
-    /// strong as this: with `_`-names open, a client can reach the root's
-    /// class (`root.get_service_name.__self__`) and call its functions with
-    /// the root as argument. Turn it off only together with `classic`.
-    pub deny_private: bool,
-    /// The dunders allowed despite `deny_private`. Default: RPyC's
-    /// `safe_attrs` ([`SAFE_ATTRS`]).
-    pub safe_attrs: BTreeSet<String>,
     /// Names refused on every object. Default: none.
     pub deny_names: BTreeSet<String>,
-    /// If not empty, the only root members reachable (safe dunders aside),
-    /// written with or without the `exposed_` prefix. Default: empty (no
-    /// extra restriction).
+    /// If not empty, the only root members reachable, written with or
+    /// without the `exposed_` prefix (a `_`-name is reachable only if listed
+    /// here). Default: empty — every public root member.
     pub root_allow: BTreeSet<String>,
     /// Root members never reachable. Default: `on_connect`, `on_disconnect`
     /// (service lifecycle hooks, which a classic server exposes).
     pub root_deny: BTreeSet<String>,
-    /// Grants the classic-mode roots ([`CLASSIC_ROOTS`]: `eval`, `execute`,
-    /// `getmodule`, `namespace`, `getconn`). Default: false — on a classic
-    /// server they are remote code execution.
+    /// Members granted on objects other than the root, by the class name of
+    /// their id-pack (`"module.Class"`, or just `"Class"`); the key `any`
+    /// grants on every object. A member may be read (GETATTR), called
+    /// (CALLATTR), and what was read may be called. `"*"` grants every
+    /// public (non-`_`) member; `"__call__"` lets the object itself be
+    /// called. [`INTROSPECTION_NAMES`] are never granted. Default: none —
+    /// objects returned by allowed methods can be passed back as arguments,
+    /// printed, compared and released, nothing more.
+    pub objects: BTreeMap<String, BTreeSet<String>>,
+    /// Lets the identity pass its own objects to the upstream (callbacks,
+    /// proxies of client objects) and answer the upstream's requests with
+    /// them. Replies to the upstream are sanitized even then: exceptions
+    /// are re-raised as the builtin class of the same name (or
+    /// `Exception`), never a custom module. Default: false.
+    pub callbacks: bool,
+    /// Full trust: every handler, name and object, including the classic
+    /// roots (`eval`, `execute`, `getmodule`, `namespace`, `getconn`) — on a
+    /// classic server that is remote code execution by design. References
+    /// obtained under it stop working if it is revoked. Default: false.
     pub classic: bool,
     /// Most requests one identity may have in flight through the gateway,
     /// over all its connections (0 = unlimited). Default: 1024 (a Python
@@ -171,13 +259,13 @@ pub struct GatewayPolicy {
 impl Default for GatewayPolicy {
     fn default() -> Self {
         GatewayPolicy {
-            allow_handlers: HandlerSet::ALL,
-            deny_handlers: HandlerSet::of(&[Handler::Pickle, Handler::SetAttr, Handler::DelAttr]),
-            deny_private: true,
-            safe_attrs: SAFE_ATTRS.iter().map(|s| s.to_string()).collect(),
+            allow_handlers: HandlerSet::of(BASE_HANDLERS),
+            deny_handlers: HandlerSet::NONE,
             deny_names: BTreeSet::new(),
             root_allow: BTreeSet::new(),
             root_deny: SERVICE_HOOKS.iter().map(|s| s.to_string()).collect(),
+            objects: BTreeMap::new(),
+            callbacks: false,
             classic: false,
             max_in_flight: 1024,
             rate_per_sec: 0.0,
@@ -190,15 +278,21 @@ impl Default for GatewayPolicy {
 /// would expect).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Denial {
-    /// The handler is not allowed: `PermissionError`.
+    /// The handler is not granted: `PermissionError`.
     Handler(Handler),
-    /// An attribute name is not allowed: `AttributeError("cannot access 'x'")`.
+    /// An attribute name is not granted: `AttributeError("cannot access 'x'")`.
     Name {
         /// The name as the client sent it.
         name: String,
         /// Which rule refused it (for the audit log, never sent).
         rule: &'static str,
     },
+    /// The request acts on, or passes, an object the identity holds no
+    /// (longer any) grant for: `PermissionError`.
+    Object(String),
+    /// The identity may not pass its own objects (`callbacks = false`):
+    /// `PermissionError`.
+    Callbacks(String),
     /// The request is not shaped the way any RPyC peer sends it (the gateway
     /// refuses what it cannot check): `TypeError`.
     Malformed(String),
@@ -214,6 +308,8 @@ impl Denial {
         match self {
             Denial::Handler(_) => "handler",
             Denial::Name { rule, .. } => rule,
+            Denial::Object(_) => "object",
+            Denial::Callbacks(_) => "callbacks",
             Denial::Malformed(_) => "malformed",
             Denial::Limit(_) => "limit",
             Denial::Draining => "draining",
@@ -233,6 +329,11 @@ impl Denial {
             Denial::Name { name, .. } => {
                 Exception::attribute_error(format!("cannot access {}", Value::Str(name.clone()).repr()))
             }
+            Denial::Object(why) => Exception::new("PermissionError", format!("the gateway refused: {why}")),
+            Denial::Callbacks(why) => Exception::new(
+                "PermissionError",
+                format!("the gateway refused: {why} (this identity's policy has callbacks = false)"),
+            ),
             Denial::Malformed(why) => Exception::type_error(format!("the gateway refused a malformed request: {why}")),
             Denial::Limit(why) => Exception::runtime_error(format!("the gateway refused the request: {why}")),
             Denial::Draining => Exception::new("EOFError", "the gateway is shutting down"),
@@ -245,28 +346,25 @@ fn canonical(name: &str) -> &str {
 }
 
 impl GatewayPolicy {
-    /// Everything allowed: all handlers, all names, classic roots. For
-    /// trusted administrators of a classic server only.
+    /// Full trust: every handler, name and object, classic roots included.
+    /// For trusted administrators of a classic server only.
     pub fn trusted() -> GatewayPolicy {
         GatewayPolicy {
-            deny_handlers: HandlerSet::NONE,
-            deny_private: false,
+            allow_handlers: HandlerSet::ALL,
             root_deny: BTreeSet::new(),
+            callbacks: true,
             classic: true,
             ..GatewayPolicy::default()
         }
     }
 
-    /// The handlers actually forwarded (`allow_handlers` − `deny_handlers`).
+    /// The handlers actually forwarded (`allow_handlers` − `deny_handlers`;
+    /// all of them under `classic`).
     pub fn handlers(&self) -> HandlerSet {
+        if self.classic {
+            return HandlerSet::ALL;
+        }
         self.allow_handlers.minus(self.deny_handlers)
-    }
-
-    /// True if `deny_private` is off for an identity without classic rights:
-    /// it can get around the root rules (see [`GatewayPolicy::deny_private`]).
-    /// With `classic` granted there is nothing left to get around.
-    pub fn root_rules_bypassable(&self) -> bool {
-        !self.deny_private && !self.classic
     }
 
     /// True if requests with this handler may be forwarded.
@@ -274,33 +372,119 @@ impl GatewayPolicy {
         self.handlers().contains(h)
     }
 
-    /// Decides whether attribute `name` may be reached on an object (`on_root`:
-    /// the upstream's root object, where root and classic rules also apply).
-    pub fn check_name(&self, name: &str, on_root: bool) -> Result<(), Denial> {
+    fn refused_everywhere(&self, name: &str) -> Option<&'static str> {
+        if self.deny_names.contains(name) || self.deny_names.contains(canonical(name)) {
+            return Some("deny_names");
+        }
+        if INTROSPECTION_NAMES.contains(&name) {
+            return Some("introspection");
+        }
+        None
+    }
+
+    /// Decides whether member `name` of the upstream's root may be reached
+    /// (read, called).
+    pub fn check_root_member(&self, name: &str) -> Result<(), Denial> {
         let deny = |rule| Err(Denial::Name { name: name.to_string(), rule });
-        let bare = canonical(name);
-        if self.deny_names.contains(name) || self.deny_names.contains(bare) {
-            return deny("deny_names");
-        }
-        let safe = self.safe_attrs.contains(name);
-        if self.deny_private && name.starts_with('_') && !safe {
-            return deny("private");
-        }
-        if !on_root {
+        if self.classic {
             return Ok(());
         }
+        if let Some(rule) = self.refused_everywhere(name) {
+            return deny(rule);
+        }
+        let bare = canonical(name);
         let listed = |set: &BTreeSet<String>| set.contains(name) || set.iter().any(|n| canonical(n) == bare);
         if listed(&self.root_deny) {
             return deny("root_deny");
         }
-        if !self.classic && CLASSIC_ROOTS.contains(&bare) {
+        if CLASSIC_ROOTS.contains(&bare) {
             return deny("classic");
         }
-        if !self.root_allow.is_empty() && !safe && !listed(&self.root_allow) {
+        if self.root_allow.is_empty() {
+            if name.starts_with('_') {
+                return deny("member");
+            }
+            return Ok(());
+        }
+        if !listed(&self.root_allow) {
             return deny("root_allow");
         }
         Ok(())
     }
+
+    /// Decides whether member `name` of an object of class `class` (its
+    /// id-pack name) may be reached (read, called).
+    pub fn check_member(&self, class: &str, name: &str) -> Result<(), Denial> {
+        if self.classic {
+            return Ok(());
+        }
+        if let Some(rule) = self.refused_everywhere(name) {
+            return Err(Denial::Name { name: name.to_string(), rule });
+        }
+        if self.member_granted(class, name) {
+            Ok(())
+        } else {
+            Err(Denial::Name { name: name.to_string(), rule: "member" })
+        }
+    }
+
+    fn member_granted(&self, class: &str, name: &str) -> bool {
+        let short = class.rsplit('.').next().unwrap_or(class);
+        let keys = [class, short, ANY_CLASS];
+        keys.iter()
+            .filter_map(|k| self.objects.get(*k))
+            .any(|members| members.contains(name) || (members.contains("*") && !name.starts_with('_') && name != "*"))
+    }
+
+    /// True if an object of class `class` may itself be called (its class
+    /// is granted `__call__`).
+    pub fn callable_class(&self, class: &str) -> bool {
+        self.classic || self.member_granted(class, "__call__")
+    }
+}
+
+/// Fields of earlier versions that denied names instead of granting them;
+/// a policy that still sets one is refused with the way forward.
+const REMOVED_FIELDS: &[(&str, &str)] = &[
+    (
+        "deny_private",
+        "policies now grant instead of deny: `_`-names are refused unless granted under [objects] \
+         (or root_allow for the root); for full trust use classic = true",
+    ),
+    (
+        "safe_attrs",
+        "grant the dunders an identity needs per class under [objects] (e.g. list = [\"__len__\", \"__iter__\"])",
+    ),
+];
+
+fn check_removed_fields(text: &str, origin: &str) -> Result<(), String> {
+    match text.parse::<toml::Table>() {
+        Ok(table) => check_removed(&table, origin),
+        Err(_) => Ok(()), // the full parse reports the syntax error
+    }
+}
+
+/// Refuses a policy set (as TOML) that uses a field of earlier versions.
+pub(crate) fn check_removed(table: &toml::Table, origin: &str) -> Result<(), String> {
+    let mut tables: Vec<(String, &toml::Table)> = Vec::new();
+    if let Some(toml::Value::Table(t)) = table.get("default") {
+        tables.push(("default".into(), t));
+    }
+    if let Some(toml::Value::Table(ps)) = table.get("policies") {
+        for (name, p) in ps {
+            if let toml::Value::Table(t) = p {
+                tables.push((format!("policies.{name}"), t));
+            }
+        }
+    }
+    for (name, t) in tables {
+        for (field, how) in REMOVED_FIELDS {
+            if t.contains_key(*field) {
+                return Err(format!("policy {origin}: [{name}] sets {field}, which no longer exists: {how}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Gateway policies chosen per identity, like [`crate::policy::PolicySet`]:
@@ -310,13 +494,13 @@ impl GatewayPolicy {
 /// ```toml
 /// [default]                   # everyone else: the safe default
 ///
-/// [policies.admin]            # classic rights, nothing filtered
+/// [policies.admin]            # full trust (classic rights)
 /// classic = true
-/// deny_private = false
-/// deny_handlers = []
 ///
 /// [policies.calc]
-/// root_allow = ["add", "get_answer"]
+/// root_allow = ["add", "get_report"]
+/// [policies.calc.objects]
+/// Report = ["title", "pages"]
 ///
 /// [identities]
 /// alice = "admin"
@@ -348,6 +532,7 @@ impl GatewayPolicySet {
 
     /// Parses TOML (see the type docs); `origin` names the text in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<GatewayPolicySet, String> {
+        check_removed_fields(text, origin)?;
         let set: GatewayPolicySet = toml::from_str(text).map_err(|e| format!("invalid policy {origin}: {e}"))?;
         set.validate(origin)?;
         Ok(set)
@@ -400,34 +585,65 @@ mod tests {
     fn safe_default() {
         let p = GatewayPolicy::default();
         assert!(p.handler_allowed(Handler::GetAttr) && p.handler_allowed(Handler::Call));
-        for h in [Handler::Pickle, Handler::SetAttr, Handler::DelAttr] {
+        for h in [
+            Handler::Pickle,
+            Handler::SetAttr,
+            Handler::DelAttr,
+            Handler::CtxExit,
+            Handler::Dir,
+            Handler::Hash,
+            Handler::BuffIter,
+            Handler::OldSlicing,
+            Handler::InstanceCheck,
+        ] {
             assert!(!p.handler_allowed(h), "{h:?}");
         }
-        assert!(p.check_name("add", true).is_ok());
-        assert!(p.check_name("__len__", false).is_ok());
-        assert!(p.check_name("__class__", false).is_err());
-        assert!(p.check_name("_conn", true).is_err());
-        for n in ["eval", "execute", "getmodule", "namespace", "getconn", "exposed_eval", "on_connect"] {
-            assert!(p.check_name(n, true).is_err(), "{n}");
+        assert!(p.check_root_member("add").is_ok());
+        assert!(p.check_root_member("exposed_add").is_ok());
+        for n in ["eval", "execute", "getmodule", "namespace", "getconn", "exposed_eval", "on_connect", "_conn"] {
+            assert!(p.check_root_member(n).is_err(), "{n}");
         }
-        // Classic rules are about the root only.
-        assert!(p.check_name("eval", false).is_ok());
-        let classic = GatewayPolicy { classic: true, ..GatewayPolicy::default() };
-        assert!(classic.check_name("eval", true).is_ok());
-        assert!(GatewayPolicy::trusted().check_name("__class__", true).is_ok());
+        assert!(p.check_root_member("__class__").is_err());
+        // Nothing on other objects unless granted.
+        assert!(p.check_member("builtins.list", "append").is_err());
+        assert!(p.check_member("builtins.list", "__len__").is_err());
+        assert!(!p.callable_class("builtins.function"));
+        assert!(GatewayPolicy::trusted().check_member("x", "__class__").is_ok());
+    }
+
+    #[test]
+    fn objects_grant_members_by_class() {
+        let p = GatewayPolicy {
+            objects: [
+                ("Report".to_string(), ["title".to_string(), "__len__".to_string(), "tb_frame".to_string()].into()),
+                ("builtins.list".to_string(), ["*".to_string()].into()),
+                (ANY_CLASS.to_string(), ["__iter__".to_string()].into()),
+            ]
+            .into(),
+            ..GatewayPolicy::default()
+        };
+        assert!(p.check_member("app.reports.Report", "title").is_ok());
+        assert!(p.check_member("Report", "__len__").is_ok());
+        assert!(p.check_member("app.reports.Report", "pages").is_err());
+        // Introspection names are never granted, even when listed.
+        assert_eq!(p.check_member("Report", "tb_frame").err().map(|d| d.reason()), Some("introspection"));
+        assert!(p.check_member("builtins.list", "append").is_ok());
+        assert!(p.check_member("builtins.list", "_private").is_err());
+        assert!(p.check_member("builtins.list", "__class__").is_err());
+        assert!(p.check_member("whatever.Thing", "__iter__").is_ok());
+        assert!(!p.callable_class("Report"));
     }
 
     #[test]
     fn root_allow_list_ignores_the_exposed_prefix() {
         let p = GatewayPolicy {
-            root_allow: ["add".to_string(), "exposed_get_answer".to_string()].into(),
+            root_allow: ["add".to_string(), "exposed_get_answer".to_string(), "__len__".to_string()].into(),
             ..GatewayPolicy::default()
         };
-        for ok in ["add", "exposed_add", "get_answer", "exposed_get_answer", "__eq__"] {
-            assert!(p.check_name(ok, true).is_ok(), "{ok}");
+        for ok in ["add", "exposed_add", "get_answer", "exposed_get_answer", "__len__"] {
+            assert!(p.check_root_member(ok).is_ok(), "{ok}");
         }
-        assert_eq!(p.check_name("echo", true).err().map(|d| d.reason()), Some("root_allow"));
-        assert!(p.check_name("echo", false).is_ok());
+        assert_eq!(p.check_root_member("echo").err().map(|d| d.reason()), Some("root_allow"));
     }
 
     #[test]
@@ -437,10 +653,11 @@ mod tests {
             [default]
             [policies.admin]
             classic = true
-            deny_handlers = []
             [policies.calc]
             root_allow = ["add"]
             allow_handlers = ["getroot", "HANDLE_GETATTR", "CALL", "callattr", "inspect", "del"]
+            [policies.calc.objects]
+            Report = ["title"]
             [identities]
             alice = "admin"
             [groups]
@@ -453,12 +670,15 @@ mod tests {
         assert!(name == "admin" && p.classic && p.handler_allowed(Handler::Pickle));
         let (name, p) = set.resolve(Some("bob"), &["calc".to_string()]);
         assert!(name == "calc" && !p.handler_allowed(Handler::Dir) && p.handler_allowed(Handler::GetAttr));
+        assert!(p.check_member("Report", "title").is_ok());
         assert_eq!(set.resolve(Some("carol"), &[]).0, "default");
         let err =
             GatewayPolicySet::from_toml("[default]\nallow_handlers = [\"GETATR\"]\n", "t").err().unwrap_or_default();
         assert!(err.contains("unknown handler \"GETATR\""), "{err}");
         let err = GatewayPolicySet::from_toml("[identities]\nx = \"nope\"\n", "t").err().unwrap_or_default();
         assert!(err.contains("undefined policy \"nope\""), "{err}");
+        let err = GatewayPolicySet::from_toml("[policies.a]\ndeny_private = false\n", "t").err().unwrap_or_default();
+        assert!(err.contains("deny_private") && err.contains("objects"), "{err}");
         let text = toml::to_string(&set).unwrap_or_default();
         assert_eq!(GatewayPolicySet::from_toml(&text, "round trip").ok(), Some(set));
     }

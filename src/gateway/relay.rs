@@ -1,41 +1,56 @@
 //! One client connection through the gateway: two pumps over frames.
 //!
 //! ```text
-//! client ──frames──▶ client pump ──checked requests, callback replies──▶ upstream writer
+//! client ──frames──▶ client pump ──granted requests, sanitized replies──▶ upstream writer
 //!   ▲                    │ denials (exception replies)
 //!   └── client writer ◀──┴──────────── upstream pump ◀──frames── upstream
 //! ```
 //!
-//! Every frame is read with the gateway's limits and decoded in full; a
-//! request is checked against the identity's policy before it is
-//! forwarded, byte for byte (compressed frames too, after inflating them to
-//! check). Sequence numbers pass through unchanged: each side numbers its own
+//! Every frame is read with the gateway's limits and *read*, not built
+//! ([`super::scan`]): envelope, handler, labels, references and the few
+//! small arguments the checks need; everything else is relayed as the
+//! bytes that arrived (compressed frames too, after inflating them to
+//! check). A request is forwarded only if the identity's capabilities grant
+//! it ([`super::capability`]): its handler, its target (an object the
+//! upstream handed to this client, under a grant that still holds), the
+//! member it names, and every object it passes along. Replies record the
+//! objects they hand over, with the grant they were obtained under.
+//! Replies the client sends to the upstream's callbacks are sanitized
+//! (only granted references, exceptions as builtin classes).
+//!
+//! Sequence numbers pass through unchanged: each side numbers its own
 //! requests, and the gateway answers a denied request itself under the
 //! client's number. Replies are matched to requests (bounded maps in both
 //! directions) for the audit trail, latency, in-flight limits, and to fail
-//! every pending call at once when the upstream goes away.
+//! every pending call at once when the upstream goes away. Frames queued
+//! towards a slow reader are bounded in bytes in both directions.
 //!
 //! The upstream's root object is fetched by the gateway itself before the
-//! first client request is forwarded, so root-only rules know the root's
-//! id-pack before any request could name it.
+//! first client request is forwarded, so the capability table starts with
+//! the root's id-pack before any request could name it.
 
+use super::capability::{Grant, Step, Table};
 use super::config::{secs, Protocol};
-use super::inspect::{inspect_request, remote_ref, Target};
 use super::metrics::AuditRecord;
-use super::policy::{Denial, GatewayPolicy};
+use super::policy::{Denial, GatewayPolicy, COMPARISONS};
+use super::scan::{self, Arg, RefLabel, Request};
 use super::{IdentityLimiter, Shared};
 use crate::channel::{finish_frame, ChannelConfig, ChannelError, FrameReader, HEADER_LEN};
 use crate::transport::BoxStream;
-use crate::wire::message::{decode_message, encode_message, Message, MSG_EXCEPTION, MSG_REPLY, MSG_REQUEST};
-use crate::wire::{DecodeLimits, Dialect, Exception, Handler, Value};
+use crate::wire::message::{
+    decode_message, encode_message, LABEL_REMOTE_REF, LABEL_VALUE, MSG_EXCEPTION, MSG_REPLY, MSG_REQUEST,
+};
+use crate::wire::{DecodeLimits, Dialect, Exception, Handler, IdPack, Int, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-/// Frames queued towards one side before the pumps wait.
-const QUEUE: usize = 64;
+/// Bytes of frames queued towards one side before the pump that feeds it
+/// waits (back-pressure on the side that sends); one frame larger than
+/// this still passes, alone.
+const QUEUE_BYTES: usize = 16 << 20;
 /// Requests from the upstream awaiting the client's reply, per connection.
 const MAX_CALLBACKS: usize = 65_536;
 /// How long the gateway keeps flushing to a client after the upstream left.
@@ -77,12 +92,42 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
     }
 }
 
-/// Writes queued frames, batching what is already queued into one flush.
-async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Vec<u8>>) -> std::io::Result<()> {
-    while let Some(buf) = rx.recv().await {
+/// The sending half of a queue of frames bounded in bytes: a sender waits
+/// until the frames ahead of it are written.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+}
+
+impl Queue {
+    fn new() -> (Queue, mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Queue { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) }, rx)
+    }
+
+    /// Queues a frame once its bytes fit; false if the writer is gone.
+    async fn send(&self, frame: Vec<u8>) -> bool {
+        let cost = u32::try_from(frame.len().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(cost).await else {
+            return false;
+        };
+        self.tx.send((frame, permit)).is_ok()
+    }
+}
+
+/// Writes queued frames, batching what is already queued into one flush;
+/// each frame's bytes leave the budget once written.
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>,
+) -> std::io::Result<()> {
+    while let Some((buf, permit)) = rx.recv().await {
         w.write_all(&buf).await?;
-        while let Ok(more) = rx.try_recv() {
+        drop(permit);
+        while let Ok((more, permit)) = rx.try_recv() {
             w.write_all(&more).await?;
+            drop(permit);
         }
         w.flush().await?;
     }
@@ -101,13 +146,13 @@ fn exception_frame(dialect: Dialect, seq: i64, exc: &Exception, ch: &ChannelConf
 }
 
 /// The frame to send on: the original bytes if both sides speak the same
-/// dialect, else the message re-encoded.
-fn reframe(frame: RawFrame, msg: &Message, from: Dialect, to: Dialect, ch: &ChannelConfig) -> Vec<u8> {
+/// dialect, else the message decoded and re-encoded.
+fn reframe(frame: RawFrame, from: Dialect, to: Dialect, s: &Session) -> Result<Vec<u8>, String> {
     if from == to {
-        frame.raw
-    } else {
-        frame_of(to, msg.kind, msg.seq, &msg.args, ch)
+        return Ok(frame.raw);
     }
+    let msg = decode_message(from, frame.payload(), &s.decode).map_err(|e| e.to_string())?;
+    Ok(frame_of(to, msg.kind, msg.seq, &msg.args, &s.channel))
 }
 
 /// Everything a connection needs from the accept side.
@@ -128,13 +173,18 @@ struct Pending {
     start: Instant,
     /// Counted against the identity's in-flight limit.
     counted: bool,
+    /// The grant under which objects in the reply are obtained.
+    grant: Option<Arc<Grant>>,
 }
 
 struct State {
     pending: HashMap<i64, Pending>,
-    callbacks: HashMap<i64, Instant>,
+    /// Requests from the upstream awaiting the client: when, and which handler.
+    callbacks: HashMap<i64, (Instant, Handler)>,
     /// (rules generation, policy name, policy).
     policy: (u64, String, Arc<GatewayPolicy>),
+    /// The upstream objects this client holds, with their grants.
+    table: Table,
 }
 
 struct Session {
@@ -142,7 +192,6 @@ struct Session {
     upstream_desc: String,
     client_dialect: Dialect,
     upstream_dialect: Dialect,
-    root: (i64, i64),
     channel: ChannelConfig,
     decode: DecodeLimits,
     max_pending: usize,
@@ -158,13 +207,91 @@ enum End {
     Drained { timed_out: bool },
 }
 
+/// What a granted request leaves behind: the name for the audit, the grant
+/// for objects in its reply, and references it releases.
+struct Admitted {
+    name: Option<String>,
+    grant: Option<Arc<Grant>>,
+    release: Option<(IdPack, u64)>,
+}
+
+/// Class-name prefixes under which a client's own objects may reach the
+/// upstream. Python turns the class name of a proxy into
+/// `getattr(sys.modules[prefix], rest)` (`netref.class_factory`), and a
+/// module-level `__getattr__` may import; `builtins` (functions, methods,
+/// lambdas) and `rpyc.core.service` (a client's root service) have none.
+const CLIENT_CLASS_MODULES: &[&str] = &["builtins", "rpyc.core.service"];
+
+fn client_class_allowed(name: &str) -> bool {
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
+    match name.rsplit_once('.') {
+        None => ident(name),
+        Some((module, class)) => CLIENT_CLASS_MODULES.contains(&module) && ident(class),
+    }
+}
+
+/// Python's builtin exception classes (3.11); an exception a client sends
+/// to the upstream is re-raised there as one of these or as `Exception`.
+const BUILTIN_EXCEPTIONS: &[&str] = &[
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "BaseException",
+    "BlockingIOError",
+    "BrokenPipeError",
+    "BufferError",
+    "ChildProcessError",
+    "ConnectionAbortedError",
+    "ConnectionError",
+    "ConnectionRefusedError",
+    "ConnectionResetError",
+    "EOFError",
+    "Exception",
+    "FileExistsError",
+    "FileNotFoundError",
+    "FloatingPointError",
+    "GeneratorExit",
+    "ImportError",
+    "IndexError",
+    "InterruptedError",
+    "IsADirectoryError",
+    "KeyError",
+    "LookupError",
+    "MemoryError",
+    "ModuleNotFoundError",
+    "NameError",
+    "NotADirectoryError",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PermissionError",
+    "ProcessLookupError",
+    "RecursionError",
+    "ReferenceError",
+    "RuntimeError",
+    "StopAsyncIteration",
+    "StopIteration",
+    "SyntaxError",
+    "TimeoutError",
+    "TypeError",
+    "UnboundLocalError",
+    "UnicodeDecodeError",
+    "UnicodeEncodeError",
+    "UnicodeError",
+    "ValueError",
+    "ZeroDivisionError",
+];
+
+type Refusal = (Denial, Option<Handler>, Option<String>);
+
 impl Session {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The identity's current policy (re-resolved after a reload).
-    fn policy(&self) -> Arc<GatewayPolicy> {
+    /// The identity's current policy and its generation (re-resolved after
+    /// a reload).
+    fn policy(&self) -> (u64, Arc<GatewayPolicy>) {
         let gen = self.ctx.shared.generation();
         let mut st = self.lock();
         if st.policy.0 != gen {
@@ -174,7 +301,7 @@ impl Session {
             }
             st.policy = (gen, name, p);
         }
-        st.policy.2.clone()
+        (st.policy.0, st.policy.2.clone())
     }
 
     fn audit(
@@ -201,29 +328,35 @@ impl Session {
     }
 
     /// Checks a client request; on success it is recorded as pending.
-    fn admit(&self, seq: i64, args: &Value) -> Result<(), (Denial, Option<Handler>, Option<String>)> {
-        let req = inspect_request(args).map_err(|d| (d, None, None))?;
-        let name = req.names.first().cloned();
-        let fail = |d: Denial| (d, Some(req.handler), name.clone());
+    fn admit(&self, seq: i64, payload: &[u8], body: usize) -> Result<(), Refusal> {
+        let req = scan::request(payload, body, &self.decode).map_err(|d| (d, None, None))?;
+        let first_name = |r: &Request| match (r.handler, r.args.get(1)) {
+            (
+                Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr | Handler::OldSlicing,
+                Some(a),
+            ) => scan::name_arg(payload, a, &self.decode).ok(),
+            _ => None,
+        };
         if *self.draining.borrow() {
-            return Err(fail(Denial::Draining));
+            return Err((Denial::Draining, Some(req.handler), first_name(&req)));
         }
-        let policy = self.policy();
+        let (gen, policy) = self.policy();
         if !policy.handler_allowed(req.handler) {
             // Python refuses a disabled GETATTR/SETATTR/DELATTR with
             // AttributeError("cannot access 'name'"); so does the gateway.
+            let name = first_name(&req);
             let by_name =
                 matches!(req.handler, Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr);
-            return Err(fail(match (&name, by_name) {
+            let d = match (&name, by_name) {
                 (Some(n), true) => Denial::Name { name: n.clone(), rule: "handler" },
                 _ => Denial::Handler(req.handler),
-            }));
-        }
-        let on_root = req.target == Target::Upstream(self.root.0, self.root.1);
-        for n in &req.names {
-            policy.check_name(n, on_root).map_err(fail)?;
+            };
+            return Err((d, Some(req.handler), name));
         }
         let mut st = self.lock();
+        let admitted =
+            self.check(&st.table, &policy, gen, &req, payload).map_err(|d| (d, Some(req.handler), first_name(&req)))?;
+        let fail = |d: Denial| (d, Some(req.handler), admitted.name.clone());
         if st.pending.contains_key(&seq) {
             return Err(fail(Denial::Malformed(format!("sequence number {seq} is already awaiting a reply"))));
         }
@@ -239,19 +372,311 @@ impl Session {
         if counted {
             self.ctx.limiter.acquire(&policy).map_err(fail)?;
         }
-        st.pending.insert(seq, Pending { handler: req.handler, name, start: Instant::now(), counted });
+        if let Some((id, n)) = &admitted.release {
+            st.table.release(id, *n);
+        }
+        st.pending.insert(
+            seq,
+            Pending {
+                handler: req.handler,
+                name: admitted.name,
+                start: Instant::now(),
+                counted,
+                grant: admitted.grant,
+            },
+        );
         drop(st);
         self.ctx.shared.metrics.allowed(req.handler);
         Ok(())
     }
 
-    /// A reply from the upstream for a client request: audit and release.
-    fn finish(&self, seq: i64, outcome: &str) -> bool {
-        let Some(p) = self.lock().pending.remove(&seq) else {
-            return false;
+    /// The capability check of one request (its handler is granted).
+    fn check(
+        &self,
+        table: &Table,
+        p: &GatewayPolicy,
+        gen: u64,
+        req: &Request,
+        payload: &[u8],
+    ) -> Result<Admitted, Denial> {
+        let lim = &self.decode;
+        let h = req.handler;
+        let mut out = Admitted { name: None, grant: None, release: None };
+        if h == Handler::Del {
+            // Releasing is always allowed, for objects the client holds.
+            let Some(Arg::Local(id)) = req.args.first() else {
+                return Err(Denial::Malformed("DEL of something that is not an upstream object".into()));
+            };
+            let count = match req.args.get(1) {
+                Some(a) => scan::int_arg(payload, a, lim)?,
+                None => 1,
+            };
+            if count < 1 {
+                return Err(Denial::Malformed(format!("DEL of {count} references")));
+            }
+            if table.get(id).is_none() {
+                return Err(Denial::Object("DEL of an object this connection does not hold".into()));
+            }
+            out.release = Some((id.clone(), count.unsigned_abs()));
+            return Ok(out);
+        }
+        if p.classic {
+            // Full trust: forwarded as is; what it hands over is valid only
+            // while classic rights last.
+            let root = Grant::new(None, Step::Root);
+            out.grant = Some(if h == Handler::GetRoot { root } else { Grant::new(Some(&root), Step::Classic) });
+            out.name = match (h, req.args.get(1)) {
+                (Handler::GetAttr | Handler::CallAttr | Handler::SetAttr | Handler::DelAttr, Some(a)) => {
+                    scan::name_arg(payload, a, lim).ok()
+                }
+                _ => None,
+            };
+            return Ok(out);
+        }
+        // Every object passed anywhere in the arguments: the upstream's must
+        // be granted, the client's need `callbacks`.
+        for arg in &req.args {
+            scan::arg_refs(payload, arg, lim, &mut |label, id| self.check_ref(table, p, gen, label, &id))?;
+        }
+        let target = || -> Result<(&IdPack, &Arc<Grant>, bool), Denial> {
+            match req.args.first() {
+                Some(Arg::Local(id)) => {
+                    let e = table.get(id).ok_or_else(unknown_object)?;
+                    Ok((id, &e.grant, id == table.root()))
+                }
+                _ => Err(Denial::Object(format!(
+                    "the target of {} must be an object the upstream handed to this connection",
+                    h.name()
+                ))),
+            }
         };
+        let member = |id: &IdPack, grant: &Arc<Grant>, is_root: bool, name: &str| -> Result<Arc<Grant>, Denial> {
+            let step = if is_root {
+                p.check_root_member(name)?;
+                Step::RootMember(name.to_string())
+            } else {
+                p.check_member(&id.class_name, name)?;
+                Step::Member { class: id.class_name.clone(), name: name.to_string() }
+            };
+            Grant::child(grant, step).map_err(|_| too_deep())
+        };
+        let derived = |grant: &Arc<Grant>, step: Step| Grant::child(grant, step).map_err(|_| too_deep());
+        let name = |i: usize| -> Result<String, Denial> {
+            scan::name_arg(payload, req.args.get(i).ok_or_else(|| Denial::Malformed("missing name".into()))?, lim)
+        };
+        let call_args = |i: usize, kw: usize| -> Result<(), Denial> {
+            if let Some(a) = req.args.get(i) {
+                scan::check_call_args(payload, a, lim)?;
+            }
+            if let Some(a) = req.args.get(kw) {
+                scan::check_kwargs(payload, a, lim)?;
+            }
+            Ok(())
+        };
+        match h {
+            Handler::Ping | Handler::Close => {}
+            Handler::GetRoot => out.grant = Some(Grant::new(None, Step::Root)),
+            Handler::Del => {}
+            Handler::Inspect => {
+                let a = req.args.first().ok_or_else(|| Denial::Malformed("INSPECT of nothing".into()))?;
+                let id = scan::id_pack_arg(payload, a, lim)?;
+                self.check_ref(table, p, gen, RefLabel::Local, &id)?;
+            }
+            Handler::GetAttr | Handler::CallAttr | Handler::SetAttr | Handler::DelAttr => {
+                let (id, grant, is_root) = target()?;
+                let n = name(1)?;
+                let g = member(id, grant, is_root, &n)?;
+                out.grant = Some(match h {
+                    Handler::GetAttr => g,
+                    Handler::CallAttr => {
+                        call_args(2, 3)?;
+                        derived(&g, Step::Call { callee: String::new() })?
+                    }
+                    _ => derived(grant, Step::Derived)?,
+                });
+                out.name = Some(n);
+            }
+            Handler::Call => {
+                let (id, grant, is_root) = target()?;
+                let e = table.get(id).ok_or_else(unknown_object)?;
+                if is_root || !e.callable(&id.class_name, p) {
+                    return Err(Denial::Object(format!(
+                        "this identity may not call objects of class {:?} (grant \"__call__\" under [objects])",
+                        id.class_name
+                    )));
+                }
+                call_args(1, 2)?;
+                out.grant = Some(derived(grant, Step::Call { callee: id.class_name.clone() })?);
+            }
+            Handler::Repr | Handler::Str | Handler::Hash | Handler::Dir | Handler::Pickle => {
+                let (_, grant, _) = target()?;
+                if h == Handler::Pickle {
+                    scan::int_arg(payload, req.args.get(1).unwrap_or(&Arg::Value(0, 0)), lim)?;
+                }
+                out.grant = Some(derived(grant, Step::Derived)?);
+            }
+            Handler::InstanceCheck => {
+                let (_, grant, _) = target()?;
+                if let Some(a) = req.args.get(1) {
+                    scan::id_pack_arg(payload, a, lim)?;
+                }
+                out.grant = Some(derived(grant, Step::Derived)?);
+            }
+            Handler::BuffIter => {
+                let (_, grant, _) = target()?;
+                let n = scan::int_arg(payload, req.args.get(1).unwrap_or(&Arg::Value(0, 0)), lim)?;
+                if !(0..=1_000_000).contains(&n) {
+                    return Err(Denial::Malformed(format!("BUFFITER of {n} items")));
+                }
+                out.grant = Some(derived(grant, Step::Derived)?);
+            }
+            Handler::Cmp => {
+                let (_, grant, _) = target()?;
+                let op = match req.args.get(2) {
+                    Some(_) => name(2)?,
+                    None => "__cmp__".to_string(),
+                };
+                // `getattr(type(obj), op)(obj, other)`: only the comparisons.
+                if !COMPARISONS.contains(&op.as_str()) {
+                    return Err(Denial::Name { name: op, rule: "member" });
+                }
+                out.grant = Some(derived(grant, Step::Derived)?);
+                out.name = Some(op);
+            }
+            Handler::CtxExit => {
+                let (id, grant, is_root) = target()?;
+                let g = member(id, grant, is_root, "__exit__")?;
+                out.grant = Some(derived(&g, Step::Call { callee: String::new() })?);
+                out.name = Some("__exit__".into());
+            }
+            Handler::OldSlicing => {
+                let (id, grant, is_root) = target()?;
+                let attempt = name(1)?;
+                let fallback = name(2)?;
+                let g = member(id, grant, is_root, &attempt)?;
+                member(id, grant, is_root, &fallback)?;
+                call_args(5, usize::MAX)?;
+                out.grant = Some(derived(&g, Step::Call { callee: String::new() })?);
+                out.name = Some(attempt);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks one object a client message passes to the upstream: the
+    /// upstream's own must be held under a grant that still holds; the
+    /// client's own need `callbacks` and a class name the upstream resolves
+    /// without importing.
+    fn check_ref(
+        &self,
+        table: &Table,
+        p: &GatewayPolicy,
+        gen: u64,
+        label: RefLabel,
+        id: &IdPack,
+    ) -> Result<(), Denial> {
+        match label {
+            RefLabel::Local => {
+                let e = table.get(id).ok_or_else(unknown_object)?;
+                if !e.grant.holds(p, gen) {
+                    return Err(Denial::Object(
+                        "this identity's policy no longer grants the object it obtained this reference through".into(),
+                    ));
+                }
+                Ok(())
+            }
+            RefLabel::Remote => {
+                if !p.callbacks {
+                    return Err(Denial::Callbacks("this identity may not pass its own objects to the upstream".into()));
+                }
+                if !client_class_allowed(&id.class_name) {
+                    return Err(Denial::Callbacks(format!(
+                        "objects of class {:?} cannot be passed through the gateway; pass functions or bound methods",
+                        id.class_name
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A reply from the upstream for a client request: audit and release;
+    /// the pending request, if it was one.
+    fn finish(&self, seq: i64, outcome: &str) -> Option<Option<Arc<Grant>>> {
+        let mut p = self.lock().pending.remove(&seq)?;
+        let grant = p.grant.take();
         self.close_pending(seq, p, outcome);
-        true
+        Some(grant)
+    }
+
+    /// Records the upstream objects a message hands to the client (its
+    /// `REMOTE_REF`s), each under `grant`. Fails if the client would hold
+    /// more than [`super::capability::MAX_OBJECTS`].
+    fn record(&self, payload: &[u8], at: usize, depth: usize, grant: &Arc<Grant>) -> Result<(), String> {
+        let mut st = self.lock();
+        let table = &mut st.table;
+        scan::walk_at(payload, at, depth, &self.decode, &mut |label, id| {
+            if label == RefLabel::Remote && table.add(id, grant).is_err() {
+                return Err(Denial::Limit(String::new()));
+            }
+            Ok(())
+        })
+        .map_err(|d| match d {
+            Denial::Limit(_) => format!(
+                "the client holds {} upstream objects (the limit); it must release some",
+                super::capability::MAX_OBJECTS
+            ),
+            other => format!("sent a malformed message: {}", other.exception().message()),
+        })
+    }
+
+    /// The client's reply (or exception) to a request of the upstream, as
+    /// the frame to forward: only granted references, and exceptions as
+    /// builtin classes. `Err` is the reason to refuse it.
+    fn sanitize_reply(&self, kind: u8, handler: Handler, frame: RawFrame, body: usize) -> Result<Vec<u8>, String> {
+        let (gen, p) = self.policy();
+        let (from, to) = (self.client_dialect, self.upstream_dialect);
+        if p.classic {
+            return reframe(frame, from, to, self);
+        }
+        let payload = frame.payload();
+        if kind == MSG_EXCEPTION {
+            let msg = decode_message(from, payload, &self.decode).map_err(|e| e.to_string())?;
+            let exc = sanitize_exception(Exception::load(msg.args));
+            return Ok(frame_of(
+                to,
+                MSG_EXCEPTION,
+                msg.seq,
+                &exc.dump(to.version(), "rpyc gateway client"),
+                &self.channel,
+            ));
+        }
+        {
+            let st = self.lock();
+            scan::walk_at(payload, body, 1, &self.decode, &mut |label, id| {
+                self.check_ref(&st.table, &p, gen, label, &id)
+            })
+            .map_err(|d| d.exception().message())?;
+        }
+        if handler == Handler::Inspect {
+            // The method names become the client object's proxy class on the
+            // upstream; RPyC looks `_rpyc_getattr` and friends up there.
+            let msg = decode_message(from, payload, &self.decode).map_err(|e| e.to_string())?;
+            let methods = match msg.args.as_tuple() {
+                Some([Value::Int(Int::Small(LABEL_VALUE)), Value::Tuple(items)]) => items
+                    .iter()
+                    .filter(|m| match m.as_tuple() {
+                        Some([Value::Str(n), _]) => !n.starts_with("_rpyc_"),
+                        _ => false,
+                    })
+                    .cloned()
+                    .collect(),
+                _ => return Err("an INSPECT reply that is not a tuple of (name, doc) pairs".into()),
+            };
+            let args = Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(methods)]);
+            return Ok(frame_of(to, MSG_REPLY, msg.seq, &args, &self.channel));
+        }
+        reframe(frame, from, to, self)
     }
 
     fn close_pending(&self, seq: i64, p: Pending, outcome: &str) {
@@ -271,6 +696,29 @@ impl Session {
     fn take_all_pending(&self) -> Vec<(i64, Pending)> {
         self.lock().pending.drain().collect()
     }
+}
+
+/// An exception from the client as the upstream may see it: a builtin
+/// class of the same name, or `Exception`; args kept (they are values),
+/// attributes dropped. A classic upstream imports the module an exception
+/// names (`import_custom_exceptions`); it never sees one but `builtins`.
+fn sanitize_exception(e: Exception) -> Exception {
+    let class = if e.module == "builtins" && BUILTIN_EXCEPTIONS.contains(&e.class.as_str()) {
+        e.class.clone()
+    } else {
+        "Exception".to_string()
+    };
+    let mut out = Exception::with_args("builtins", class, e.args);
+    out.traceback = e.traceback;
+    out
+}
+
+fn unknown_object() -> Denial {
+    Denial::Object("the request names an object the upstream never handed to this connection".into())
+}
+
+fn too_deep() -> Denial {
+    Denial::Limit(format!("object reached through more than {} steps from the root", super::capability::MAX_PATH))
 }
 
 impl Drop for Session {
@@ -361,7 +809,6 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         upstream_desc,
         client_dialect,
         upstream_dialect,
-        root,
         channel: channel.clone(),
         decode,
         max_pending: limits.max_pending.max(1),
@@ -370,14 +817,15 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
             pending: HashMap::new(),
             callbacks: HashMap::new(),
             policy: (policy_gen, policy_name, policy),
+            table: Table::new(root),
         }),
         ctx,
     });
 
     let (ur, uw) = tokio::io::split(upstream);
     let ureader = RawReader::new(BufReader::new(ur), channel.clone());
-    let (cl_tx, cl_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let (up_tx, up_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (cl_tx, cl_rx) = Queue::new();
+    let (up_tx, up_rx) = Queue::new();
     let mut cpump = Box::pin(client_pump(session.clone(), creader, Some(first), up_tx.clone(), cl_tx.clone()));
     let mut upump = Box::pin(upstream_pump(session.clone(), ureader, early, up_tx, cl_tx.clone()));
     let mut cwriter = Box::pin(writer(cw, cl_rx));
@@ -435,17 +883,17 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
 }
 
 /// Asks the upstream for its root (GETROOT under the gateway's own
-/// sequence number) and returns the root's (class id, instance id), with
-/// any frames the upstream sent before its answer.
+/// sequence number) and returns the root's id-pack, with any frames the
+/// upstream sent before its answer.
 async fn fetch_root(
     up: &mut BoxStream,
     dialect: Dialect,
     channel: &ChannelConfig,
     decode: &DecodeLimits,
-) -> Result<((i64, i64), Vec<RawFrame>), String> {
+) -> Result<(IdPack, Vec<RawFrame>), String> {
     let args = Value::Tuple(vec![
         Value::from(Handler::GetRoot.id()),
-        Value::Tuple(vec![Value::from(crate::wire::message::LABEL_VALUE), Value::Tuple(vec![])]),
+        Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])]),
     ]);
     up.write_all(&frame_of(dialect, MSG_REQUEST, ROOT_SEQ, &args, channel)).await.map_err(|e| e.to_string())?;
     up.flush().await.map_err(|e| e.to_string())?;
@@ -463,8 +911,12 @@ async fn fetch_root(
             .map_err(|e| format!("answered GETROOT with something that is not RPyC {dialect:?}: {e}"))?;
         match msg.kind {
             MSG_REPLY if msg.seq == ROOT_SEQ => {
-                let root = remote_ref(&msg.args)
-                    .ok_or_else(|| format!("answered GETROOT with {} instead of a reference", msg.args.repr()))?;
+                let root = match msg.args.as_tuple() {
+                    Some([Value::Int(Int::Small(LABEL_REMOTE_REF)), pack]) => IdPack::from_value(pack),
+                    _ => None,
+                };
+                let root =
+                    root.ok_or_else(|| format!("answered GETROOT with {} instead of a reference", msg.args.repr()))?;
                 return Ok((root, early));
             }
             MSG_EXCEPTION if msg.seq == ROOT_SEQ => {
@@ -480,8 +932,8 @@ async fn client_pump<R: AsyncRead + Unpin>(
     s: Arc<Session>,
     mut reader: RawReader<R>,
     mut first: Option<RawFrame>,
-    up_tx: mpsc::Sender<Vec<u8>>,
-    cl_tx: mpsc::Sender<Vec<u8>>,
+    up_tx: Queue,
+    cl_tx: Queue,
 ) -> End {
     loop {
         let frame = match first.take() {
@@ -492,42 +944,53 @@ async fn client_pump<R: AsyncRead + Unpin>(
                 Err(e) => return End::Client(e.to_string()),
             },
         };
-        let msg = match decode_message(s.client_dialect, frame.payload(), &s.decode) {
-            Ok(m) => m,
-            Err(e) => return End::Client(format!("sent a message that is not RPyC: {e}")),
+        let head = match scan::head(s.client_dialect, frame.payload(), &s.decode) {
+            Ok(h) => h,
+            Err(d) => return End::Client(format!("sent a message that is not RPyC: {}", d.exception().message())),
         };
-        if msg.kind == MSG_REQUEST {
-            match s.admit(msg.seq, &msg.args) {
+        if head.kind == MSG_REQUEST {
+            match s.admit(head.seq, frame.payload(), head.body) {
                 Ok(()) => {
-                    let out = reframe(frame, &msg, s.client_dialect, s.upstream_dialect, &s.channel);
-                    if up_tx.send(out).await.is_err() {
+                    let out = match reframe(frame, s.client_dialect, s.upstream_dialect, &s) {
+                        Ok(o) => o,
+                        Err(e) => return End::Client(format!("sent a message that cannot be translated: {e}")),
+                    };
+                    if !up_tx.send(out).await {
                         return End::Upstream("the upstream writer stopped".into());
                     }
                 }
                 Err((denial, handler, name)) => {
                     let hname = handler.map_or("INVALID", Handler::name);
                     s.ctx.shared.metrics.denied(handler, denial.reason());
-                    s.audit(hname, name.as_deref(), msg.seq, "denied", denial.reason(), Duration::ZERO);
+                    s.audit(hname, name.as_deref(), head.seq, "denied", denial.reason(), Duration::ZERO);
                     if let Denial::Malformed(why) = &denial {
                         tracing::info!(conn = s.ctx.conn_id, identity = %s.ctx.identity, %why, "malformed request refused");
                     }
-                    let frame = exception_frame(s.client_dialect, msg.seq, &denial.exception(), &s.channel);
-                    if cl_tx.send(frame).await.is_err() {
+                    let frame = exception_frame(s.client_dialect, head.seq, &denial.exception(), &s.channel);
+                    if !cl_tx.send(frame).await {
                         return End::Client("the client writer stopped".into());
                     }
                 }
             }
         } else {
             // A reply to one of the upstream's callbacks: forwarded only if
-            // the upstream is waiting for it.
-            let known = s.lock().callbacks.remove(&msg.seq).is_some();
-            if known {
-                let out = reframe(frame, &msg, s.client_dialect, s.upstream_dialect, &s.channel);
-                if up_tx.send(out).await.is_err() {
-                    return End::Upstream("the upstream writer stopped".into());
+            // the upstream is waiting for it, and only as granted.
+            let Some((_, handler)) = s.lock().callbacks.remove(&head.seq) else {
+                tracing::debug!(conn = s.ctx.conn_id, seq = head.seq, "client reply to no pending callback dropped");
+                continue;
+            };
+            let out = match s.sanitize_reply(head.kind, handler, frame, head.body) {
+                Ok(out) => out,
+                Err(why) => {
+                    tracing::info!(conn = s.ctx.conn_id, identity = %s.ctx.identity, %why, "client reply to a callback refused");
+                    s.ctx.shared.metrics.denied(Some(handler), "callbacks");
+                    let exc =
+                        Exception::new("PermissionError", format!("the gateway refused the client's reply: {why}"));
+                    exception_frame(s.upstream_dialect, head.seq, &exc, &s.channel)
                 }
-            } else {
-                tracing::debug!(conn = s.ctx.conn_id, seq = msg.seq, "client reply to no pending callback dropped");
+            };
+            if !up_tx.send(out).await {
+                return End::Upstream("the upstream writer stopped".into());
             }
         }
     }
@@ -537,8 +1000,8 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
     s: Arc<Session>,
     mut reader: RawReader<R>,
     early: Vec<RawFrame>,
-    up_tx: mpsc::Sender<Vec<u8>>,
-    cl_tx: mpsc::Sender<Vec<u8>>,
+    up_tx: Queue,
+    cl_tx: Queue,
 ) -> End {
     let mut early = early.into_iter();
     loop {
@@ -550,51 +1013,82 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
                 Err(e) => return End::Upstream(e.to_string()),
             },
         };
-        let msg = match decode_message(s.upstream_dialect, frame.payload(), &s.decode) {
-            Ok(m) => m,
-            Err(e) => return End::Upstream(format!("sent a message that is not RPyC: {e}")),
+        let head = match scan::head(s.upstream_dialect, frame.payload(), &s.decode) {
+            Ok(h) => h,
+            Err(d) => return End::Upstream(format!("sent a message that is not RPyC: {}", d.exception().message())),
         };
-        match msg.kind {
+        match head.kind {
             MSG_REQUEST => {
-                // A callback into the client: forwarded as is (the client's
-                // own policy applies to it).
-                let admitted = {
-                    let mut st = s.lock();
-                    if st.callbacks.len() < MAX_CALLBACKS {
-                        st.callbacks.insert(msg.seq, Instant::now());
-                        true
-                    } else {
-                        false
-                    }
+                // A callback into the client. Objects of the upstream among
+                // its arguments become usable by the client only as the
+                // policy grants their class.
+                let req = match scan::request(frame.payload(), head.body, &s.decode) {
+                    Ok(r) => r,
+                    Err(d) => return End::Upstream(format!("sent a malformed request: {}", d.exception().message())),
                 };
-                if admitted {
-                    s.ctx.shared.metrics.callbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let out = reframe(frame, &msg, s.upstream_dialect, s.client_dialect, &s.channel);
-                    if cl_tx.send(out).await.is_err() {
-                        return End::Client("the client writer stopped".into());
-                    }
+                let (_, policy) = s.policy();
+                let refused = if req.handler == Handler::Pickle && !policy.classic {
+                    // The upstream would unpickle the client's answer.
+                    Some("the gateway does not relay PICKLE requests to this client".to_string())
+                } else if s.lock().callbacks.len() >= MAX_CALLBACKS {
+                    Some(format!("{MAX_CALLBACKS} callbacks are already awaiting the client"))
                 } else {
-                    let exc = Exception::runtime_error(format!(
-                        "the gateway refused the callback: {MAX_CALLBACKS} callbacks are already awaiting the client"
-                    ));
-                    if up_tx.send(exception_frame(s.upstream_dialect, msg.seq, &exc, &s.channel)).await.is_err() {
+                    None
+                };
+                if let Some(why) = refused {
+                    let exc = Exception::new("PermissionError", format!("the gateway refused the callback: {why}"));
+                    if !up_tx.send(exception_frame(s.upstream_dialect, head.seq, &exc, &s.channel)).await {
                         return End::Upstream("the upstream writer stopped".into());
                     }
+                    continue;
+                }
+                let grant = Grant::new(None, if policy.classic { Step::Classic } else { Step::CallbackArg });
+                for arg in &req.args {
+                    let recorded = scan::arg_refs(frame.payload(), arg, &s.decode, &mut |label, id| {
+                        if label == RefLabel::Remote && s.lock().table.add(id, &grant).is_err() {
+                            return Err(Denial::Limit(String::new()));
+                        }
+                        Ok(())
+                    });
+                    if recorded.is_err() {
+                        return End::Client(format!(
+                            "the client holds {} upstream objects (the limit)",
+                            super::capability::MAX_OBJECTS
+                        ));
+                    }
+                }
+                s.lock().callbacks.insert(head.seq, (Instant::now(), req.handler));
+                s.ctx.shared.metrics.callbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let out = match reframe(frame, s.upstream_dialect, s.client_dialect, &s) {
+                    Ok(o) => o,
+                    Err(e) => return End::Upstream(format!("sent a message that cannot be translated: {e}")),
+                };
+                if !cl_tx.send(out).await {
+                    return End::Client("the client writer stopped".into());
                 }
             }
             kind => {
                 let outcome = if kind == MSG_REPLY { "reply" } else { "exception" };
-                if s.finish(msg.seq, outcome) {
-                    let out = reframe(frame, &msg, s.upstream_dialect, s.client_dialect, &s.channel);
-                    if cl_tx.send(out).await.is_err() {
-                        return End::Client("the client writer stopped".into());
-                    }
-                } else {
+                let Some(grant) = s.finish(head.seq, outcome) else {
                     tracing::debug!(
                         conn = s.ctx.conn_id,
-                        seq = msg.seq,
+                        seq = head.seq,
                         "upstream reply to no pending request dropped"
                     );
+                    continue;
+                };
+                if kind == MSG_REPLY {
+                    let grant = grant.unwrap_or_else(|| Grant::new(None, Step::Derived));
+                    if let Err(e) = s.record(frame.payload(), head.body, 1, &grant) {
+                        return End::Client(e);
+                    }
+                }
+                let out = match reframe(frame, s.upstream_dialect, s.client_dialect, &s) {
+                    Ok(o) => o,
+                    Err(e) => return End::Upstream(format!("sent a message that cannot be translated: {e}")),
+                };
+                if !cl_tx.send(out).await {
+                    return End::Client("the client writer stopped".into());
                 }
             }
         }

@@ -582,10 +582,10 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Parses integer text the way Python's `int(bytes)` does for what brine
+/// Checks integer text the way Python's `int(bytes)` reads what brine
 /// produces: optional sign, ASCII digits, optional surrounding whitespace and
-/// single underscores between digits.
-fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
+/// single underscores between digits. Returns (negative, digits).
+fn int_syntax(text: &[u8]) -> Result<(bool, &str), BrineError> {
     let s = std::str::from_utf8(text).map_err(|_| BrineError::BadInt)?.trim();
     let (neg, digits) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
@@ -600,6 +600,12 @@ fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
     {
         return Err(BrineError::BadInt);
     }
+    Ok((neg, digits))
+}
+
+/// Parses integer text (see [`int_syntax`]).
+fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
+    let (neg, digits) = int_syntax(text)?;
     let clean: String = digits.chars().filter(|c| *c != '_').collect();
     if clean.len() <= 18 {
         let v: i64 = clean.parse().map_err(|_| BrineError::BadInt)?;
@@ -607,6 +613,127 @@ fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
     }
     let big = BigInt::parse_bytes(clean.as_bytes(), 10).ok_or(BrineError::BadInt)?;
     Ok(Int::from_big(if neg { -big } else { big }))
+}
+
+/// A read position in brine bytes, for a reader that needs only parts of a
+/// value: the gateway reads a message's handler, labels, id-packs and names
+/// and relays the rest as bytes. [`Cursor::skip`] checks a value exactly as
+/// [`decode`] would (tags, lengths, UTF-8, integer text, depth, item counts)
+/// without building it, so what is relayed unread is still valid brine, and
+/// reading costs no memory however many values a frame holds.
+pub(crate) struct Cursor<'a> {
+    d: Decoder<'a>,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at `pos` of `data`.
+    pub(crate) fn at(data: &'a [u8], pos: usize, limits: &'a DecodeLimits) -> Cursor<'a> {
+        Cursor { d: Decoder { data, pos: pos.min(data.len()), limits, move_out: None } }
+    }
+
+    /// A cursor on the same bytes as `other`, at `pos`.
+    pub(crate) fn at_span(other: &Cursor<'a>, pos: usize) -> Cursor<'a> {
+        Cursor::at(other.d.data, pos, other.d.limits)
+    }
+
+    /// The current offset.
+    pub(crate) fn pos(&self) -> usize {
+        self.d.pos
+    }
+
+    /// True once every byte has been read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.d.pos == self.d.data.len()
+    }
+
+    /// If the next value is a tuple, reads its header and returns its length
+    /// (the items follow); otherwise reads nothing and returns `None`.
+    pub(crate) fn tuple(&mut self) -> Result<Option<usize>, BrineError> {
+        let start = self.d.pos;
+        let tag = self.d.u8()?;
+        match self.d.tuple_len(tag)? {
+            Some(n) => Ok(Some(n)),
+            None => {
+                self.d.pos = start;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Skips the next value (checked, not built) at nesting `depth`;
+    /// returns where it started.
+    pub(crate) fn skip(&mut self, depth: usize) -> Result<usize, BrineError> {
+        let start = self.d.pos;
+        self.d.skip(depth)?;
+        Ok(start)
+    }
+
+    /// Decodes the next value at nesting `depth`.
+    pub(crate) fn value(&mut self, depth: usize) -> Result<Value, BrineError> {
+        self.d.value(depth)
+    }
+}
+
+impl Decoder<'_> {
+    /// [`Decoder::value`] without building the value.
+    fn skip(&mut self, depth: usize) -> Result<(), BrineError> {
+        if depth > self.limits.max_depth {
+            return Err(BrineError::TooDeep { limit: self.limits.max_depth });
+        }
+        let at = self.pos;
+        let tag = self.u8()?;
+        match tag {
+            TAG_NONE | TAG_TRUE | TAG_FALSE | TAG_NOT_IMPLEMENTED | TAG_ELLIPSIS => {}
+            TAG_EMPTY_BYTES | TAG_BYTES1..=TAG_BYTES4 | TAG_BYTES_L1 | TAG_BYTES_L4 => {
+                self.bytes_body(tag)?;
+            }
+            TAG_STR => {
+                let inner = self.u8()?;
+                let raw = self.bytes_body(inner)?;
+                std::str::from_utf8(raw).map_err(|e| BrineError::BadUtf8(e.to_string()))?;
+            }
+            TAG_EMPTY_TUPLE | TAG_TUP1..=TAG_TUP4 | TAG_TUP_L1 | TAG_TUP_L4 => {
+                let n = self.tuple_len(tag)?.unwrap_or(0);
+                for _ in 0..n {
+                    self.skip(depth + 1)?;
+                }
+            }
+            TAG_INT_L1 | TAG_INT_L4 => {
+                let n = if tag == TAG_INT_L1 { usize::from(self.u8()?) } else { self.u32()? as usize };
+                if n > self.limits.max_int_digits + 1 {
+                    return Err(BrineError::IntTooLong { digits: n, limit: self.limits.max_int_digits });
+                }
+                int_syntax(self.take(n)?)?;
+            }
+            TAG_FLOAT => {
+                self.take(8)?;
+            }
+            TAG_COMPLEX => {
+                self.take(16)?;
+            }
+            TAG_SLICE => {
+                let inner = self.u8()?;
+                if self.tuple_len(inner)? != Some(3) {
+                    return Err(BrineError::Malformed("slice is not a 3-tuple"));
+                }
+                for _ in 0..3 {
+                    self.skip(depth + 1)?;
+                }
+            }
+            TAG_FSET => {
+                let inner = self.u8()?;
+                let Some(n) = self.tuple_len(inner)? else {
+                    return Err(BrineError::Malformed("frozenset body is not a tuple"));
+                };
+                for _ in 0..n {
+                    self.skip(depth + 1)?;
+                }
+            }
+            t if t >= (IMM_MIN + IMM_BIAS) as u8 && t <= (IMM_MAX + IMM_BIAS) as u8 => {}
+            t => return Err(BrineError::UnknownTag { tag: t, offset: at }),
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -158,7 +158,8 @@ async fn rpyc5_client_is_translated_for_an_rpyc6_server() {
     bounded(async {
         let pki = Pki::new();
         let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
-        let text = config_text(&pki, &format!("tcp://127.0.0.1:{port}"), "")
+        // The callback needs `callbacks`.
+        let text = config_text(&pki, &format!("tcp://127.0.0.1:{port}"), "[policy.default]\ncallbacks = true\n")
             .replace("[upstream.py]\n", "[upstream.py]\nprotocol = \"rpyc6\"\n");
         let gw = start_gateway(&text, pki.dir.path()).await;
         let dir = pki.dir.path().to_path_buf();

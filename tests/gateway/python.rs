@@ -83,8 +83,7 @@ elif scenario == "callback":
 async fn classic_rights_are_per_identity() {
     bounded(async {
         let pki = Pki::new();
-        let policy =
-            "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
+        let policy = "[policy.policies.admin]\nclassic = true\n[policy.identities]\nalice = \"admin\"\n";
         let (_server, _port, gw) = python_behind_gateway("classic", &pki, policy).await;
         // bob has the safe default: every classic root is an AttributeError,
         // the connection stays usable, and rpyc.classic cannot even connect.
@@ -136,7 +135,9 @@ async fn unknown_certificates_are_refused() {
 async fn allow_listed_methods_only() {
     bounded(async {
         let pki = Pki::new();
-        let policy = "[policy.default]\nroot_allow = [\"add\", \"get_answer\", \"make_list\"]\n";
+        let policy = "[policy.default]\nroot_allow = [\"add\", \"get_answer\", \"make_list\"]\n\
+                      [policy.default.objects]\nlist = [\"__iter__\", \"__len__\"]\n\
+                      list_iterator = [\"__next__\", \"__iter__\", \"__length_hint__\"]\n";
         let (_server, _port, gw) = python_behind_gateway("service", &pki, policy).await;
         let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "bob", "service")).await;
         assert!(ok, "{out}");
@@ -161,7 +162,11 @@ async fn allow_listed_methods_only() {
 async fn callbacks_pass_through() {
     bounded(async {
         let pki = Pki::new();
-        let (_server, _port, gw) = python_behind_gateway("service", &pki, "").await;
+        // Passing its own functions needs `callbacks`; without it they are refused.
+        let policy = "[policy.policies.cb]\ncallbacks = true\n[policy.identities]\nbob = \"cb\"\n";
+        let (_server, _port, gw) = python_behind_gateway("service", &pki, policy).await;
+        let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "carol", "callback")).await;
+        assert!(!ok && out.contains("PermissionError") && out.contains("callbacks = false"), "{out}");
         let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "bob", "callback")).await;
         assert!(ok, "{out}");
         assert_lines(&out, &["CALLBACK 42", "SUBSCRIBED [0, 1, 2]"]);
@@ -198,8 +203,10 @@ async fn classic_service_server_that_calls_first() {
             (child, port)
         })
         .await;
-        let policy =
-            "[policy.policies.admin]\nclassic = true\ndeny_private = false\n[policy.identities]\nalice = \"admin\"\n";
+        // The server calls the client while connecting: identities that
+        // reach it need `callbacks` (or `classic`).
+        let policy = "[policy.default]\ncallbacks = true\n\
+                      [policy.policies.admin]\nclassic = true\n[policy.identities]\nalice = \"admin\"\n";
         let gw = start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{port}"), policy), pki.dir.path()).await;
         let (ok, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "alice", "classic")).await;
         assert!(ok, "{out}");
@@ -211,13 +218,21 @@ async fn classic_service_server_that_calls_first() {
 }
 
 /// The Python conformance client (every check group) against the Rust
-/// CONFORMANCE server, through the gateway with the safe default policy.
+/// CONFORMANCE server, through the gateway with a policy granting all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_through_the_gateway() {
     bounded(async {
         let pki = Pki::new();
         let (addr, stop) = common::serve(rpyc::conformance::service(), rpyc::ServerConfig::default()).await;
-        let gw = start_gateway(&config_text(&pki, &format!("tcp://{addr}"), ""), pki.dir.path()).await;
+        // Every handler and member, callbacks: the gateway must not break
+        // any of the protocol when the policy grants it.
+        let any: Vec<String> = rpyc::policy::SAFE_ATTRS.iter().map(|a| format!("{a:?}")).collect();
+        let policy = format!(
+            "[policy.default]\ncallbacks = true\nallow_handlers = [\"*\"]\n\
+             [policy.default.objects]\nany = [\"*\", {}]\n",
+            any.join(", ")
+        );
+        let gw = start_gateway(&config_text(&pki, &format!("tcp://{addr}"), &policy), pki.dir.path()).await;
         let d = pki.dir.path().to_path_buf();
         let port = gw.addr.port().to_string();
         let (ok, out) = blocking(move || {
