@@ -590,7 +590,7 @@ impl Session {
                     return Err(Denial::Callbacks("this identity may not pass its own objects to the upstream".into()));
                 }
                 if !client_class_allowed(&id.class_name) {
-                    return Err(Denial::Callbacks(format!(
+                    return Err(Denial::Object(format!(
                         "objects of class {:?} cannot be passed through the gateway; pass functions or bound methods",
                         id.class_name
                     )));

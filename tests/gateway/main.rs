@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod attack;
 mod hostile;
 mod ops;
 mod python;
