@@ -45,12 +45,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
-/// Bytes of frames queued towards one side before the pump that feeds it
-/// waits (back-pressure on the side that sends); one frame larger than
-/// this still passes, alone.
-const QUEUE_BYTES: usize = 16 << 20;
 /// Requests from the upstream awaiting the client's reply, per connection.
 const MAX_CALLBACKS: usize = 65_536;
 /// How long the gateway keeps flushing to a client after the upstream left.
@@ -92,47 +88,30 @@ impl<R: AsyncRead + Unpin> RawReader<R> {
     }
 }
 
-/// The sending half of a queue of frames bounded in bytes: a sender waits
-/// until the frames ahead of it are written.
-#[derive(Clone)]
-struct Queue {
-    tx: mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
-    budget: Arc<Semaphore>,
+/// One side's write half, shared by the two pumps that send to it. A frame
+/// is written and flushed by the task that read it — no hand-off to a
+/// writer task, so a round trip through the gateway costs two task
+/// wake-ups, not four — and nothing is queued: a side that does not read
+/// holds back whoever sends to it (back-pressure), so a connection holds
+/// at most one frame per direction in the gateway's memory.
+struct Sink<W> {
+    w: tokio::sync::Mutex<W>,
 }
 
-impl Queue {
-    fn new() -> (Queue, mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Queue { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) }, rx)
+impl<W: AsyncWrite + Unpin> Sink<W> {
+    fn new(w: W) -> Sink<W> {
+        Sink { w: tokio::sync::Mutex::new(w) }
     }
 
-    /// Queues a frame once its bytes fit; false if the writer is gone.
-    async fn send(&self, frame: Vec<u8>) -> bool {
-        let cost = u32::try_from(frame.len().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let Ok(permit) = self.budget.clone().acquire_many_owned(cost).await else {
-            return false;
-        };
-        self.tx.send((frame, permit)).is_ok()
+    /// Writes and flushes one frame; false if the side is gone.
+    async fn send(&self, frame: &[u8]) -> bool {
+        let mut w = self.w.lock().await;
+        w.write_all(frame).await.is_ok() && w.flush().await.is_ok()
     }
-}
 
-/// Writes queued frames, batching what is already queued into one flush;
-/// each frame's bytes leave the budget once written.
-async fn writer<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, OwnedSemaphorePermit)>,
-) -> std::io::Result<()> {
-    while let Some((buf, permit)) = rx.recv().await {
-        w.write_all(&buf).await?;
-        drop(permit);
-        while let Ok((more, permit)) = rx.try_recv() {
-            w.write_all(&more).await?;
-            drop(permit);
-        }
-        w.flush().await?;
+    async fn shutdown(&self) {
+        let _ = self.w.lock().await.shutdown().await;
     }
-    let _ = w.shutdown().await;
-    Ok(())
 }
 
 fn frame_of(dialect: Dialect, kind: u8, seq: i64, args: &Value, ch: &ChannelConfig) -> Vec<u8> {
@@ -824,25 +803,21 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
 
     let (ur, uw) = tokio::io::split(upstream);
     let ureader = RawReader::new(BufReader::new(ur), channel.clone());
-    let (cl_tx, cl_rx) = Queue::new();
-    let (up_tx, up_rx) = Queue::new();
-    let mut cpump = Box::pin(client_pump(session.clone(), creader, Some(first), up_tx.clone(), cl_tx.clone()));
-    let mut upump = Box::pin(upstream_pump(session.clone(), ureader, early, up_tx, cl_tx.clone()));
-    let mut cwriter = Box::pin(writer(cw, cl_rx));
-    let mut uwriter = Box::pin(writer(uw, up_rx));
+    let client_sink = Sink::new(cw);
+    let up_sink = Sink::new(uw);
+    let mut cpump = Box::pin(client_pump(session.clone(), creader, Some(first), &up_sink, &client_sink));
+    let mut upump = Box::pin(upstream_pump(session.clone(), ureader, early, &up_sink, &client_sink));
     let drain = drain_watch(session.clone(), draining, drain_timeout);
     tokio::pin!(drain);
     let end = tokio::select! {
         e = &mut cpump => e,
         e = &mut upump => e,
-        r = &mut cwriter => End::Client(match r { Ok(()) => "writer stopped".into(), Err(e) => e.to_string() }),
-        r = &mut uwriter => End::Upstream(match r { Ok(()) => "writer stopped".into(), Err(e) => e.to_string() }),
         timed_out = &mut drain => End::Drained { timed_out },
     };
     // Stop both pumps (and with them their senders) before answering.
     drop(cpump);
     drop(upump);
-    drop(uwriter);
+    up_sink.shutdown().await;
     let conn = session.ctx.conn_id;
     // A client that sent CLOSE expects the upstream to hang up.
     let closing = session.lock().pending.values().any(|p| p.handler == Handler::Close);
@@ -872,13 +847,13 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
             if p.handler != Handler::Close {
                 let exc = Exception::new("EOFError", text.clone());
                 let frame = exception_frame(session.client_dialect, seq, &exc, &session.channel);
-                let _ = tokio::time::timeout(FLUSH_TIMEOUT, cl_tx.send(frame)).await;
+                let _ = tokio::time::timeout(FLUSH_TIMEOUT, client_sink.send(&frame)).await;
             }
             session.close_pending(seq, p, "aborted");
         }
-        drop(cl_tx);
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, &mut cwriter).await;
     }
+    // A clean end for the client (TLS close_notify), unless it stopped reading.
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, client_sink.shutdown()).await;
     tracing::info!(conn, identity = %session.ctx.identity, reason = %why, "connection ended");
 }
 
@@ -928,12 +903,12 @@ async fn fetch_root(
     }
 }
 
-async fn client_pump<R: AsyncRead + Unpin>(
+async fn client_pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     s: Arc<Session>,
     mut reader: RawReader<R>,
     mut first: Option<RawFrame>,
-    up_tx: Queue,
-    cl_tx: Queue,
+    up_tx: &Sink<W>,
+    cl_tx: &Sink<W>,
 ) -> End {
     loop {
         let frame = match first.take() {
@@ -955,7 +930,7 @@ async fn client_pump<R: AsyncRead + Unpin>(
                         Ok(o) => o,
                         Err(e) => return End::Client(format!("sent a message that cannot be translated: {e}")),
                     };
-                    if !up_tx.send(out).await {
+                    if !up_tx.send(&out).await {
                         return End::Upstream("the upstream writer stopped".into());
                     }
                 }
@@ -967,7 +942,7 @@ async fn client_pump<R: AsyncRead + Unpin>(
                         tracing::info!(conn = s.ctx.conn_id, identity = %s.ctx.identity, %why, "malformed request refused");
                     }
                     let frame = exception_frame(s.client_dialect, head.seq, &denial.exception(), &s.channel);
-                    if !cl_tx.send(frame).await {
+                    if !cl_tx.send(&frame).await {
                         return End::Client("the client writer stopped".into());
                     }
                 }
@@ -989,19 +964,19 @@ async fn client_pump<R: AsyncRead + Unpin>(
                     exception_frame(s.upstream_dialect, head.seq, &exc, &s.channel)
                 }
             };
-            if !up_tx.send(out).await {
+            if !up_tx.send(&out).await {
                 return End::Upstream("the upstream writer stopped".into());
             }
         }
     }
 }
 
-async fn upstream_pump<R: AsyncRead + Unpin>(
+async fn upstream_pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     s: Arc<Session>,
     mut reader: RawReader<R>,
     early: Vec<RawFrame>,
-    up_tx: Queue,
-    cl_tx: Queue,
+    up_tx: &Sink<W>,
+    cl_tx: &Sink<W>,
 ) -> End {
     let mut early = early.into_iter();
     loop {
@@ -1037,7 +1012,7 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
                 };
                 if let Some(why) = refused {
                     let exc = Exception::new("PermissionError", format!("the gateway refused the callback: {why}"));
-                    if !up_tx.send(exception_frame(s.upstream_dialect, head.seq, &exc, &s.channel)).await {
+                    if !up_tx.send(&exception_frame(s.upstream_dialect, head.seq, &exc, &s.channel)).await {
                         return End::Upstream("the upstream writer stopped".into());
                     }
                     continue;
@@ -1063,7 +1038,7 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
                     Ok(o) => o,
                     Err(e) => return End::Upstream(format!("sent a message that cannot be translated: {e}")),
                 };
-                if !cl_tx.send(out).await {
+                if !cl_tx.send(&out).await {
                     return End::Client("the client writer stopped".into());
                 }
             }
@@ -1087,7 +1062,7 @@ async fn upstream_pump<R: AsyncRead + Unpin>(
                     Ok(o) => o,
                     Err(e) => return End::Upstream(format!("sent a message that cannot be translated: {e}")),
                 };
-                if !cl_tx.send(out).await {
+                if !cl_tx.send(&out).await {
                     return End::Client("the client writer stopped".into());
                 }
             }
