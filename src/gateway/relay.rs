@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
+/// Largest client reply the gateway decodes to rebuild it (exceptions,
+/// INSPECT answers).
+const MAX_REBUILT: usize = 1 << 20;
 /// Requests from the upstream awaiting the client's reply, per connection.
 const MAX_CALLBACKS: usize = 65_536;
 /// How long the gateway keeps flushing to a client after the upstream left.
@@ -619,6 +622,13 @@ impl Session {
             return reframe(frame, from, to, self);
         }
         let payload = frame.payload();
+        if kind == MSG_EXCEPTION || handler == Handler::Inspect {
+            // These are rebuilt from their decoded values; an exception or
+            // a method list is small, a value tree is ~30 bytes per byte.
+            if payload.len() > MAX_REBUILT {
+                return Err(format!("a reply of {} bytes where at most {MAX_REBUILT} are expected", payload.len()));
+            }
+        }
         if kind == MSG_EXCEPTION {
             let msg = decode_message(from, payload, &self.decode).map_err(|e| e.to_string())?;
             let exc = sanitize_exception(Exception::load(msg.args));

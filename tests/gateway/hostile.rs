@@ -169,3 +169,131 @@ async fn garbage_closes_only_that_connection() {
     })
     .await;
 }
+
+/// Peak resident memory of a process, from /proc (KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One request whose argument tuple holds `n` Nones, compressed: a few KB on
+/// the wire, `n` bytes inflated, ~32 × `n` bytes if decoded into values.
+fn bomb(handler: Handler, seq: i64, root: &Value, n: usize) -> Vec<u8> {
+    // (1, (seq, (handler, (2, ((3, root), (1, "x"), (1, (None,) * n))))))
+    let mut head = Vec::new();
+    let tuple = |items: Vec<Value>| Value::Tuple(items);
+    let args = tuple(vec![
+        Value::from(handler.id()),
+        tuple(vec![
+            Value::from(2),
+            tuple(vec![local(root.clone()), val("x".into()), Value::Tuple(vec![Value::from(1), Value::None])]),
+        ]),
+    ]);
+    encode_message(Dialect::V6, MSG_REQUEST, seq, &args, &mut head);
+    // Replace the trailing None (1 byte) with n Nones, in tuples of a
+    // million (the most one tuple may hold).
+    assert_eq!(head.pop(), Some(0x00));
+    let per = 1_000_000;
+    head.push(0x14); // tuple, 1-byte length
+    head.push(u8::try_from(n / per).unwrap());
+    for _ in 0..n / per {
+        head.push(0x15); // tuple, 4-byte length
+        head.extend_from_slice(&(per as u32).to_be_bytes());
+        head.resize(head.len() + per, 0x00);
+    }
+    let mut out = vec![0u8; 5];
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut z, &head).unwrap();
+    let body = z.finish().unwrap();
+    out[..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
+    out[4] = 1;
+    out.extend_from_slice(&body);
+    out.push(b'\n');
+    out
+}
+
+/// Compressed frames that inflate to 60 MB of `None`s, in requests the
+/// gateway refuses: its memory grows by about the inflated size, not by the
+/// ~2 GB their values would take, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_amplification_is_bounded_in_the_gateway() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "classic"])).await;
+        let dir = pki.dir.path().display().to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
+        cmd.args(["-q", "gateway", "--listen", "tls://127.0.0.1:0", "--tls", &dir, "--upstream"])
+            .arg(format!("tcp://127.0.0.1:{port}"));
+        let child = common::spawn(cmd);
+        let (child, url) = blocking(move || {
+            let l = child.wait_line("listening ", STEP);
+            (child, l)
+        })
+        .await;
+        let addr = url.trim_start_matches("tls://").to_string();
+        let gw_pid = child.child.id();
+        let connect = || async {
+            let (stream, _) = step("connect", connect_tls(&addr, &pki.client("bob"))).await.unwrap();
+            let mut raw = Raw { stream, seq: 100 };
+            let root = raw.request(Value::from(Handler::GetRoot.id()), val(Value::Tuple(vec![]))).await;
+            let pack = root.args.as_tuple().unwrap()[1].clone();
+            (raw, pack)
+        };
+        let (mut raw, pack) = connect().await;
+        let before = peak_rss_kib(gw_pid);
+        const N: usize = 60_000_000;
+        for (i, h) in [Handler::Pickle, Handler::GetAttr, Handler::Pickle, Handler::GetAttr].into_iter().enumerate() {
+            let frame = bomb(h, 1000 + i as i64, &pack, N);
+            assert!(frame.len() < 64 << 10, "the bomb is {} bytes on the wire", frame.len());
+            raw.stream.write_all(&frame).await.unwrap();
+            let m = loop {
+                let m = raw.read().await.expect("an answer to the bomb");
+                if m.seq == 1000 + i as i64 {
+                    break m;
+                }
+            };
+            let e = exception(&m);
+            assert!(e.is("PermissionError") || e.is("TypeError"), "{e}");
+        }
+        let sequential = peak_rss_kib(gw_pid).saturating_sub(before);
+        assert!(
+            sequential < 256 << 10,
+            "four 64 KB frames, one after another, raised the gateway's peak by {sequential} KiB"
+        );
+        // Four at once, on four connections.
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            let (mut raw, pack) = connect().await;
+            tasks.push(tokio::spawn(async move {
+                raw.stream.write_all(&bomb(Handler::Pickle, 2000 + i, &pack, N)).await.unwrap();
+                loop {
+                    let m = raw.read().await.expect("an answer to the bomb");
+                    if m.seq == 2000 + i {
+                        return m.kind;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), MSG_EXCEPTION);
+        }
+        let parallel = peak_rss_kib(gw_pid).saturating_sub(before);
+        assert!(parallel < 512 << 10, "four 64 KB frames at once raised the gateway's peak by {parallel} KiB");
+        // Still serving.
+        let m = raw
+            .request(
+                Value::from(Handler::CallAttr.id()),
+                tuple_args(vec![
+                    local(pack.clone()),
+                    val("get_service_name".into()),
+                    val(Value::Tuple(vec![])),
+                    val(Value::Tuple(vec![])),
+                ]),
+            )
+            .await;
+        assert_eq!(m.args, val("SLAVE".into()));
+        eprintln!("gateway peak RSS growth: sequential {sequential} KiB, parallel {parallel} KiB");
+    })
+    .await;
+}
