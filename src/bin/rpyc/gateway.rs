@@ -33,8 +33,9 @@ pub struct GatewayArgs {
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
     /// Policy file (TOML: [default], [policies.NAME], [identities], [groups]).
-    /// Default: the safe default for every identity (no _-names except safe
-    /// dunders, no classic-mode roots, no PICKLE/SETATTR/DELATTR).
+    /// Default for every identity: the root's public methods (not the
+    /// classic roots) and their by-value results, nothing else; objects
+    /// need [objects] grants, callbacks need callbacks = true.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Serve GET /metrics (Prometheus) and GET /healthz on HOST:PORT.
