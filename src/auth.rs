@@ -147,6 +147,13 @@ impl Authenticator for TlsClientCert {
             let Some(cert) = &creds.certificate else {
                 return Err(AuthError::refused("no client certificate was presented"));
             };
+            if cert.common_name_count > 1 {
+                return Err(AuthError::refused(format!(
+                    "the client certificate has {} common names, so its identity is ambiguous; \
+                     issue certificates with exactly one CN",
+                    cert.common_name_count
+                )));
+            }
             let Some(cn) = cert.common_name.clone() else {
                 return Err(AuthError::refused("the client certificate has no common name"));
             };

@@ -64,8 +64,14 @@ impl std::fmt::Display for PeerAddr {
 /// Details of a verified TLS client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CertificateInfo {
-    /// The subject's common name, if any.
+    /// The subject's common name: `None` if there is none, or if there are
+    /// several (then the identity is ambiguous — Python's `dict(subject)`
+    /// would take the last, x509 readers often the first — and
+    /// [`common_name_count`](Self::common_name_count) says how many).
     pub common_name: Option<String>,
+    /// How many common names the subject has (one is the only unambiguous
+    /// count).
+    pub common_name_count: usize,
     /// DNS names and IP addresses from the subjectAltName extension.
     pub subject_alt_names: Vec<String>,
     /// SHA-256 of the DER certificate, lower-case hex.

@@ -540,12 +540,18 @@ pub fn certificate_info(der: &[u8]) -> CertificateInfo {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(der);
     let sha256_fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut info =
-        CertificateInfo { common_name: None, subject_alt_names: Vec::new(), sha256_fingerprint, der: der.to_vec() };
+    let mut info = CertificateInfo { sha256_fingerprint, der: der.to_vec(), ..CertificateInfo::default() };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return info;
     };
-    info.common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
+    // Exactly one CN or none: with two, which one is "the" identity depends
+    // on who reads it (Python's dict(subject) keeps the last), so a
+    // certificate like that has no identity here.
+    let cns: Vec<_> = cert.subject().iter_common_name().collect();
+    info.common_name_count = cns.len();
+    if let [cn] = cns.as_slice() {
+        info.common_name = cn.as_str().ok().map(str::to_string);
+    }
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
