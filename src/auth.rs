@@ -171,7 +171,11 @@ impl Authenticator for TlsClientCert {
 }
 
 /// Accepts SSH channels whose user the SSH layer authenticated by public
-/// key; the identity is the SSH user.
+/// key; the identity is the SSH user. The embedded endpoint
+/// ([`SshAcceptor`](crate::transport::ssh::SshAcceptor)) only lets a key log
+/// in under the one user name it is bound to (per-user `authorized_keys`
+/// files or `identity="NAME"` options), so the user is proven by the key,
+/// not merely claimed. `allow_fingerprints` pins keys as well.
 #[derive(Clone, Debug, Default)]
 pub struct SshPublicKey {
     users: Option<BTreeSet<String>>,

@@ -5,13 +5,15 @@
 //! url = "tls://0.0.0.0:18821"
 //! tls = "certs"                       # ca.pem (client CA), server.pem, server.key
 //!
-//! [[listen]]                          # embedded SSH: the SSH user is the identity
+//! [[listen]]                          # embedded SSH: the identity the key is bound to
 //! url = "ssh://0.0.0.0:2222"
 //! host_key = "gateway_host_key"       # created on first start
-//! authorized_keys = "authorized_keys"
+//! authorized_keys = "keys/%u"         # one file per user: keys/alice logs in as alice only
+//!                                     # or one file, every line bound:
+//!                                     # identity="alice" ssh-ed25519 AAAA...
 //!
-//! [[listen]]                          # TCP with challenge-response (shared secrets)
-//! url = "tcp://127.0.0.1:18830"
+//! [[listen]]                          # TCP with challenge-response (shared secrets);
+//! url = "tcp://127.0.0.1:18830"       # loopback only: plain TCP could be relayed
 //! secrets = "secrets.toml"            # identity = "secret", one per line
 //!
 //! [upstream.classic]                  # the servers behind, typically on loopback
@@ -126,7 +128,9 @@ pub struct ListenerConfig {
     /// ssh: the host key file (created on first start if missing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key: Option<PathBuf>,
-    /// ssh: the authorized_keys file (`%u` = user name).
+    /// ssh: the authorized_keys file: `keys/%u` (one file per user name),
+    /// or one file whose every key line starts with `identity="NAME"`; the
+    /// gateway refuses to start with a shared file that has an unbound key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<PathBuf>,
     /// tcp/unix: a TOML file of `identity = "secret"` for challenge–response.

@@ -336,7 +336,8 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
         .unwrap();
         assert!(done, "ssh-keygen failed (is openssh-client installed?): {out}");
         let authorized = dir.path().join("authorized_keys");
-        std::fs::copy(format!("{}.pub", key.display()), &authorized).unwrap();
+        let public = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+        std::fs::write(&authorized, format!("identity=\"alice\" {public}")).unwrap();
         let config = SshServerConfig::new(dir.path().join("host_key"), &authorized);
         let acceptor = SshAcceptor::bind("127.0.0.1:0", config).await.unwrap();
         let ssh_port = acceptor.addr().port();

@@ -99,7 +99,8 @@ async fn ssh_listener_identity_is_the_ssh_user() {
         })
         .await;
         assert!(ok, "ssh-keygen failed (is openssh-client installed?): {out}");
-        std::fs::copy(dir.join("dave_ed25519.pub"), dir.join("authorized_keys")).unwrap();
+        let public = std::fs::read_to_string(dir.join("dave_ed25519.pub")).unwrap();
+        std::fs::write(dir.join("authorized_keys"), format!("identity=\"dave\" {public}")).unwrap();
         let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
         let text = format!(
             "[[listen]]\nurl = \"ssh://127.0.0.1:0\"\nhost_key = \"host_key\"\nauthorized_keys = \"authorized_keys\"\n\
