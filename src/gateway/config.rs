@@ -438,6 +438,14 @@ impl GatewayConfig {
                              (the gateway serves authenticated identities only)"
                         ));
                     }
+                    if scheme == "tcp" && !loopback_url(&l.url) {
+                        return err(format!(
+                            "{what}: challenge-response over plain TCP must listen on loopback (127.0.0.1, \
+                             [::1], localhost): without TLS anyone on the path can relay the exchange and \
+                             read the traffic; listen on loopback or unix://, or use tls:// or ssh:// for \
+                             remote clients"
+                        ));
+                    }
                 }
                 _ => {
                     return err(format!(
@@ -516,6 +524,16 @@ impl GatewayConfig {
     }
 }
 
+/// True if a `tcp://host:port` url names a loopback host.
+fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,6 +555,21 @@ mod tests {
         assert_eq!(c.route("alice", &["admins".to_string()], "x"), Some("classic"));
         assert_eq!(c.route("bob", &[], "x"), Some("calc"));
         assert!(c.policy.resolve(Some("alice"), &["admins".to_string()]).1.classic);
+    }
+
+    #[test]
+    fn challenge_response_listens_on_loopback_only() {
+        let base = Path::new("/tmp");
+        let text = |url: &str| {
+            format!("[[listen]]\nurl = \"{url}\"\nsecrets = \"s\"\n[upstream.a]\nurl = \"tcp://127.0.0.1:1\"\n")
+        };
+        for url in ["tcp://0.0.0.0:1", "tcp://192.168.1.1:1", "tcp://[::]:1", "tcp://example.com:1"] {
+            let e = GatewayConfig::from_toml(&text(url), base).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("must listen on loopback") && e.contains("relay"), "{url}: {e}");
+        }
+        for url in ["tcp://127.0.0.1:1", "tcp://[::1]:1", "tcp://localhost:1", "unix:///tmp/gw.sock"] {
+            assert!(GatewayConfig::from_toml(&text(url), base).is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -670,6 +670,7 @@ async fn server_handshake(
         }
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, PeerAddr::Ip(peer));
+    creds.channel_binding = tls_exporter(&**stream.get_ref().1);
     // With a client verifier in place, rustls only completes the handshake
     // when a presented certificate verified, so any certificate here is
     // verified.
@@ -679,6 +680,16 @@ async fn server_handshake(
         creds.certificate = Some(info);
     }
     Ok((Box::new(TlsStream::new(stream, Side::Server)), creds))
+}
+
+/// The RFC 9266 `tls-exporter` channel binding of a finished handshake:
+/// 32 bytes exported under `EXPORTER-Channel-Binding` with no context. Both
+/// ends get the same value; a man in the middle, holding two different TLS
+/// sessions, gets two different ones.
+fn tls_exporter<D>(conn: &rustls::ConnectionCommon<D>) -> Option<crate::identity::ChannelBinding> {
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
+        .map(|v| crate::identity::ChannelBinding(v.to_vec()))
 }
 
 /// How long a refused peer may take to close after our alert.
@@ -802,6 +813,7 @@ async fn client_handshake<S: Stream>(
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, peer);
     creds.certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| certificate_info(c));
+    creds.channel_binding = tls_exporter(&**stream.get_ref().1);
     Ok((Box::new(TlsStream::new(stream, Side::Client)), creds))
 }
 
