@@ -702,7 +702,7 @@ fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data:
 
 /// `((host, port), …)` in at most `budget` bytes: when there are too many
 /// servers to fit, the oldest registrations are left out (the newest are
-/// likeliest alive) and the reply is marked truncated (see [`fit_tuple`]).
+/// likeliest alive) and the reply is marked truncated (see [`encode_reply`]).
 fn query_reply(live: &[(Key, Instant)], budget: usize) -> Vec<u8> {
     let mut items: Vec<Value> =
         live.iter().map(|((ip, port), _)| Value::Tuple(vec![Value::Str(ip.to_string()), Value::from(*port)])).collect();
