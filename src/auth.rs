@@ -217,6 +217,13 @@ impl Authenticator for SshPublicKey {
             let Some(user) = creds.ssh_user.clone() else {
                 return Err(AuthError::refused("the SSH layer reported no user"));
             };
+            // The user name is only a claim unless a key proved it: an
+            // acceptor that reports no key did not authenticate one.
+            if creds.ssh_key_fingerprint.is_none() {
+                return Err(AuthError::refused(format!(
+                    "the SSH layer reported user {user:?} but no public key proved it"
+                )));
+            }
             if let Some(users) = &self.users {
                 if !users.contains(&user) {
                     return Err(AuthError::refused(format!("SSH user {user:?} is not allowed")));

@@ -317,3 +317,23 @@ async fn challenge_response_refuses_plain_tcp_from_the_network_by_default() {
     drop(theirs);
     assert!(!task.await.unwrap());
 }
+
+/// An SSH user name without the key that proved it is only a claim:
+/// `SshPublicKey` refuses it; with the key's fingerprint it is the identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_user_without_a_proving_key_is_refused() {
+    use rpyc::auth::Authenticator;
+    use rpyc::identity::{Credentials, PeerAddr, TransportKind};
+    let peer = PeerAddr::Ip("127.0.0.1:40000".parse().unwrap());
+    let mut claim = Credentials::anonymous(TransportKind::Ssh, peer);
+    claim.ssh_user = Some("alice".into());
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let e = SshPublicKey::new().authenticate(Box::new(ours), claim.clone()).await.err().expect("refused").reason;
+    assert!(e.contains("no public key proved it"), "{e}");
+    claim.ssh_key_fingerprint = Some("SHA256:abc".into());
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let Ok((_, creds)) = SshPublicKey::new().authenticate(Box::new(ours), claim).await else {
+        panic!("a key-proven SSH user must be accepted")
+    };
+    assert_eq!(creds.identity.as_deref(), Some("alice"));
+}
