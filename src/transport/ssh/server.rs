@@ -101,6 +101,9 @@ pub struct SshServerConfig {
     /// Time from TCP accept to a successful login, covering the banner, the
     /// key exchange and authentication (sshd's `LoginGraceTime`). Default:
     /// 5 s, the same as [`ServerConfig::auth_timeout`](crate::ServerConfig).
+    /// Each refused key costs the client about a second (the rejection
+    /// delay), so a client whose agent offers many keys before the right one
+    /// may need a longer grace time, or `IdentitiesOnly`.
     pub login_grace_time: Duration,
     /// Send a keepalive after this long without hearing from the client.
     /// Default: 30 s.
