@@ -24,13 +24,16 @@
 //!
 //! With `--ssh-port P --host-key FILE --authorized-keys FILE` an embedded SSH
 //! endpoint listens too (see `rpyc::transport::ssh`): keys in the OpenSSH
-//! `authorized_keys` file may log in, every `direct-tcpip` channel is served
-//! as a connection, and `whoami()` returns the SSH user. The host key is
-//! created on first start; its fingerprint is printed as `SSH_HOST_KEY …`:
+//! `authorized_keys` file may log in, each only as the identity its line
+//! binds it to (`identity="alice" ssh-ed25519 AAAA…`; or one file per user
+//! with a `%u` path), every `direct-tcpip` channel is served as a
+//! connection, and `whoami()` returns the SSH user. The host key is created
+//! on first start; its fingerprint is printed as `SSH_HOST_KEY …`:
 //!
 //! ```text
+//! echo "identity=\"alice\" $(cat ~/.ssh/id_ed25519.pub)" > /tmp/rpyc_authorized_keys
 //! cargo run --release --example conformance_server -- --port 18861 \
-//!     --ssh-port 2222 --host-key /tmp/rpyc_host_key --authorized-keys ~/.ssh/id_ed25519.pub
+//!     --ssh-port 2222 --host-key /tmp/rpyc_host_key --authorized-keys /tmp/rpyc_authorized_keys
 //! ssh -N -L 18862:localhost:18861 -p 2222 -o UserKnownHostsFile=/tmp/rpyc_known_hosts alice@127.0.0.1
 //! python -c "import rpyc; print(rpyc.connect('localhost', 18862).root.whoami())"
 //! ```
@@ -64,7 +67,9 @@ struct Cli {
     /// SSH host key file (created, ed25519, if absent).
     #[arg(long, value_name = "FILE")]
     host_key: Option<std::path::PathBuf>,
-    /// OpenSSH authorized_keys file of the keys that may log in over SSH.
+    /// OpenSSH authorized_keys file of the keys that may log in over SSH,
+    /// each bound to its identity (`identity="alice" ssh-ed25519 …`), or a
+    /// per-user path with `%u`.
     #[arg(long, value_name = "FILE")]
     authorized_keys: Option<std::path::PathBuf>,
 }

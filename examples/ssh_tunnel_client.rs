@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! ssh-keygen -t ed25519 -N '' -f /tmp/rpyc_id                     # once
-//! cargo run --example conformance_server -- --port 18861 \
-//!     --ssh-port 2222 --host-key /tmp/rpyc_host_key --authorized-keys /tmp/rpyc_id.pub   # terminal 1
+//! echo "identity=\"alice\" $(cat /tmp/rpyc_id.pub)" > /tmp/rpyc_authorized_keys   # alice's key
+//! cargo run --example conformance_server -- --port 18861 --ssh-port 2222 \
+//!     --host-key /tmp/rpyc_host_key --authorized-keys /tmp/rpyc_authorized_keys   # terminal 1
 //! cargo run --example ssh_tunnel_client -- --ssh alice@127.0.0.1:2222 --key /tmp/rpyc_id \
 //!     --known-hosts /tmp/rpyc_known_hosts --accept-new                # terminal 2
 //! ```

@@ -12,8 +12,8 @@
 //! | authenticator | proves | transport |
 //! |---|---|---|
 //! | [`TlsClientCert`] | a client certificate verified by the TLS layer (optionally from a list of names) | TLS |
-//! | [`SshPublicKey`] | a public key the SSH layer accepted (optionally users/fingerprints from a list) | SSH |
-//! | [`ChallengeResponse`] | knowledge of a shared secret, without sending it | plain TCP / Unix |
+//! | [`SshPublicKey`] | a public key the SSH layer accepted for the identity it is bound to (optionally users/fingerprints from a list) | SSH |
+//! | [`ChallengeResponse`] | knowledge of a shared secret, without sending it, both ways; bound to the TLS session | TLS, loopback TCP, Unix |
 //! | [`AllowAll`] | nothing (development only) | any |
 //! | [`FirstMatch`], [`AllOf`] | combinations | — |
 
@@ -147,6 +147,13 @@ impl Authenticator for TlsClientCert {
             let Some(cert) = &creds.certificate else {
                 return Err(AuthError::refused("no client certificate was presented"));
             };
+            if cert.common_name_count > 1 {
+                return Err(AuthError::refused(format!(
+                    "the client certificate has {} common names, so its identity is ambiguous; \
+                     issue certificates with exactly one CN",
+                    cert.common_name_count
+                )));
+            }
             let Some(cn) = cert.common_name.clone() else {
                 return Err(AuthError::refused("the client certificate has no common name"));
             };
@@ -164,7 +171,11 @@ impl Authenticator for TlsClientCert {
 }
 
 /// Accepts SSH channels whose user the SSH layer authenticated by public
-/// key; the identity is the SSH user.
+/// key; the identity is the SSH user. The embedded endpoint
+/// ([`SshAcceptor`](crate::transport::ssh::SshAcceptor)) only lets a key log
+/// in under the one user name it is bound to (per-user `authorized_keys`
+/// files or `identity="NAME"` options), so the user is proven by the key,
+/// not merely claimed. `allow_fingerprints` pins keys as well.
 #[derive(Clone, Debug, Default)]
 pub struct SshPublicKey {
     users: Option<BTreeSet<String>>,
@@ -206,6 +217,13 @@ impl Authenticator for SshPublicKey {
             let Some(user) = creds.ssh_user.clone() else {
                 return Err(AuthError::refused("the SSH layer reported no user"));
             };
+            // The user name is only a claim unless a key proved it: an
+            // acceptor that reports no key did not authenticate one.
+            if creds.ssh_key_fingerprint.is_none() {
+                return Err(AuthError::refused(format!(
+                    "the SSH layer reported user {user:?} but no public key proved it"
+                )));
+            }
             if let Some(users) = &self.users {
                 if !users.contains(&user) {
                     return Err(AuthError::refused(format!("SSH user {user:?} is not allowed")));
@@ -226,43 +244,81 @@ impl Authenticator for SshPublicKey {
 }
 
 /// The greeting that starts the challenge–response exchange.
-const CR_MAGIC: &[u8; 12] = b"RPYC-CHAL-1\n";
+const CR_MAGIC: &[u8; 12] = b"RPYC-CHAL-2\n";
 const CR_NONCE_LEN: usize = 32;
+const CR_TAG_LEN: usize = 32;
 const CR_OK: &[u8; 3] = b"OK\n";
-const CR_CONTEXT: &[u8] = b"rpyc-rust challenge-response v1";
+const CR_CONTEXT: &[u8] = b"rpyc-rust challenge-response v2";
 
-fn cr_tag(secret: &[u8], nonce: &[u8], identity: &str) -> hmac::Tag {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(CR_CONTEXT);
-    ctx.update(nonce);
-    ctx.update(&(identity.len() as u32).to_be_bytes());
-    ctx.update(identity.as_bytes());
-    ctx.sign()
+/// Whose proof a tag is: the two directions never share a tag.
+#[derive(Clone, Copy)]
+enum Prover {
+    Client,
+    Server,
 }
 
-/// Shared-secret challenge–response for plain TCP or Unix sockets.
+/// `HMAC-SHA256(secret, context ‖ role ‖ server nonce ‖ client nonce ‖
+/// len ‖ channel binding ‖ len ‖ identity)`; lengths are u32 big-endian.
+fn cr_message(prover: Prover, server_nonce: &[u8], client_nonce: &[u8], binding: &[u8], identity: &str) -> Vec<u8> {
+    let mut msg = CR_CONTEXT.to_vec();
+    msg.extend_from_slice(match prover {
+        Prover::Client => b"\0client\0",
+        Prover::Server => b"\0server\0",
+    });
+    msg.extend_from_slice(server_nonce);
+    msg.extend_from_slice(client_nonce);
+    msg.extend_from_slice(&(binding.len() as u32).to_be_bytes());
+    msg.extend_from_slice(binding);
+    msg.extend_from_slice(&(identity.len() as u32).to_be_bytes());
+    msg.extend_from_slice(identity.as_bytes());
+    msg
+}
+
+/// Shared-secret challenge–response with mutual proof and channel binding.
 ///
-/// Before any RPyC byte, the server sends `RPYC-CHAL-1\n` and a 32-byte
-/// random nonce; the client answers with its identity (u8 length + UTF-8)
-/// and `HMAC-SHA256(secret, context ‖ nonce ‖ identity)`; the server checks
-/// the tag in constant time and replies `OK\n`. The secret never crosses
-/// the wire and a recorded answer is useless for another nonce. It
-/// authenticates the client only and encrypts nothing: on untrusted
-/// networks run it inside TLS or SSH, or use those instead.
+/// Before any RPyC byte:
+///
+/// 1. server → `RPYC-CHAL-2\n` and a 32-byte random nonce `Ns`;
+/// 2. client → its identity (u8 length + UTF-8), its own 32-byte nonce `Nc`
+///    and `HMAC-SHA256(secret, context ‖ "client" ‖ Ns ‖ Nc ‖ binding ‖
+///    identity)`;
+/// 3. the server checks the tag in constant time and answers `OK\n` and
+///    the same HMAC with `"server"`: the client checks it, so it knows the
+///    server holds the secret too (an impostor server learns nothing it can
+///    replay, and cannot pass itself off as the real one).
+///
+/// The secret never crosses the wire and a recorded answer is useless for
+/// other nonces. `binding` is the transport's channel binding
+/// ([`Credentials::channel_binding`]): over TLS the RFC 9266 exporter, which
+/// differs on the two legs of a man in the middle, so an answer relayed
+/// from the client's TLS session to the server's does not verify.
+///
+/// **Over plain TCP there is no channel binding**: a man in the middle can
+/// relay the exchange as it happens and then hold an authenticated
+/// connection (mutual proof does not stop a live relay), and it can read
+/// and change everything afterwards. So by default this authenticator only
+/// accepts plain TCP from loopback addresses (and Unix sockets, TLS, SSH);
+/// [`allow_plain_tcp_from_network`](Self::allow_plain_tcp_from_network)
+/// lifts that, knowingly. On networks, run it inside TLS (`AllOf` with
+/// [`TlsClientCert`], or TLS without client certificates) or use TLS or SSH
+/// authentication instead.
 ///
 /// Python rpyc has no such authenticator; Rust clients use
-/// [`challenge_response_client`] (or `ClientBuilder::challenge_response`).
+/// `ClientBuilder::challenge_response` (or [`challenge_response_client`]).
 #[derive(Clone, Default)]
 pub struct ChallengeResponse {
     secrets: BTreeMap<String, Vec<u8>>,
     groups: BTreeMap<String, Vec<String>>,
+    plain_tcp_from_network: bool,
 }
 
 impl fmt::Debug for ChallengeResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print secrets.
-        f.debug_struct("ChallengeResponse").field("identities", &self.secrets.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("ChallengeResponse")
+            .field("identities", &self.secrets.keys().collect::<Vec<_>>())
+            .field("plain_tcp_from_network", &self.plain_tcp_from_network)
+            .finish()
     }
 }
 
@@ -283,77 +339,148 @@ impl ChallengeResponse {
         self.groups.insert(identity.into(), groups.iter().map(|g| g.to_string()).collect());
         self
     }
+
+    /// Also accepts plain TCP connections from non-loopback addresses.
+    /// Those have no channel binding: anyone on the path can relay a live
+    /// exchange and take over the authenticated connection, and read or
+    /// change all traffic. Only for networks where nobody can be in the
+    /// middle.
+    pub fn allow_plain_tcp_from_network(mut self, allow: bool) -> Self {
+        self.plain_tcp_from_network = allow;
+        self
+    }
+}
+
+/// True for a plain TCP peer that is not on this host.
+fn plain_tcp_from_network(creds: &Credentials) -> bool {
+    creds.transport == TransportKind::Tcp
+        && creds.channel_binding.is_none()
+        && !matches!(&creds.peer, crate::identity::PeerAddr::Ip(a) if a.ip().to_canonical().is_loopback())
 }
 
 impl Authenticator for ChallengeResponse {
     fn authenticate(&self, mut stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
         let me = self.clone();
         Box::pin(async move {
+            if !me.plain_tcp_from_network && plain_tcp_from_network(&creds) {
+                return Err(AuthError::refused(format!(
+                    "challenge-response over plain TCP from {} refused: without TLS the exchange can be relayed \
+                     by anyone on the path; connect over TLS, from this host, or allow it with \
+                     ChallengeResponse::allow_plain_tcp_from_network",
+                    creds.peer
+                )));
+            }
+            let binding = creds.channel_binding.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+            let rng = SystemRandom::new();
             let mut nonce = [0u8; CR_NONCE_LEN];
-            SystemRandom::new().fill(&mut nonce).map_err(|_| AuthError::refused("no system randomness"))?;
+            rng.fill(&mut nonce).map_err(|_| AuthError::refused("no system randomness"))?;
             let mut hello = CR_MAGIC.to_vec();
             hello.extend_from_slice(&nonce);
             stream.write_all(&hello).await.map_err(|e| AuthError::refused(format!("sending challenge: {e}")))?;
             stream.flush().await.map_err(|e| AuthError::refused(format!("sending challenge: {e}")))?;
+            let read_err = |e: std::io::Error| AuthError::refused(format!("reading response: {e}"));
             let mut len = [0u8; 1];
-            stream.read_exact(&mut len).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
+            stream.read_exact(&mut len).await.map_err(read_err)?;
             let mut id = vec![0u8; usize::from(len[0])];
-            stream.read_exact(&mut id).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
-            let mut tag = [0u8; 32];
-            stream.read_exact(&mut tag).await.map_err(|e| AuthError::refused(format!("reading response: {e}")))?;
+            stream.read_exact(&mut id).await.map_err(read_err)?;
+            let mut client_nonce = [0u8; CR_NONCE_LEN];
+            stream.read_exact(&mut client_nonce).await.map_err(read_err)?;
+            let mut tag = [0u8; CR_TAG_LEN];
+            stream.read_exact(&mut tag).await.map_err(read_err)?;
             let identity = String::from_utf8(id).map_err(|_| AuthError::refused("identity is not UTF-8"))?;
             // Compute a tag even for unknown identities so timing does not
             // reveal which identities exist.
             let secret = me.secrets.get(&identity).cloned();
             let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_deref().unwrap_or(b"\0unknown identity\0"));
-            let mut msg = CR_CONTEXT.to_vec();
-            msg.extend_from_slice(&nonce);
-            msg.extend_from_slice(&(identity.len() as u32).to_be_bytes());
-            msg.extend_from_slice(identity.as_bytes());
+            let msg = cr_message(Prover::Client, &nonce, &client_nonce, &binding, &identity);
             let ok = hmac::verify(&key, &msg, &tag).is_ok() && secret.is_some();
             if !ok {
-                return Err(AuthError::refused(format!("challenge-response failed for identity {identity:?}")));
+                return Err(AuthError::refused(format!(
+                    "challenge-response failed for identity {identity:?} (wrong secret, unknown identity, or an \
+                     answer made for another connection)"
+                )));
             }
-            stream.write_all(CR_OK).await.map_err(|e| AuthError::refused(format!("confirming: {e}")))?;
+            let proof = hmac::sign(&key, &cr_message(Prover::Server, &nonce, &client_nonce, &binding, &identity));
+            let mut reply = CR_OK.to_vec();
+            reply.extend_from_slice(proof.as_ref());
+            stream.write_all(&reply).await.map_err(|e| AuthError::refused(format!("confirming: {e}")))?;
             creds.identity = Some(identity);
             creds.attributes.insert("auth".into(), "challenge-response".into());
+            if !binding.is_empty() {
+                creds.attributes.insert("channel_binding".into(), "tls-exporter".into());
+            }
             add_groups(&mut creds, &me.groups);
             Ok((stream, creds))
         })
     }
 }
 
-/// The client side of [`ChallengeResponse`]: answers the server's challenge
-/// on a freshly opened stream, before the RPyC connection starts.
+/// The client side of [`ChallengeResponse`] on a stream without channel
+/// binding (plain TCP, Unix sockets): answers the server's challenge and
+/// checks the server's proof, before the RPyC connection starts. Over TLS
+/// use [`challenge_response_client_bound`] with the connection's
+/// [`Credentials::channel_binding`] (`ClientBuilder` does).
 pub async fn challenge_response_client(
     stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     identity: &str,
     secret: &[u8],
+) -> crate::Result<()> {
+    challenge_response_client_bound(stream, identity, secret, None).await
+}
+
+/// The client side of [`ChallengeResponse`], bound to the transport's
+/// channel binding (`None` on transports without one). Fails if the server
+/// refuses us, or if the server cannot prove it knows the secret too.
+pub async fn challenge_response_client_bound(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    identity: &str,
+    secret: &[u8],
+    binding: Option<&crate::identity::ChannelBinding>,
 ) -> crate::Result<()> {
     let fail = |what: &str, e: std::io::Error| crate::Error::Transport(format!("challenge-response: {what}: {e}"));
     let mut hello = [0u8; CR_MAGIC.len() + CR_NONCE_LEN];
     stream.read_exact(&mut hello).await.map_err(|e| fail("reading the challenge", e))?;
     if &hello[..CR_MAGIC.len()] != CR_MAGIC {
         return Err(crate::Error::Transport(
-            "challenge-response: the server did not send a challenge (is it configured for challenge-response?)".into(),
+            "challenge-response: the server did not send a version-2 challenge (is it configured for \
+             challenge-response, and running the same rpyc version?)"
+                .into(),
         ));
     }
     if identity.len() > 255 {
         return Err(crate::Error::Transport("challenge-response: identity longer than 255 bytes".into()));
     }
-    let tag = cr_tag(secret, &hello[CR_MAGIC.len()..], identity);
+    let server_nonce = &hello[CR_MAGIC.len()..];
+    let mut client_nonce = [0u8; CR_NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut client_nonce)
+        .map_err(|_| crate::Error::Transport("challenge-response: the system random generator failed".into()))?;
+    let binding = binding.map(|b| b.0.as_slice()).unwrap_or_default();
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let tag = hmac::sign(&key, &cr_message(Prover::Client, server_nonce, &client_nonce, binding, identity));
     let mut answer = vec![identity.len() as u8];
     answer.extend_from_slice(identity.as_bytes());
+    answer.extend_from_slice(&client_nonce);
     answer.extend_from_slice(tag.as_ref());
     stream.write_all(&answer).await.map_err(|e| fail("sending the response", e))?;
     stream.flush().await.map_err(|e| fail("sending the response", e))?;
-    let mut ok = [0u8; 3];
+    let mut ok = [0u8; CR_OK.len() + CR_TAG_LEN];
     match stream.read_exact(&mut ok).await {
-        Ok(_) if &ok == CR_OK => Ok(()),
-        _ => Err(crate::Error::Transport(format!(
-            "challenge-response: the server refused identity {identity:?} (wrong secret or unknown identity)"
-        ))),
+        Ok(_) if &ok[..CR_OK.len()] == CR_OK => {}
+        _ => {
+            return Err(crate::Error::Transport(format!(
+                "challenge-response: the server refused identity {identity:?} (wrong secret or unknown identity)"
+            )))
+        }
     }
+    let expected = cr_message(Prover::Server, server_nonce, &client_nonce, binding, identity);
+    hmac::verify(&key, &expected, &ok[CR_OK.len()..]).map_err(|_| {
+        crate::Error::Transport(
+            "challenge-response: the server did not prove it knows the secret: it is not the server you share \
+             it with, or someone is relaying the exchange; do not use this connection"
+                .into(),
+        )
+    })
 }
 
 /// Tries authenticators in order; the first that accepts wins. One that

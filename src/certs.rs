@@ -235,9 +235,11 @@ pub const INIT_FILES: [&str; 6] = ["ca.pem", "ca.key", "server.pem", "server.key
 
 /// Creates a development CA, a server certificate and a client certificate
 /// (common name `client`) in `dir`: exactly the files in [`INIT_FILES`].
-/// Creates `dir` if needed; refuses to overwrite any of the files.
+/// Creates `dir` if needed (mode 0700 on Unix, whatever the umask);
+/// refuses to overwrite any of the files. Certificates are written 0644 and
+/// keys 0600, also whatever the umask.
 pub fn init_dir(dir: &Path, extra_sans: &[String]) -> Result<Vec<PathBuf>, CertError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    create_private_dir(dir)?;
     for f in INIT_FILES {
         let p = dir.join(f);
         if p.exists() {
@@ -286,21 +288,48 @@ pub fn client_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertEr
     Ok((dir.join(format!("{name}.pem")), dir.join(format!("{name}.key"))))
 }
 
-/// Writes a file; `private` files get permission 0600 (on Unix), also when
-/// they already existed with a wider one.
+/// Creates `dir` (and missing parents) if it does not exist; a directory
+/// this call creates gets mode 0700 on Unix whatever the umask, since it
+/// holds private keys. An existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> Result<(), CertError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| io_err(dir, e))?;
+    #[cfg(unix)]
+    {
+        // The umask only clears bits, but be explicit: exactly 0700.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Writes a file with an explicit mode on Unix, whatever the umask and also
+/// when it already existed with another one: 0600 for `private` files (keys),
+/// 0644 for the others (certificates).
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    if private {
+    let mode = if private { 0o600 } else { 0o644 };
+    #[cfg(unix)]
+    {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        opts.mode(mode);
     }
     let mut f = opts.open(path).map_err(|e| io_err(path, e))?;
     #[cfg(unix)]
-    if private {
+    {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io_err(path, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_err(path, e))?;
     }
     f.write_all(contents.as_bytes()).map_err(|e| io_err(path, e))
 }

@@ -116,7 +116,10 @@ impl ClientBuilder {
     }
 
     /// Answers a [`ChallengeResponse`](crate::auth::ChallengeResponse)
-    /// server as `identity` with `secret` before the RPyC connection starts.
+    /// server as `identity` with `secret` before the RPyC connection starts,
+    /// and checks that the server knows the secret too. Over TLS the
+    /// exchange is bound to the TLS session; over plain TCP it is not, so
+    /// anyone on the path could relay it — use TLS off the local host.
     pub fn challenge_response(mut self, identity: &str, secret: impl AsRef<[u8]>) -> Self {
         self.challenge = Some((identity.to_string(), secret.as_ref().to_vec()));
         self
@@ -136,7 +139,11 @@ impl ClientBuilder {
         let (mut stream, creds) = connect_endpoint(ep, &self.tcp).await?;
         if let Some((identity, secret)) = &self.challenge {
             let deadline = self.tcp.connect_timeout;
-            tokio::time::timeout(deadline, crate::auth::challenge_response_client(&mut stream, identity, secret))
+            // Over TLS the answer is bound to this TLS session (RFC 9266
+            // exporter), so it cannot be relayed to another one.
+            let binding = creds.channel_binding.as_ref();
+            let exchange = crate::auth::challenge_response_client_bound(&mut stream, identity, secret, binding);
+            tokio::time::timeout(deadline, exchange)
                 .await
                 .map_err(|_| crate::Error::Transport(format!("challenge-response: no answer within {deadline:?}")))??;
         }

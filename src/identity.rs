@@ -64,8 +64,14 @@ impl std::fmt::Display for PeerAddr {
 /// Details of a verified TLS client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CertificateInfo {
-    /// The subject's common name, if any.
+    /// The subject's common name: `None` if there is none, or if there are
+    /// several (then the identity is ambiguous — Python's `dict(subject)`
+    /// would take the last, x509 readers often the first — and
+    /// [`common_name_count`](Self::common_name_count) says how many).
     pub common_name: Option<String>,
+    /// How many common names the subject has (one is the only unambiguous
+    /// count).
+    pub common_name_count: usize,
     /// DNS names and IP addresses from the subjectAltName extension.
     pub subject_alt_names: Vec<String>,
     /// SHA-256 of the DER certificate, lower-case hex.
@@ -94,6 +100,24 @@ pub struct Credentials {
     pub groups: Vec<String>,
     /// Free-form attributes added by authenticators.
     pub attributes: BTreeMap<String, String>,
+    /// A value both ends of this transport connection compute and nobody
+    /// else can: on TLS, the RFC 9266 `tls-exporter` channel binding (32
+    /// bytes of keying material exported under the label
+    /// `EXPORTER-Channel-Binding`). Authenticators mix it into their proofs
+    /// so an answer relayed from another connection does not verify. `None`
+    /// on transports without one (plain TCP, Unix sockets).
+    pub channel_binding: Option<ChannelBinding>,
+}
+
+/// A channel binding value (see [`Credentials::channel_binding`]). Not
+/// secret on its own, but not printed either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelBinding(pub Vec<u8>);
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelBinding({} bytes)", self.0.len())
+    }
 }
 
 impl Credentials {

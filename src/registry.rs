@@ -43,12 +43,23 @@
 //! TCP requests get [`RegistryConfig::tcp_timeout`] to arrive and at most
 //! [`RegistryConfig::max_tcp_connections`] are served at once.
 //!
-//! What no limit fixes: UDP has no handshake, so anyone can register any
-//! name from an address they can send from, and a UDP registry answers
-//! whoever a datagram *claims* to come from — a spoofed QUERY makes it send
-//! up to one datagram (1500 bytes; LIST, when allowed, up to 15000) to a
-//! third party. The registry is a directory for a trusted network, as in
+//! UDP has no handshake, so a UDP registry answers whoever a datagram
+//! *claims* to come from. To keep it from amplifying a spoofed flood, a UDP
+//! reply is at most [`UDP_REPLY_FACTOR`] (3) times the size of its request,
+//! or [`UDP_REPLY_FLOOR`] (128) bytes, whichever is more: a QUERY of 143
+//! bytes gets at most 429, a LIST of 16 bytes at most 128. A reply that
+//! had to leave servers or names out carries what fits, written with
+//! brine's long tuple header (Python's loader reads it as the same tuple);
+//! a Rust client sees the mark and logs that a TCP registry gives the whole
+//! answer. TCP replies (a completed handshake proves the address) keep
+//! Python's sizes: 1500 bytes for QUERY, 15000 for LIST.
+//!
+//! What no limit fixes: anyone can register any name from an address they
+//! can send from. The registry is a directory for a trusted network, as in
 //! Python; authenticate the servers you find (TLS, SSH), not the registry.
+//! Bind it to the address of that network, or to `127.0.0.1` when
+//! everything runs on one host: `rpyc registry` listens on `0.0.0.0` by
+//! default, as Python's `rpyc_registry` does, so broadcasts reach it.
 //!
 //! # Differences from Python
 //!
@@ -80,6 +91,12 @@ use tokio::task::JoinHandle;
 pub const REGISTRY_PORT: u16 = 18811;
 /// The largest request a registry reads (Python's `MAX_DGRAM_SIZE`).
 pub const MAX_DGRAM_SIZE: usize = 1500;
+/// A UDP reply is at most this many times the size of its request…
+pub const UDP_REPLY_FACTOR: usize = 3;
+/// …or this many bytes, whichever is more (a Python `QUERY` of a 10-letter
+/// name is 26 bytes; 128 bytes answer it with 7 servers, a `LIST` with
+/// about 8 names).
+pub const UDP_REPLY_FLOOR: usize = 128;
 /// How long an entry lives without a refresh (Python's `DEFAULT_PRUNING_TIMEOUT`).
 pub const DEFAULT_PRUNING_TIMEOUT: Duration = Duration::from_secs(4 * 60);
 /// How often a server re-registers (Python's `REREGISTER_INTERVAL`).
@@ -604,8 +621,31 @@ impl DropLog {
     }
 }
 
+/// The most bytes a UDP reply may have for a request of `request_len`
+/// bytes: [`UDP_REPLY_FACTOR`] times the request, at least
+/// [`UDP_REPLY_FLOOR`], never more than `cap`. UDP has no handshake, so a
+/// reply goes to whoever the request *claims* to come from; bounding it by
+/// the request keeps the registry from amplifying a spoofed flood.
+fn udp_reply_budget(request_len: usize, cap: usize) -> usize {
+    request_len.saturating_mul(UDP_REPLY_FACTOR).max(UDP_REPLY_FLOOR).min(cap)
+}
+
+/// How a request arrived, which decides how large its reply may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// A datagram: replies bounded by [`udp_reply_budget`].
+    Udp,
+    /// A TCP connection (the peer completed a handshake, so its address is
+    /// real): replies up to what Python's clients read.
+    Tcp,
+}
+
 /// Handles one request; `None` means "drop it, send nothing".
-fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data: &[u8], via: Via) -> Option<Vec<u8>> {
+    let budget = |cap: usize| match via {
+        Via::Udp => udp_reply_budget(data.len(), cap),
+        Via::Tcp => cap,
+    };
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let req = match Request::decode(data) {
         Ok(r) => r,
@@ -621,7 +661,7 @@ fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data:
     let reply = match req {
         Request::Query { name } => {
             let live = st.table.query(&name, now, config.pruning_timeout);
-            query_reply(&live)
+            return Some(query_reply(&live, budget(MAX_DGRAM_SIZE)));
         }
         Request::List { filter_host } => {
             if !config.allow_listing {
@@ -629,7 +669,7 @@ fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data:
                 Value::None
             } else {
                 let names = st.table.list(filter_host.as_deref(), now, config.pruning_timeout);
-                list_reply(names)
+                return Some(list_reply(names, budget(MAX_LIST_REPLY)));
             }
         }
         Request::Register { aliases, port } => {
@@ -660,43 +700,73 @@ fn handle(state: &Mutex<State>, config: &RegistryConfig, peer: SocketAddr, data:
     Some(brine::encode(&reply))
 }
 
-/// `((host, port), …)` in one datagram: when there are too many servers to
-/// fit, the oldest registrations are left out (the newest are likeliest alive).
-fn query_reply(live: &[(Key, Instant)]) -> Value {
-    let items: Vec<Value> =
+/// `((host, port), …)` in at most `budget` bytes: when there are too many
+/// servers to fit, the oldest registrations are left out (the newest are
+/// likeliest alive) and the reply is marked truncated (see [`encode_reply`]).
+fn query_reply(live: &[(Key, Instant)], budget: usize) -> Vec<u8> {
+    let mut items: Vec<Value> =
         live.iter().map(|((ip, port), _)| Value::Tuple(vec![Value::Str(ip.to_string()), Value::from(*port)])).collect();
-    let sizes: Vec<usize> = items.iter().map(|v| brine::encode(v).len()).collect();
-    let mut budget = MAX_DGRAM_SIZE - 5; // the tuple header takes at most 5 bytes
-    let mut keep = 0;
-    for size in sizes.iter().rev() {
-        if *size > budget {
-            break;
-        }
-        budget -= size;
-        keep += 1;
+    items.reverse();
+    let (mut kept, truncated) = fit_items(items, budget);
+    kept.reverse();
+    if truncated {
+        tracing::info!(servers = live.len(), sent = kept.len(), budget, "QUERY reply truncated to fit its size bound");
     }
-    if keep < items.len() {
-        tracing::warn!(servers = items.len(), sent = keep, "QUERY reply truncated to fit one datagram");
-    }
-    Value::Tuple(items[items.len() - keep..].to_vec())
+    encode_reply(&kept, truncated)
 }
 
-/// `(name, …)`, cut to what a Python client reads.
-fn list_reply(names: Vec<String>) -> Value {
-    let mut budget = MAX_LIST_REPLY - 5;
-    let mut out = Vec::new();
+/// `(name, …)` in at most `budget` bytes, alphabetical, marked truncated
+/// when names were left out.
+fn list_reply(names: Vec<String>, budget: usize) -> Vec<u8> {
     let total = names.len();
-    for n in names {
-        let v = Value::Str(n);
+    let (kept, truncated) = fit_items(names.into_iter().map(Value::Str).collect(), budget);
+    if truncated {
+        tracing::info!(services = total, sent = kept.len(), budget, "LIST reply truncated to fit its size bound");
+    }
+    encode_reply(&kept, truncated)
+}
+
+/// The items, in order, that fit in `budget` bytes with the longest tuple
+/// header (5 bytes); true if some were left out.
+fn fit_items(items: Vec<Value>, budget: usize) -> (Vec<Value>, bool) {
+    let mut left = budget.saturating_sub(5);
+    let total = items.len();
+    let mut out = Vec::new();
+    for v in items {
         let size = brine::encode(&v).len();
-        if size > budget {
-            tracing::warn!(services = total, sent = out.len(), "LIST reply truncated to {MAX_LIST_REPLY} bytes");
+        if size > left {
             break;
         }
-        budget -= size;
+        left -= size;
         out.push(v);
     }
-    Value::Tuple(out)
+    let truncated = out.len() < total;
+    (out, truncated)
+}
+
+/// Encodes the reply tuple. A truncated one is written with brine's 4-byte
+/// length tuple header whatever its length; any brine reader (Python's
+/// included) loads it as the same tuple, but brine never writes that header
+/// for fewer than 256 items, so a Rust client can tell "this is not
+/// everything; ask over TCP" ([`reply_is_truncated`]).
+fn encode_reply(items: &[Value], truncated: bool) -> Vec<u8> {
+    if !truncated || items.len() >= 256 {
+        return brine::encode(&Value::Tuple(items.to_vec()));
+    }
+    let mut out = vec![brine::TAG_TUP_L4];
+    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    for v in items {
+        out.extend_from_slice(&brine::encode(v));
+    }
+    out
+}
+
+/// True if a registry reply is a tuple marked truncated by [`encode_reply`].
+fn reply_is_truncated(reply: &[u8]) -> bool {
+    match reply {
+        [tag, a, b, c, d, ..] if *tag == brine::TAG_TUP_L4 => u32::from_be_bytes([*a, *b, *c, *d]) < 256,
+        _ => false,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -873,7 +943,7 @@ async fn serve_udp(
             continue;
         }
         let Some(data) = buf.get(..n) else { continue };
-        if let Some(reply) = handle(&state, &config, peer, data) {
+        if let Some(reply) = handle(&state, &config, peer, data, Via::Udp) {
             if let Err(e) = sock.send_to(&reply, peer).await {
                 tracing::debug!(%peer, error = %e, "registry reply not sent");
             }
@@ -928,7 +998,7 @@ async fn serve_tcp_request(mut stream: TcpStream, peer: SocketAddr, config: &Reg
             return;
         }
     };
-    if let Some(reply) = handle(state, config, peer, &data) {
+    if let Some(reply) = handle(state, config, peer, &data, Via::Tcp) {
         let written = tokio::time::timeout(config.tcp_timeout, async {
             stream.write_all(&reply).await?;
             stream.shutdown().await
@@ -1165,6 +1235,13 @@ impl RegistryClient {
             Mode::Udp | Mode::UdpBroadcast => self.udp_exchange(target, &data, max_reply).await?,
             Mode::Tcp => self.tcp_exchange(target, &data, max_reply).await?,
         };
+        if reply_is_truncated(&reply) {
+            tracing::warn!(
+                registry = %self.describe(),
+                "the registry's reply was cut to fit its UDP size bound (it limits replies to spoofable \
+                 addresses); ask a TCP registry (RegistryClient::tcp, rpyc --tcp) for the full answer"
+            );
+        }
         brine::decode(&reply, &reply_limits()).map_err(|e| self.bad_reply(format!("not brine: {e}")))
     }
 
@@ -1568,14 +1645,31 @@ mod tests {
         let live: Vec<(Key, Instant)> = (0..500u16)
             .map(|i| ((ip("192.168.100.200"), 10000 + i), now + Duration::from_millis(u64::from(i))))
             .collect();
-        let reply = query_reply(&live);
-        let bytes = brine::encode(&reply);
+        let bytes = query_reply(&live, MAX_DGRAM_SIZE);
         assert!(bytes.len() <= MAX_DGRAM_SIZE, "{}", bytes.len());
+        assert!(reply_is_truncated(&bytes));
+        let reply = brine::decode(&bytes, &reply_limits()).unwrap();
         let items = reply.as_tuple().unwrap();
         // The newest registrations are kept.
         assert_eq!(items.last().unwrap().as_tuple().unwrap()[1], Value::from(10499));
         let names: Vec<String> = (0..5000).map(|i| format!("SERVICE_NUMBER_{i}")).collect();
-        assert!(brine::encode(&list_reply(names)).len() <= MAX_LIST_REPLY);
+        let bytes = list_reply(names, MAX_LIST_REPLY);
+        assert!(bytes.len() <= MAX_LIST_REPLY);
+        assert!(brine::decode(&bytes, &reply_limits()).is_ok());
+        // A reply with everything is plain canonical brine.
+        let whole = list_reply(vec!["A".into(), "B".into()], UDP_REPLY_FLOOR);
+        assert!(!reply_is_truncated(&whole));
+        assert_eq!(whole, brine::encode(&Value::Tuple(vec!["A".into(), "B".into()])));
+    }
+
+    #[test]
+    fn udp_replies_are_bounded_by_the_request() {
+        assert_eq!(udp_reply_budget(16, MAX_LIST_REPLY), UDP_REPLY_FLOOR);
+        assert_eq!(udp_reply_budget(143, MAX_DGRAM_SIZE), 429);
+        assert_eq!(udp_reply_budget(1500, MAX_DGRAM_SIZE), MAX_DGRAM_SIZE);
+        let names: Vec<String> = (0..500).map(|i| format!("SERVICE_NUMBER_{i}")).collect();
+        let bytes = list_reply(names, udp_reply_budget(16, MAX_LIST_REPLY));
+        assert!(bytes.len() <= UDP_REPLY_FLOOR && reply_is_truncated(&bytes));
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! url = "tls://0.0.0.0:18821"
 //! tls = "certs"                       # ca.pem (client CA), server.pem, server.key
 //!
-//! [[listen]]                          # embedded SSH: the SSH user is the identity
+//! [[listen]]                          # embedded SSH: the identity the key is bound to
 //! url = "ssh://0.0.0.0:2222"
 //! host_key = "gateway_host_key"       # created on first start
-//! authorized_keys = "authorized_keys"
+//! authorized_keys = "keys/%u"         # one file per user: keys/alice logs in as alice only
+//!                                     # or one file, every line bound:
+//!                                     # identity="alice" ssh-ed25519 AAAA...
 //!
-//! [[listen]]                          # TCP with challenge-response (shared secrets)
-//! url = "tcp://127.0.0.1:18830"
+//! [[listen]]                          # TCP with challenge-response (shared secrets);
+//! url = "tcp://127.0.0.1:18830"       # loopback only: plain TCP could be relayed
 //! secrets = "secrets.toml"            # identity = "secret", one per line
 //!
 //! [upstream.classic]                  # the servers behind, typically on loopback
@@ -126,7 +128,9 @@ pub struct ListenerConfig {
     /// ssh: the host key file (created on first start if missing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key: Option<PathBuf>,
-    /// ssh: the authorized_keys file (`%u` = user name).
+    /// ssh: the authorized_keys file: `keys/%u` (one file per user name),
+    /// or one file whose every key line starts with `identity="NAME"`; the
+    /// gateway refuses to start with a shared file that has an unbound key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<PathBuf>,
     /// tcp/unix: a TOML file of `identity = "secret"` for challenge–response.
@@ -439,6 +443,14 @@ impl GatewayConfig {
                              (the gateway serves authenticated identities only)"
                         ));
                     }
+                    if scheme == "tcp" && !loopback_url(&l.url) {
+                        return err(format!(
+                            "{what}: challenge-response over plain TCP must listen on loopback (127.0.0.1, \
+                             [::1], localhost): without TLS anyone on the path can relay the exchange and \
+                             read the traffic; listen on loopback or unix://, or use tls:// or ssh:// for \
+                             remote clients"
+                        ));
+                    }
                 }
                 _ => {
                     return err(format!(
@@ -517,6 +529,16 @@ impl GatewayConfig {
     }
 }
 
+/// True if a `tcp://host:port` url names a loopback host.
+fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,6 +560,21 @@ mod tests {
         assert_eq!(c.route("alice", &["admins".to_string()], "x"), Some("classic"));
         assert_eq!(c.route("bob", &[], "x"), Some("calc"));
         assert!(c.policy.resolve(Some("alice"), &["admins".to_string()]).1.classic);
+    }
+
+    #[test]
+    fn challenge_response_listens_on_loopback_only() {
+        let base = Path::new("/tmp");
+        let text = |url: &str| {
+            format!("[[listen]]\nurl = \"{url}\"\nsecrets = \"s\"\n[upstream.a]\nurl = \"tcp://127.0.0.1:1\"\n")
+        };
+        for url in ["tcp://0.0.0.0:1", "tcp://192.168.1.1:1", "tcp://[::]:1", "tcp://example.com:1"] {
+            let e = GatewayConfig::from_toml(&text(url), base).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("must listen on loopback") && e.contains("relay"), "{url}: {e}");
+        }
+        for url in ["tcp://127.0.0.1:1", "tcp://[::1]:1", "tcp://localhost:1", "unix:///tmp/gw.sock"] {
+            assert!(GatewayConfig::from_toml(&text(url), base).is_ok(), "{url}");
+        }
     }
 
     #[test]

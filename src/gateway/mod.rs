@@ -249,7 +249,7 @@ fn authenticator(l: &ListenerConfig) -> Result<Arc<dyn Authenticator>, GatewayEr
     })
 }
 
-async fn bind_listener(l: &ListenerConfig) -> Result<ListenerRt, GatewayError> {
+async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<ListenerRt, GatewayError> {
     let addr = addr_of(&l.url);
     let scheme = l.url.split_once("://").map(|(s, _)| s).unwrap_or("");
     let mut tls = None;
@@ -263,7 +263,11 @@ async fn bind_listener(l: &ListenerConfig) -> Result<ListenerRt, GatewayError> {
             let (Some(host_key), Some(keys)) = (&l.host_key, &l.authorized_keys) else {
                 return Err(setup("ssh listener needs host_key and authorized_keys"));
             };
-            Listener::ssh(addr, ssh::SshServerConfig::new(host_key, keys)).await.map_err(setup)?
+            // The whole SSH pre-auth phase (banner, kex, login) gets the
+            // same deadline as every other listener's handshake.
+            let mut config = ssh::SshServerConfig::new(host_key, keys);
+            config.login_grace_time = auth_timeout;
+            Listener::ssh(addr, config).await.map_err(setup)?
         }
         "tcp" => Listener::tcp(addr).await.map_err(setup)?,
         #[cfg(unix)]
@@ -322,7 +326,7 @@ impl Gateway {
         let audit = audit_sink(&config.audit)?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            listeners.push(Arc::new(bind_listener(l).await?));
+            listeners.push(Arc::new(bind_listener(l, secs(config.limits.auth_timeout_secs)).await?));
         }
         let metrics_listener = match &config.metrics.listen {
             Some(a) => Some(

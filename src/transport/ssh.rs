@@ -46,7 +46,10 @@
 //! `authorized_keys` file and serves every `direct-tcpip` channel as an RPyC
 //! connection of the server it is attached to, whatever `host:port` the
 //! client asked for — it forwards nothing anywhere. The credentials carry the
-//! SSH user (as `identity` and `ssh_user`) and the key's `SHA256:` fingerprint.
+//! SSH user (as `identity` and `ssh_user`) and the key's `SHA256:` fingerprint;
+//! a key logs in only under the identity it is bound to (per-user files with
+//! `%u`, or `identity="NAME"` on each line of a shared file — see
+//! [`SshServerConfig::authorized_keys`]).
 //! A stock `ssh -N -L 18861:localhost:18861 -p 2222 user@server` works with it.
 //!
 //! Only ed25519 and ECDSA keys are supported: russh is built on `ring`

@@ -540,12 +540,18 @@ pub fn certificate_info(der: &[u8]) -> CertificateInfo {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(der);
     let sha256_fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut info =
-        CertificateInfo { common_name: None, subject_alt_names: Vec::new(), sha256_fingerprint, der: der.to_vec() };
+    let mut info = CertificateInfo { sha256_fingerprint, der: der.to_vec(), ..CertificateInfo::default() };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return info;
     };
-    info.common_name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_string);
+    // Exactly one CN or none: with two, which one is "the" identity depends
+    // on who reads it (Python's dict(subject) keeps the last), so a
+    // certificate like that has no identity here.
+    let cns: Vec<_> = cert.subject().iter_common_name().collect();
+    info.common_name_count = cns.len();
+    if let [cn] = cns.as_slice() {
+        info.common_name = cn.as_str().ok().map(str::to_string);
+    }
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
@@ -664,6 +670,7 @@ async fn server_handshake(
         }
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, PeerAddr::Ip(peer));
+    creds.channel_binding = tls_exporter(&**stream.get_ref().1);
     // With a client verifier in place, rustls only completes the handshake
     // when a presented certificate verified, so any certificate here is
     // verified.
@@ -673,6 +680,16 @@ async fn server_handshake(
         creds.certificate = Some(info);
     }
     Ok((Box::new(TlsStream::new(stream, Side::Server)), creds))
+}
+
+/// The RFC 9266 `tls-exporter` channel binding of a finished handshake:
+/// 32 bytes exported under `EXPORTER-Channel-Binding` with no context. Both
+/// ends get the same value; a man in the middle, holding two different TLS
+/// sessions, gets two different ones.
+fn tls_exporter<D>(conn: &rustls::ConnectionCommon<D>) -> Option<crate::identity::ChannelBinding> {
+    conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
+        .map(|v| crate::identity::ChannelBinding(v.to_vec()))
 }
 
 /// How long a refused peer may take to close after our alert.
@@ -796,6 +813,7 @@ async fn client_handshake<S: Stream>(
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, peer);
     creds.certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| certificate_info(c));
+    creds.channel_binding = tls_exporter(&**stream.get_ref().1);
     Ok((Box::new(TlsStream::new(stream, Side::Client)), creds))
 }
 

@@ -289,6 +289,33 @@ fn tls_server_and_clients() {
     fails(&["ping", &addr, "--ca", other_ca.to_str().unwrap()], 1, "cannot connect");
 }
 
+/// `rpyc certs init` under `umask 000`: the modes are explicit, not the
+/// umask's (a world-writable directory would let anyone swap `ca.pem`).
+#[cfg(unix)]
+#[test]
+fn certs_init_modes_do_not_depend_on_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("umask 000; exec '{BIN}' certs init --dir '{}'", certs.display()));
+    let (done, out) = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(done, "rpyc certs init failed: {out}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&certs), 0o700, "the certificate directory");
+    for f in rpyc::certs::INIT_FILES {
+        let want = if f.ends_with(".key") { 0o600 } else { 0o644 };
+        assert_eq!(mode(&certs.join(f)), want, "{f}");
+    }
+    // A client certificate added later follows the same rules.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("umask 000; exec '{BIN}' certs client bob --dir '{}'", certs.display()));
+    let (done, out) = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    assert!(done, "rpyc certs client failed: {out}");
+    assert_eq!(mode(&certs.join("bob.pem")), 0o644);
+    assert_eq!(mode(&certs.join("bob.key")), 0o600);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_addresses_through_the_embedded_endpoint() {
     use rpyc::transport::ssh::{SshAcceptor, SshServerConfig};
@@ -309,7 +336,8 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
         .unwrap();
         assert!(done, "ssh-keygen failed (is openssh-client installed?): {out}");
         let authorized = dir.path().join("authorized_keys");
-        std::fs::copy(format!("{}.pub", key.display()), &authorized).unwrap();
+        let public = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+        std::fs::write(&authorized, format!("identity=\"alice\" {public}")).unwrap();
         let config = SshServerConfig::new(dir.path().join("host_key"), &authorized);
         let acceptor = SshAcceptor::bind("127.0.0.1:0", config).await.unwrap();
         let ssh_port = acceptor.addr().port();

@@ -418,3 +418,79 @@ async fn dropping_a_registrar_unregisters() {
     })
     .await;
 }
+
+/// One raw request, one reply (or `None` after a short wait).
+async fn exchange_raw(port: u16, datagram: &[u8]) -> Option<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(datagram, ("127.0.0.1", port)).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.ok()?.ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// The amplification an attacker gets from a spoofed datagram: the reply a
+/// UDP registry sends is at most 3 times the request, or 128 bytes, however
+/// much it knows; a Python client still loads the (cut) answer, and a TCP
+/// registry, which a spoofer cannot use, still answers in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_replies_do_not_amplify_spoofed_requests() {
+    use rpyc::Value;
+    bounded(async {
+        let t = Value::Tuple;
+        let names: Vec<String> = (0..60).map(|i| format!("SERVICE_NUMBER_{i:02}")).collect();
+        let fill = |client: RegistryClient| {
+            let names = names.clone();
+            async move {
+                for chunk in names.chunks(10) {
+                    client.register(chunk, 1).await.unwrap();
+                }
+                for p in 2..40u16 {
+                    client.register(&["BIG".into()], p).await.unwrap();
+                }
+            }
+        };
+        let reg = Registry::rust(Proto::Udp, listing_config()).await;
+        fill(reg.client()).await;
+
+        // LIST: 16 bytes in (what Python's client sends), at most 128 out
+        // (it was 4,015: 250x).
+        let list = request("LIST", t(vec![t(vec![Value::None])]));
+        assert_eq!(list.len(), 16);
+        let reply = exchange_raw(reg.port, &list).await.expect("LIST answered");
+        assert!(reply.len() <= 128, "LIST reply of {} bytes to a 16-byte request", reply.len());
+        let kept = rpyc::wire::brine::decode_default(&reply).unwrap();
+        let kept = kept.as_tuple().unwrap().len();
+        assert!(kept > 0 && kept < 60, "{kept}");
+
+        // QUERY: a long (143-byte) request gets at most 3x back.
+        let long_name = "Q".repeat(124);
+        let query = request("QUERY", t(vec![Value::from(long_name.as_str())]));
+        assert_eq!(query.len(), 143);
+        let reply = exchange_raw(reg.port, &query).await.expect("QUERY answered");
+        assert!(reply.len() <= 3 * 143);
+        let query = request("QUERY", t(vec![Value::from("BIG")]));
+        let reply = exchange_raw(reg.port, &query).await.expect("QUERY answered");
+        assert!(reply.len() <= 128.max(3 * query.len()), "QUERY reply of {} bytes", reply.len());
+
+        // The Rust client gets what fits (the newest servers), Python too.
+        let found = reg.client().discover("big").await.unwrap();
+        assert!(!found.is_empty() && found.len() < 38, "{}", found.len());
+        assert!(found.iter().any(|s| s.port == 39), "the newest registration is kept: {found:?}");
+        let code = format!(
+            "{PY_IMPORTS}reg = {}\nprint('FOUND', len(reg.discover('BIG')))\nprint('LISTED', len(reg.list()))\n",
+            reg.py_registrar()
+        );
+        let (ok, out) = python(&code, &[]).await;
+        assert!(ok, "{out}");
+        assert!(out.contains(&format!("FOUND {}", found.len())), "{out}");
+        assert!(out.contains(&format!("LISTED {kept}")), "{out}");
+
+        // Over TCP the whole answer comes back.
+        let tcp = Registry::rust(Proto::Tcp, listing_config()).await;
+        let client = tcp.client();
+        fill(client.clone()).await;
+        assert_eq!(client.list(None).await.unwrap().len(), 61);
+        assert_eq!(client.discover("big").await.unwrap().len(), 38);
+    })
+    .await;
+}

@@ -179,3 +179,161 @@ async fn anonymous_policy_applies_without_identity() {
     assert_eq!(obj.getattr("public").await.unwrap().extract::<i64>().unwrap(), 1);
     stop.shutdown();
 }
+
+/// A development PKI in a temporary directory, for the TLS cases below.
+fn pki() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    rpyc::certs::init_dir(dir.path(), &[]).unwrap();
+    dir
+}
+
+/// A TLS server (no client certificates) whose authenticator is
+/// challenge–response.
+async fn tls_challenge_server(dir: &std::path::Path) -> (SocketAddr, rpyc::server::ShutdownHandle) {
+    use rpyc::transport::tls::{ClientAuth, TlsServerConfig};
+    let tls = TlsServerConfig::from_dir(dir).unwrap().with_client_auth(ClientAuth::None);
+    let listener = rpyc::transport::Listener::tls("127.0.0.1:0", &tls).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = ServerConfig::default().with_authenticator(secrets());
+    config.auth_timeout = Duration::from_secs(3);
+    let stop = rpyc::Server::new(rpyc::conformance::service(), config).listen(listener).spawn();
+    (addr, stop)
+}
+
+fn tls_client(dir: &std::path::Path) -> rpyc::transport::tls::TlsClientConfig {
+    rpyc::transport::tls::TlsClientConfig::new().with_ca_file(dir.join("ca.pem")).unwrap()
+}
+
+/// The relay attack on challenge–response: a man in the middle that holds
+/// a certificate the client trusts terminates the client's TLS, opens its
+/// own TLS session to the server and passes the bytes along. Bound to the
+/// TLS session (RFC 9266 exporter), the client's answer does not verify on
+/// the attacker's session, so the attacker gets nothing; a direct client is
+/// still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_response_relayed_over_tls_is_refused() {
+    use rpyc::transport::tls::{connect_tls, ClientAuth, TlsServerConfig};
+    let dir = pki();
+    let (server, stop) = tls_challenge_server(dir.path()).await;
+
+    // The direct client: served, and the session is bound.
+    let conn = ClientBuilder::new()
+        .tls(tls_client(dir.path()))
+        .challenge_response("alice", "alice-secret")
+        .connect(&server.to_string())
+        .await
+        .unwrap();
+    let root = conn.root().await.unwrap();
+    assert_eq!(root.call_method::<Option<String>>("whoami", ()).await.unwrap().as_deref(), Some("alice"));
+
+    // The relay: its own TLS endpoint (a server certificate from the same
+    // CA, as a mis-issued or stolen certificate would be) in front of the server.
+    let mitm_tls = TlsServerConfig::from_dir(dir.path()).unwrap().with_client_auth(ClientAuth::None);
+    let mitm = rpyc::transport::Listener::tls("127.0.0.1:0", &mitm_tls).await.unwrap();
+    let mitm_addr = mitm.local_addr().unwrap();
+    let upstream_config = tls_client(dir.path());
+    let relay = tokio::spawn(async move {
+        let incoming = mitm.accept().await.unwrap();
+        let (mut victim, _) = incoming.handshake.await.unwrap();
+        let (mut upstream, _) = connect_tls(&server.to_string(), &upstream_config).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut victim, &mut upstream).await;
+    });
+    let relayed = ClientBuilder::new()
+        .tls(tls_client(dir.path()))
+        .challenge_response("alice", "alice-secret")
+        .connect(&mitm_addr.to_string())
+        .await;
+    let Err(e) = relayed else { panic!("a relayed challenge-response must not authenticate") };
+    let e = e.to_string();
+    assert!(e.contains("refused identity \"alice\""), "{e}");
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
+
+    // Alice's direct connection is unaffected.
+    assert_eq!(root.call_method::<i64>("add", (2, 3)).await.unwrap(), 5);
+    stop.shutdown();
+}
+
+/// An impostor server that does not know the secret: it sends a
+/// challenge and says "OK" to anything. The client refuses to go on
+/// because the server could not prove it knows the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_response_client_verifies_the_server() {
+    use tokio::io::AsyncWriteExt;
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = fake.local_addr().unwrap();
+    let impostor = tokio::spawn(async move {
+        let (mut sock, _) = fake.accept().await.unwrap();
+        let mut hello = b"RPYC-CHAL-2\n".to_vec();
+        hello.extend_from_slice(&[7u8; 32]);
+        sock.write_all(&hello).await.unwrap();
+        let mut answer = vec![0u8; 1 + 5 + 32 + 32];
+        sock.read_exact(&mut answer).await.unwrap();
+        // "OK" and a made-up proof; then whatever the client sends.
+        sock.write_all(b"OK\n").await.unwrap();
+        sock.write_all(&[0u8; 32]).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), sock.read_to_end(&mut rest)).await;
+        rest
+    });
+    let e = ClientBuilder::new().challenge_response("alice", "alice-secret").connect(&addr.to_string()).await;
+    let Err(e) = e else { panic!("an impostor server must be refused") };
+    let e = e.to_string();
+    assert!(e.contains("did not prove it knows the secret"), "{e}");
+    let sent_after = tokio::time::timeout(Duration::from_secs(5), impostor).await.unwrap().unwrap();
+    assert!(sent_after.is_empty(), "the client sent {} bytes to an impostor", sent_after.len());
+
+    // The real server proves itself, and the client goes on.
+    let (addr, stop) = server().await;
+    let conn = login(addr, "alice", "alice-secret").await.unwrap();
+    assert_eq!(conn.root().await.unwrap().call_method::<i64>("add", (1, 1)).await.unwrap(), 2);
+    stop.shutdown();
+}
+
+/// Plain TCP from another host has no channel binding: refused unless
+/// allowed explicitly; loopback and TLS are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_response_refuses_plain_tcp_from_the_network_by_default() {
+    use rpyc::auth::Authenticator;
+    use rpyc::identity::{Credentials, PeerAddr, TransportKind};
+    use tokio::io::AsyncWriteExt;
+    let remote = PeerAddr::Ip("192.0.2.7:40000".parse().unwrap());
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let creds = Credentials::anonymous(TransportKind::Tcp, remote.clone());
+    let e = secrets().authenticate(Box::new(ours), creds).await.err().expect("refused").reason;
+    assert!(e.contains("192.0.2.7") && e.contains("relayed") && e.contains("TLS"), "{e}");
+    let mut nothing = Vec::new();
+    let _ = theirs.shutdown().await;
+    theirs.read_to_end(&mut nothing).await.unwrap();
+    assert!(nothing.is_empty(), "a refused peer got a challenge");
+
+    // Allowed knowingly: the challenge goes out.
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let creds = Credentials::anonymous(TransportKind::Tcp, remote);
+    let auth = secrets().allow_plain_tcp_from_network(true);
+    let task = tokio::spawn(async move { auth.authenticate(Box::new(ours), creds).await.is_ok() });
+    let mut hello = [0u8; 12];
+    theirs.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"RPYC-CHAL-2\n");
+    drop(theirs);
+    assert!(!task.await.unwrap());
+}
+
+/// An SSH user name without the key that proved it is only a claim:
+/// `SshPublicKey` refuses it; with the key's fingerprint it is the identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_user_without_a_proving_key_is_refused() {
+    use rpyc::auth::Authenticator;
+    use rpyc::identity::{Credentials, PeerAddr, TransportKind};
+    let peer = PeerAddr::Ip("127.0.0.1:40000".parse().unwrap());
+    let mut claim = Credentials::anonymous(TransportKind::Ssh, peer);
+    claim.ssh_user = Some("alice".into());
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let e = SshPublicKey::new().authenticate(Box::new(ours), claim.clone()).await.err().expect("refused").reason;
+    assert!(e.contains("no public key proved it"), "{e}");
+    claim.ssh_key_fingerprint = Some("SHA256:abc".into());
+    let (ours, _theirs) = tokio::io::duplex(64);
+    let Ok((_, creds)) = SshPublicKey::new().authenticate(Box::new(ours), claim).await else {
+        panic!("a key-proven SSH user must be accepted")
+    };
+    assert_eq!(creds.identity.as_deref(), Some("alice"));
+}

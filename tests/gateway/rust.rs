@@ -83,6 +83,38 @@ async fn challenge_response_listener() {
     .await;
 }
 
+/// The gateway config doc's SSH listener with a shared authorized_keys file
+/// holding a key without `identity=`: that key could log in as anyone (and
+/// so be any identity, with its policy), so the gateway refuses to start and
+/// says how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_listener_with_an_unbound_shared_key_does_not_start() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("eve_ed25519");
+        let (ok, out) = blocking({
+            let key = key.clone();
+            move || {
+                let mut cmd = Command::new("ssh-keygen");
+                cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", "eve", "-f"]).arg(&key);
+                common::run_with_timeout(cmd, Duration::from_secs(30))
+            }
+        })
+        .await;
+        assert!(ok, "ssh-keygen failed: {out}");
+        std::fs::copy(dir.path().join("eve_ed25519.pub"), dir.path().join("authorized_keys")).unwrap();
+        let text = "[[listen]]\nurl = \"ssh://127.0.0.1:0\"\nhost_key = \"host_key\"\n\
+                    authorized_keys = \"authorized_keys\"\n[upstream.py]\nurl = \"tcp://127.0.0.1:1\"\n";
+        let config = GatewayConfig::from_toml(text, dir.path()).unwrap();
+        let e = match Gateway::bind(config).await {
+            Ok(_) => panic!("a gateway with an unbound shared SSH key started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("no identity binding") && e.contains("identity=\"alice\"") && e.contains("%u"), "{e}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_listener_identity_is_the_ssh_user() {
     bounded(async {
@@ -99,7 +131,8 @@ async fn ssh_listener_identity_is_the_ssh_user() {
         })
         .await;
         assert!(ok, "ssh-keygen failed (is openssh-client installed?): {out}");
-        std::fs::copy(dir.join("dave_ed25519.pub"), dir.join("authorized_keys")).unwrap();
+        let public = std::fs::read_to_string(dir.join("dave_ed25519.pub")).unwrap();
+        std::fs::write(dir.join("authorized_keys"), format!("identity=\"dave\" {public}")).unwrap();
         let (_server, port) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
         let text = format!(
             "[[listen]]\nurl = \"ssh://127.0.0.1:0\"\nhost_key = \"host_key\"\nauthorized_keys = \"authorized_keys\"\n\

@@ -421,6 +421,11 @@ async fn sshd_refusals_are_clear_and_the_server_keeps_serving() {
     .await;
 }
 
+/// An authorized_keys line binding `key`'s public key to `identity`.
+fn bound(identity: &str, key: &Path) -> String {
+    format!("identity=\"{identity}\" {}", public_key(key))
+}
+
 /// The CONFORMANCE service behind an embedded SSH endpoint (and nothing else).
 struct Embedded {
     dir: tempfile::TempDir,
@@ -471,7 +476,7 @@ async fn embedded_endpoint_serves_rust_clients_as_the_ssh_user() {
         let keys = tempfile::tempdir().unwrap();
         let alice = keygen(keys.path(), "alice", "");
         let stranger = keygen(keys.path(), "stranger", "");
-        let server = Embedded::start(&[public_key(&alice)], |c| c.max_channels_per_session = 2).await;
+        let server = Embedded::start(&[bound("alice", &alice)], |c| c.max_channels_per_session = 2).await;
         let host_key_mode = fs::metadata(server.dir.path().join("host_key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(host_key_mode, 0o600);
 
@@ -515,10 +520,12 @@ async fn embedded_endpoint_serves_rust_clients_as_the_ssh_user() {
         let e = err_text(SshSession::connect(&server.config("alice", &stranger)).await);
         assert!(e.contains("refused key") && e.contains("for user alice") && e.contains("authorized_keys"), "{e}");
 
-        // Another user name with an authorized key: the name is the identity.
-        let bob = SshSession::connect(&server.config("bob", &alice)).await.unwrap();
-        let conn = ClientBuilder::new().start(bob.open_stream("localhost", 1).await.unwrap(), bob.credentials());
-        assert_eq!(whoami(&conn).await.as_deref(), Some("bob"));
+        // Alice's key claiming another user name: refused, the key is
+        // bound to alice (the attack of issue #12: bob's rights by name).
+        for user in ["bob", "root", "ALICE"] {
+            let e = err_text(SshSession::connect(&server.config(user, &alice)).await);
+            assert!(e.contains("refused key"), "{user}: {e}");
+        }
         // ...and the first session is still serving.
         assert_eq!(add(&a, 2, 2).await, 4);
 
@@ -526,8 +533,100 @@ async fn embedded_endpoint_serves_rust_clients_as_the_ssh_user() {
         ssh.close().await;
         let closed = tokio::time::timeout(Duration::from_secs(10), a.closed()).await;
         assert!(closed.is_ok(), "connection outlived its SSH session");
+    })
+    .await;
+}
+
+/// A shared authorized_keys file where each key is bound: every key logs
+/// in as its own identity only; a file that lets a key claim any identity
+/// is refused at start, with the fix in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_endpoint_identity_comes_from_the_key() {
+    bounded(async {
+        let keys = tempfile::tempdir().unwrap();
+        let alice = keygen(keys.path(), "alice", "");
+        let bob = keygen(keys.path(), "bob", "");
+        // The README's mistake: a bare key in a shared file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("authorized_keys");
+        write(&file, &format!("{}\n{}\n", bound("alice", &alice), public_key(&bob)), 0o644);
+        let e = err_text(SshAcceptor::bind("127.0.0.1:0", SshServerConfig::new(dir.path().join("hk"), &file)).await);
+        assert!(e.contains("line 2") && e.contains("no identity binding") && e.contains("identity=\"alice\""), "{e}");
+        // One key bound to two identities.
+        write(&file, &format!("{}\n{}\n", bound("alice", &alice), bound("admin", &alice)), 0o644);
+        let e = err_text(SshAcceptor::bind("127.0.0.1:0", SshServerConfig::new(dir.path().join("hk"), &file)).await);
+        assert!(e.contains("two identities"), "{e}");
+
+        let server = Embedded::start(&[bound("alice", &alice), bound("bob", &bob)], |_| {}).await;
+        for (user, key) in [("alice", &alice), ("bob", &bob)] {
+            let ssh = SshSession::connect(&server.config(user, key)).await.unwrap();
+            let conn = ClientBuilder::new().start(ssh.open_stream("localhost", 1).await.unwrap(), ssh.credentials());
+            assert_eq!(whoami(&conn).await.as_deref(), Some(user));
+            conn.close().await;
+            ssh.close().await;
+        }
+        // Bob's key as alice, alice's as bob: refused.
+        for (user, key) in [("alice", &bob), ("bob", &alice)] {
+            let e = err_text(SshSession::connect(&server.config(user, key)).await);
+            assert!(e.contains("refused key"), "{user}: {e}");
+        }
+        // A bare key added while running is ignored, not trusted for anyone.
+        let carol = keygen(keys.path(), "carol", "");
+        let file = server.dir.path().join("authorized_keys");
+        let text = fs::read_to_string(&file).unwrap() + &public_key(&carol) + "\n";
+        write(&file, &text, 0o644);
+        let e = err_text(SshSession::connect(&server.config("carol", &carol)).await);
+        assert!(e.contains("refused key"), "{e}");
+        // Alice still logs in.
+        let ssh = SshSession::connect(&server.config("alice", &alice)).await.unwrap();
+        ssh.close().await;
+    })
+    .await;
+}
+
+/// Pre-authentication limits, as an attacker on one host tries them: idle
+/// TCP sockets (no SSH banner) from 127.0.0.2 take only that source's share
+/// of the pre-auth slots, so a login from 127.0.0.1 still works, and each
+/// idle socket is closed after the login grace time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_endpoint_idle_sockets_do_not_lock_out_logins() {
+    use tokio::io::AsyncReadExt;
+    bounded(async {
+        let keys = tempfile::tempdir().unwrap();
+        let alice = keygen(keys.path(), "alice", "");
+        let server = Embedded::start(&[bound("alice", &alice)], |c| {
+            c.max_startups = 8;
+            c.max_startups_per_source = 4;
+            c.login_grace_time = Duration::from_secs(2);
+        })
+        .await;
+        // The attacker: more idle sockets than all the pre-auth slots.
+        let mut idle = Vec::new();
+        for _ in 0..12 {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            idle.push(sock.connect(([127, 0, 0, 1], server.port).into()).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        // A legitimate login is served meanwhile.
+        let ssh = SshSession::connect(&server.config("alice", &alice)).await.unwrap();
+        let conn = ClientBuilder::new().start(ssh.open_stream("localhost", 1).await.unwrap(), ssh.credentials());
+        assert_eq!(add(&conn, 20, 22).await, 42);
+        // Every idle socket ends: the ones over the per-source limit at
+        // once, the others at the login grace time (2 s), not the old 30 s.
+        let mut closed_at = Vec::new();
+        for mut s in idle {
+            let mut sink = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
+            assert!(r.is_ok(), "an idle pre-auth socket was kept open for 10 s");
+            closed_at.push(started.elapsed());
+        }
+        assert!(closed_at.iter().all(|t| *t < Duration::from_secs(6)), "{closed_at:?}");
+        // The session that logged in is not subject to the grace time.
+        assert_eq!(add(&conn, 1, 1).await, 2);
         conn.close().await;
-        bob.close().await;
+        ssh.close().await;
     })
     .await;
 }
@@ -592,7 +691,7 @@ async fn stock_openssh_client_and_python_rpyc_through_the_embedded_endpoint() {
     bounded(async {
         let keys = tempfile::tempdir().unwrap();
         let key = keygen(keys.path(), "id_ed25519", "");
-        let server = Embedded::start(&[public_key(&key)], |_| {}).await;
+        let server = Embedded::start(&[bound(USER, &key)], |_| {}).await;
         let log = keys.path().join("ssh.log");
         let fwd = tokio::task::spawn_blocking({
             let (key, log) = (key.clone(), log.clone());
@@ -713,7 +812,7 @@ async fn a_dead_session_is_detected_by_keepalives_and_reported() {
     bounded(async {
         let keys = tempfile::tempdir().unwrap();
         let key = keygen(keys.path(), "id_ed25519", "");
-        let server = Embedded::start(&[public_key(&key)], |_| {}).await;
+        let server = Embedded::start(&[bound(USER, &key)], |_| {}).await;
         let (relay, freeze) = freezable_relay(server.port).await;
         let known_hosts = keys.path().join("known_hosts");
         write(&known_hosts, &format!("[127.0.0.1]:{relay} {}\n", server.public_key), 0o644);
@@ -788,7 +887,7 @@ async fn ssh_agent_logins() {
         let keys = tempfile::tempdir().unwrap();
         let key = keygen(keys.path(), "id_ed25519", "");
         let other = keygen(keys.path(), "other", "");
-        let server = Embedded::start(&[public_key(&key)], |_| {}).await;
+        let server = Embedded::start(&[bound("carol", &key)], |_| {}).await;
         let agent = Agent::start(keys.path());
         let via_agent = |user: &str| {
             let mut config = SshConfig::new("127.0.0.1", server.port, user).with_known_hosts(&server.known_hosts);

@@ -620,3 +620,68 @@ async fn rpyc_certs_command() {
     })
     .await;
 }
+
+/// A CA-signed client certificate with two common names, `alice` then
+/// `admin` (rcgen keeps one value per attribute type, so the second CN is
+/// written under its OID). Python's `dict(subject)` would read `admin`, a
+/// first-CN reader `alice`: such a certificate has no identity here.
+fn two_cn_cert(pki: &Pki) -> CertKeyPem {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.path("ca.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.path("ca.pem")).unwrap(), ca_key).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "alice");
+    params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "admin");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    CertKeyPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_certificate_with_two_common_names() {
+    use rpyc::auth::{Authenticator, TlsClientCert};
+    bounded(async {
+        let pki = Pki::new();
+        let forged = two_cn_cert(&pki);
+        let info = rpyc::transport::tls::certificate_info(&pem_der(&forged.cert_pem));
+        assert_eq!((info.common_name_count, info.common_name), (2, None));
+
+        // The transport's view: a verified certificate, but no identity.
+        let listener = Listener::tls("127.0.0.1:0", &pki.server_config()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = pki.client_with(&forged);
+        let client = tokio::spawn(async move { tls_conn(addr, config).await.map(|c| c.credentials().clone()) });
+        let incoming = step("accept", listener.accept()).await.unwrap();
+        let (stream, creds) = step("server handshake", incoming.handshake).await.unwrap();
+        assert_eq!(creds.identity, None);
+        let refused = match TlsClientCert::new().authenticate(stream, creds).await {
+            Ok((_, c)) => panic!("two-CN certificate accepted as {:?}", c.identity),
+            Err(e) => e.reason,
+        };
+        assert_mentions(&refused, &["2 common names", "ambiguous", "exactly one CN"]);
+        let _ = step("bad client", client).await;
+
+        // A server that authenticates by certificate refuses it and keeps
+        // serving a legitimate client.
+        let (addr, stop) = {
+            let server = Server::new(
+                rpyc::conformance::service(),
+                ServerConfig::default().with_authenticator(TlsClientCert::new()),
+            )
+            .listen(listener);
+            (addr, server.spawn())
+        };
+        let err = rust_client_error(addr, pki.client_with(&forged)).await;
+        assert!(!err.is_empty());
+        assert_serves(addr, pki.client("alice"), "alice").await;
+        stop.shutdown();
+    })
+    .await;
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}

@@ -18,7 +18,9 @@ pub struct RegistryCmdArgs {
     /// drop broadcasts.
     #[arg(long)]
     pub tcp: bool,
-    /// The address to listen on.
+    /// The address to listen on. The default, 0.0.0.0, is Python's: every
+    /// interface, so broadcasts reach it. Anyone who can reach it can
+    /// register names; prefer 127.0.0.1 or the trusted network's address.
     #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
     pub host: String,
     /// The port to listen on (0 picks a free one; the port is printed).

@@ -9,22 +9,29 @@
 //! refused.
 //!
 //! Hostile peers are bounded the way sshd bounds them: sessions in total
-//! (`max_sessions`) and not yet logged in (`max_startups`), a login deadline
-//! (`login_grace_time`), login attempts per session (`max_auth_attempts`,
-//! then the session is dropped), channels per session, keepalives and an
-//! inactivity timeout. Only public-key logins exist.
+//! (`max_sessions`), not yet logged in (`max_startups`) and not yet logged
+//! in per source address (`max_startups_per_source`, so one host's idle
+//! sockets cannot lock everyone else out), one deadline for the whole
+//! pre-authentication phase — banner, key exchange and login
+//! (`login_grace_time`, 5 s like the server's `auth_timeout`) — login
+//! attempts per session (`max_auth_attempts`, then the session is dropped),
+//! channels per session, keepalives and an inactivity timeout. Only
+//! public-key logins exist.
+//!
+//! The identity of a session comes from the key that logged in, never from
+//! the user name alone: see [`SshServerConfig::authorized_keys`].
 
 use super::super::{Accept, BoxFut, Incoming};
 use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};
-use russh::keys::ssh_key::authorized_keys::{ConfigOpts, Entry};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelOpenFailure, ChannelStream, MethodKind, MethodSet};
+use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,13 +54,28 @@ pub struct SshServerConfig {
     /// others). If the file does not exist it is created on first start: a
     /// new ed25519 key, mode 0600, with `<file>.pub` beside it.
     pub host_key: PathBuf,
-    /// The OpenSSH `authorized_keys` file of the keys that may log in.
+    /// The OpenSSH `authorized_keys` file of the keys that may log in. The
+    /// user name a client logs in with becomes the connection's `identity`,
+    /// so every key must be bound to the one identity it may claim, in one
+    /// of two ways:
     ///
-    /// A `%u` in the path is replaced by the login user name (one file per
-    /// user, like sshd's `AuthorizedKeysFile`), which binds user names to
-    /// keys. With a single file every listed key may log in under *any* user
-    /// name, so the name (the connection's `identity`) is only a claim; the
-    /// key fingerprint (`ssh_key_fingerprint`) is what was proven.
+    /// - **one file per user**: a `%u` in the path is replaced by the login
+    ///   user name (`keys/%u`, like sshd's `AuthorizedKeysFile`); a key logs
+    ///   in only as the user whose file lists it;
+    /// - **one shared file, every key bound**: each key line starts with an
+    ///   `identity="NAME"` option, and the key logs in only as user `NAME`:
+    ///
+    ///   ```text
+    ///   identity="alice" ssh-ed25519 AAAAC3Nza... alice@laptop
+    ///   identity="bob",no-pty ssh-ed25519 AAAAC3Nza... bob@desktop
+    ///   ```
+    ///
+    /// A login whose user name is not the key's identity is refused. A
+    /// shared file with a key line without `identity=`, or with one key
+    /// bound to two identities, would let a key claim several identities:
+    /// [`SshAcceptor::bind`] refuses to start with it, and lines like that
+    /// added later are ignored. (In a per-user file `identity=` is optional
+    /// and, if present, must name that user.)
     ///
     /// The file is read at each login, so keys can be added or removed
     /// without a restart. Lines with options that would restrict the key in
@@ -65,15 +87,23 @@ pub struct SshServerConfig {
     /// Most SSH sessions at once. Default: 256.
     pub max_sessions: usize,
     /// Most sessions that have not logged in yet (sshd's `MaxStartups`):
-    /// unauthenticated peers cannot take every session slot. Default: 32.
+    /// unauthenticated peers cannot take every session slot. Default: 64.
     pub max_startups: usize,
+    /// Most sessions not logged in yet from one source address (one IPv4
+    /// address, or one IPv6 /64), so idle sockets from one host cannot take
+    /// every `max_startups` slot. More are closed at once. Default: 8.
+    pub max_startups_per_source: usize,
     /// Most open channels (RPyC connections) per session. Default: 64.
     pub max_channels_per_session: usize,
     /// Login attempts per session before it is dropped (sshd's
     /// `MaxAuthTries`). Default: 6.
     pub max_auth_attempts: usize,
-    /// Time from TCP accept to a successful login (sshd's
-    /// `LoginGraceTime`). Default: 30 s.
+    /// Time from TCP accept to a successful login, covering the banner, the
+    /// key exchange and authentication (sshd's `LoginGraceTime`). Default:
+    /// 5 s, the same as [`ServerConfig::auth_timeout`](crate::ServerConfig).
+    /// Each refused key costs the client about a second (the rejection
+    /// delay), so a client whose agent offers many keys before the right one
+    /// may need a longer grace time, or `IdentitiesOnly`.
     pub login_grace_time: Duration,
     /// Send a keepalive after this long without hearing from the client.
     /// Default: 30 s.
@@ -92,10 +122,11 @@ impl SshServerConfig {
             host_key: host_key.into(),
             authorized_keys: authorized_keys.into(),
             max_sessions: 256,
-            max_startups: 32,
+            max_startups: 64,
+            max_startups_per_source: 8,
             max_channels_per_session: 64,
             max_auth_attempts: 6,
-            login_grace_time: Duration::from_secs(30),
+            login_grace_time: Duration::from_secs(5),
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_max: 3,
             inactivity_timeout: Some(Duration::from_secs(600)),
@@ -111,8 +142,10 @@ impl SshServerConfig {
 /// `host:port` the client asked for*: nothing is forwarded anywhere, so
 /// `ssh -N -L 18861:localhost:18861` and `ssh -N -L 18861:anything:1` reach
 /// the same service. The requested target is kept in the credentials'
-/// `ssh_target` attribute; `identity` and `ssh_user` are the SSH user,
-/// `ssh_key_fingerprint` the key's `SHA256:…` fingerprint. Shells, commands,
+/// `ssh_target` attribute; `identity` and `ssh_user` are the SSH user —
+/// which is the identity the key is bound to (see
+/// [`SshServerConfig::authorized_keys`]) — and `ssh_key_fingerprint` the
+/// key's `SHA256:…` fingerprint. Shells, commands,
 /// subsystems and remote forwarding are refused.
 ///
 /// Limits (see [`SshServerConfig`]) bound sessions, unauthenticated
@@ -132,6 +165,9 @@ struct Shared {
     tx: mpsc::Sender<Incoming>,
     sessions: Arc<Semaphore>,
     startups: Arc<Semaphore>,
+    /// Sessions not logged in yet, per source (see [`source_of`]).
+    startups_by_source: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    max_startups_per_source: usize,
     max_channels: usize,
     grace: Duration,
 }
@@ -139,13 +175,17 @@ struct Shared {
 impl SshAcceptor {
     /// Loads (or creates) the host key, checks the authorized_keys file and
     /// binds `addr` (`"127.0.0.1:0"` picks a free port).
+    ///
+    /// A shared authorized_keys file (no `%u`) must bind every key to one
+    /// identity (`identity="NAME"`); one that does not is an error that
+    /// says which line and how to fix it.
     pub async fn bind(addr: &str, config: SshServerConfig) -> Result<SshAcceptor> {
         let host_key = load_or_create_host_key(&config.host_key)?;
         let public = host_key.public_key().clone();
         let keys = config.authorized_keys.clone();
         if !keys.to_string_lossy().contains("%u") {
             match std::fs::metadata(&keys) {
-                Ok(m) if m.is_file() => {}
+                Ok(m) if m.is_file() => check_shared_authorized_keys(&keys)?,
                 Ok(_) => {
                     return Err(Error::Transport(format!("ssh: authorized_keys {} is not a file", keys.display())))
                 }
@@ -184,6 +224,8 @@ impl SshAcceptor {
             tx,
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             startups: Arc::new(Semaphore::new(config.max_startups)),
+            startups_by_source: std::sync::Mutex::new(HashMap::new()),
+            max_startups_per_source: config.max_startups_per_source,
             max_channels: config.max_channels_per_session,
             grace: config.login_grace_time,
         });
@@ -257,8 +299,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
             tracing::warn!(%peer, "ssh: session refused: max_sessions reached");
             continue;
         };
-        let Ok(startup) = shared.startups.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "ssh: session refused: too many sessions not logged in yet (max_startups)");
+        let Some(startup) = Startup::acquire(&shared, peer.ip()) else {
             continue;
         };
         tokio::spawn(run_session(sock, peer, shared.clone(), session, startup, shutdown.clone()));
@@ -270,7 +311,7 @@ async fn run_session(
     peer: SocketAddr,
     shared: Arc<Shared>,
     _session: OwnedSemaphorePermit,
-    startup: OwnedSemaphorePermit,
+    startup: Startup,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = sock.set_nodelay(true);
@@ -325,6 +366,64 @@ async fn run_session(
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
 }
 
+/// A slot of `max_startups` and of the source's `max_startups_per_source`,
+/// held from accept until login (or the end of the session).
+struct Startup {
+    shared: Arc<Shared>,
+    source: IpAddr,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Startup {
+    /// Takes the slots, or logs why not and returns `None` (the caller
+    /// closes the socket).
+    fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Option<Startup> {
+        let source = source_of(ip);
+        let mut by_source = shared.startups_by_source.lock().unwrap_or_else(|e| e.into_inner());
+        let count = by_source.entry(source).or_insert(0);
+        if *count >= shared.max_startups_per_source {
+            drop(by_source);
+            tracing::warn!(
+                peer = %ip, limit = shared.max_startups_per_source,
+                "ssh: session refused: too many sessions from this source not logged in yet (max_startups_per_source)"
+            );
+            return None;
+        }
+        let Ok(global) = shared.startups.clone().try_acquire_owned() else {
+            drop(by_source);
+            tracing::warn!(peer = %ip, "ssh: session refused: too many sessions not logged in yet (max_startups)");
+            return None;
+        };
+        *count += 1;
+        Some(Startup { shared: shared.clone(), source, _global: global })
+    }
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        let mut by_source = self.shared.startups_by_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = by_source.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The unit a per-source limit counts: the IPv4 address, or the /64 of an
+/// IPv6 one (a single host usually has a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Waits until a watch flag is true or its sender is gone (the guard
 /// `wait_for` returns is not `Send`, so it must not live in a `select!`).
 async fn until_true(rx: &mut watch::Receiver<bool>) {
@@ -349,19 +448,103 @@ struct ServerHandler {
 }
 
 impl ServerHandler {
+    /// True if `key` may log in as `user`: listed in the user's file
+    /// (`%u`), or bound to `user` by `identity="user"` in the shared file.
     async fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
         let Some(path) = authorized_keys_path(&self.shared.keys, user) else {
             tracing::info!(peer = %self.peer, user, "ssh: refused login: user name not allowed in an authorized_keys path");
             return false;
         };
-        match read_authorized_keys(&path).await {
-            Ok(entries) => entries.iter().any(|k| k.key_data() == key.key_data()),
+        let per_user = self.shared.keys != path;
+        let entries = match read_authorized_keys(&path).await {
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::info!(peer = %self.peer, user, file = %path.display(), error = %e, "ssh: refused login: cannot read authorized_keys");
+                return false;
+            }
+        };
+        let matching: Vec<&AuthorizedKey> = entries.iter().filter(|k| k.key.key_data() == key.key_data()).collect();
+        match key_identity(&matching, per_user.then_some(user)) {
+            Ok(Some(identity)) if identity == user => true,
+            Ok(Some(identity)) => {
+                tracing::info!(peer = %self.peer, user, identity, file = %path.display(), "ssh: refused login: the key is bound to another identity");
+                false
+            }
+            Ok(None) => false,
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, user, file = %path.display(), why, "ssh: refused login");
                 false
             }
         }
     }
+}
+
+/// The identity the matching lines of one file give a key: `Ok(None)` if
+/// none matched. In a per-user file (`per_user` = that user) the identity is
+/// the user; a line binding the key to someone else is ignored. In a shared
+/// file the lines must bind the key, and all to the same identity.
+fn key_identity(matching: &[&AuthorizedKey], per_user: Option<&str>) -> std::result::Result<Option<String>, String> {
+    if let Some(user) = per_user {
+        let ok = matching.iter().any(|k| k.identity.as_deref().is_none_or(|id| id == user));
+        return Ok(ok.then(|| user.to_string()));
+    }
+    let mut identity: Option<&str> = None;
+    for k in matching {
+        let Some(id) = k.identity.as_deref() else {
+            return Err(format!(
+                "line {} lists the key without identity=\"NAME\"; in a shared authorized_keys file every key \
+                 must be bound to its identity",
+                k.line
+            ));
+        };
+        match identity {
+            Some(other) if other != id => {
+                return Err(format!("the key is bound to two identities ({other:?} and {id:?}, line {})", k.line))
+            }
+            _ => identity = Some(id),
+        }
+    }
+    Ok(identity.map(str::to_string))
+}
+
+/// Refuses (at start) a shared authorized_keys file that would let a key
+/// claim several identities: a line without `identity=`, or one key bound
+/// to two identities. The error says which line and how to fix it.
+fn check_shared_authorized_keys(path: &Path) -> Result<()> {
+    let text = read_capped(path)
+        .map_err(|e| Error::Transport(format!("ssh: cannot read authorized_keys {}: {e}", path.display())))?;
+    let entries = parse_authorized_keys(&text, path);
+    let fix = format!(
+        "bind each key to the one identity it may log in as by starting its line with identity=\"NAME\" \
+         (e.g. identity=\"alice\" ssh-ed25519 AAAA...), or use one file per user with a %u path \
+         (e.g. {}/%u)",
+        path.parent().map(|d| d.join("keys")).unwrap_or_else(|| PathBuf::from("keys")).display()
+    );
+    let mut seen: HashMap<String, (&str, usize)> = HashMap::new();
+    for k in &entries {
+        let Some(id) = k.identity.as_deref() else {
+            return Err(Error::Transport(format!(
+                "ssh: authorized_keys {} line {}: the key {} has no identity binding, so it could log in under \
+                 any user name and be any identity; {fix}",
+                path.display(),
+                k.line,
+                k.key.fingerprint(HashAlg::Sha256)
+            )));
+        };
+        let data = k.key.fingerprint(HashAlg::Sha256).to_string();
+        if let Some((other, line)) = seen.insert(data, (id, k.line)) {
+            if other != id {
+                return Err(Error::Transport(format!(
+                    "ssh: authorized_keys {} lines {line} and {}: the key {} is bound to two identities \
+                     ({other:?} and {id:?}); a key must prove one identity: give each person their own key",
+                    path.display(),
+                    k.line,
+                    k.key.fingerprint(HashAlg::Sha256)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl russh::server::Handler for ServerHandler {
@@ -484,59 +667,135 @@ fn authorized_keys_path(template: &Path, user: &str) -> Option<PathBuf> {
     if !t.contains("%u") {
         return Some(template.to_path_buf());
     }
-    let safe = !user.is_empty()
-        && user.len() <= 64
-        && !user.starts_with(['.', '-'])
-        && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    safe.then(|| PathBuf::from(t.replace("%u", user)))
+    valid_name(user).then(|| PathBuf::from(t.replace("%u", user)))
+}
+
+/// One usable line of an authorized_keys file.
+#[derive(Debug)]
+struct AuthorizedKey {
+    key: PublicKey,
+    /// The `identity="NAME"` binding, if the line has one.
+    identity: Option<String>,
+    /// 1-based line number, for messages.
+    line: usize,
+}
+
+/// Reads at most [`MAX_AUTHORIZED_KEYS_BYTES`] of a file as text.
+fn read_capped(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_AUTHORIZED_KEYS_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_AUTHORIZED_KEYS_BYTES {
+        return Err(io::Error::other(format!("larger than {MAX_AUTHORIZED_KEYS_BYTES} bytes")));
+    }
+    Ok(text)
 }
 
 /// The usable keys of an authorized_keys file (see
 /// [`SshServerConfig::authorized_keys`] for what is skipped).
-async fn read_authorized_keys(path: &Path) -> io::Result<Vec<PublicKey>> {
+async fn read_authorized_keys(path: &Path) -> io::Result<Vec<AuthorizedKey>> {
     let owned = path.to_path_buf();
-    let text = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut text = String::new();
-        std::fs::File::open(&owned)?.take(MAX_AUTHORIZED_KEYS_BYTES + 1).read_to_string(&mut text)?;
-        if text.len() as u64 > MAX_AUTHORIZED_KEYS_BYTES {
-            return Err(io::Error::other(format!("larger than {MAX_AUTHORIZED_KEYS_BYTES} bytes")));
-        }
-        Ok(text)
-    })
-    .await
-    .map_err(io::Error::other)??;
+    let text = tokio::task::spawn_blocking(move || read_capped(&owned)).await.map_err(io::Error::other)??;
+    Ok(parse_authorized_keys(&text, path))
+}
+
+/// Parses the lines of an authorized_keys file; unusable lines are logged
+/// and skipped.
+fn parse_authorized_keys(text: &str, path: &Path) -> Vec<AuthorizedKey> {
     let mut keys = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let entry = match line.parse::<Entry>() {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), line = index + 1, error = %e, "ssh: authorized_keys line skipped: cannot parse");
-                continue;
-            }
-        };
-        match options_allow_forwarding(entry.config_opts()) {
-            Ok(()) => keys.push(entry.public_key().clone()),
+        let parsed = parse_line(line).and_then(|(opts, key)| {
+            let identity = options_allow_forwarding(&opts)?;
+            Ok(AuthorizedKey { key, identity, line: index + 1 })
+        });
+        match parsed {
+            Ok(k) => keys.push(k),
             Err(why) => {
                 tracing::warn!(file = %path.display(), line = index + 1, why, "ssh: authorized_keys line skipped")
             }
         }
     }
-    Ok(keys)
+    keys
 }
 
-/// Fails closed: options that restrict a key in ways not enforced here make
-/// the key unusable rather than unrestricted.
-fn options_allow_forwarding(opts: &ConfigOpts) -> std::result::Result<(), String> {
+/// Splits a line into its options and key. The options, if any, come first,
+/// comma-separated, up to the first blank outside double quotes.
+fn parse_line(line: &str) -> std::result::Result<(Vec<String>, PublicKey), String> {
+    if let Ok(key) = PublicKey::from_openssh(line) {
+        return Ok((Vec::new(), key));
+    }
+    let mut quoted = false;
+    let mut end = None;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                end = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let Some(end) = end else { return Err("cannot parse: not a public key line".into()) };
+    let (opts, rest) = line.split_at(end);
+    let key = PublicKey::from_openssh(rest.trim_start()).map_err(|e| format!("cannot parse the key: {e}"))?;
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in opts.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(opts[start..i].to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("cannot parse: unbalanced quotes in the options".into());
+    }
+    out.push(opts[start..].to_string());
+    Ok((out, key))
+}
+
+/// True for names usable as an identity and in a `%u` path.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+/// Checks a key line's options and returns its `identity=` binding. Fails
+/// closed: options that restrict a key in ways not enforced here make the
+/// key unusable rather than unrestricted.
+fn options_allow_forwarding(opts: &[String]) -> std::result::Result<Option<String>, String> {
     let mut restricted = false;
     let mut forwarding = None;
-    for opt in opts.iter() {
-        let name = opt.split_once('=').map_or(opt, |(n, _)| n).to_ascii_lowercase();
+    let mut identity = None;
+    for opt in opts {
+        let (name, value) = match opt.split_once('=') {
+            Some((n, v)) => (n.to_ascii_lowercase(), Some(v)),
+            None => (opt.to_ascii_lowercase(), None),
+        };
         match name.as_str() {
+            "identity" => {
+                let v = value.unwrap_or_default();
+                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+                if !valid_name(v) {
+                    return Err(format!(
+                        "identity={v:?} is not a valid name (1-64 letters, digits, '.', '_', '-', '@'; \
+                         not starting with '.' or '-')"
+                    ));
+                }
+                if identity.replace(v.to_string()).is_some() {
+                    return Err("the line has two identity= options".into());
+                }
+            }
             // Irrelevant here: no shells, ptys, agents, X11 or remote forwards.
             "no-agent-forwarding"
             | "no-x11-forwarding"
@@ -556,7 +815,7 @@ fn options_allow_forwarding(opts: &ConfigOpts) -> std::result::Result<(), String
         }
     }
     if forwarding.unwrap_or(!restricted) {
-        Ok(())
+        Ok(identity)
     } else {
         Err("the key may not forward ports (no-port-forwarding or restrict), which is all this endpoint offers".into())
     }
@@ -609,10 +868,67 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
 mod tests {
     use super::*;
 
-    fn opts(line: &str) -> std::result::Result<(), String> {
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ c";
-        let full = if line.is_empty() { key.to_string() } else { format!("{line} {key}") };
-        options_allow_forwarding(full.parse::<Entry>().unwrap().config_opts())
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ c";
+
+    fn opts(line: &str) -> std::result::Result<Option<String>, String> {
+        let full = if line.is_empty() { KEY.to_string() } else { format!("{line} {KEY}") };
+        let (opts, _) = parse_line(&full)?;
+        options_allow_forwarding(&opts)
+    }
+
+    #[test]
+    fn identity_bindings() {
+        assert_eq!(opts("identity=\"alice\"").unwrap().as_deref(), Some("alice"));
+        assert_eq!(opts("no-pty,identity=\"bob\",port-forwarding").unwrap().as_deref(), Some("bob"));
+        // Without a comment, too (two blanks only).
+        let (o, _) = parse_line(
+            "identity=\"alice\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
+        )
+        .unwrap();
+        assert_eq!(options_allow_forwarding(&o).unwrap().as_deref(), Some("alice"));
+        assert!(opts("identity=\"../root\"").is_err());
+        assert!(opts("identity=\"\"").is_err());
+        assert!(opts("identity=\"a\",identity=\"b\"").is_err());
+        assert!(opts("identity=\"a b\"").is_err());
+
+        let k = |identity: Option<&str>, line| AuthorizedKey {
+            key: PublicKey::from_openssh(KEY).unwrap(),
+            identity: identity.map(str::to_string),
+            line,
+        };
+        let (alice, bob, unbound) = (k(Some("alice"), 1), k(Some("bob"), 2), k(None, 3));
+        // Shared file: the binding decides; unbound or doubly bound keys fail.
+        assert_eq!(key_identity(&[&alice], None).unwrap().as_deref(), Some("alice"));
+        assert_eq!(key_identity(&[], None).unwrap(), None);
+        assert!(key_identity(&[&unbound], None).unwrap_err().contains("identity="));
+        assert!(key_identity(&[&alice, &bob], None).unwrap_err().contains("two identities"));
+        // Per-user file: the user, unless the line names someone else.
+        assert_eq!(key_identity(&[&unbound], Some("carol")).unwrap().as_deref(), Some("carol"));
+        assert_eq!(key_identity(&[&alice], Some("alice")).unwrap().as_deref(), Some("alice"));
+        assert_eq!(key_identity(&[&alice], Some("carol")).unwrap(), None);
+    }
+
+    #[test]
+    fn shared_files_must_bind_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("authorized_keys");
+        std::fs::write(&file, format!("# comment\nidentity=\"alice\" {KEY}\n")).unwrap();
+        check_shared_authorized_keys(&file).unwrap();
+        std::fs::write(&file, format!("identity=\"alice\" {KEY}\n{KEY}\n")).unwrap();
+        let e = check_shared_authorized_keys(&file).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("no identity binding") && e.contains("%u"), "{e}");
+        std::fs::write(&file, format!("identity=\"alice\" {KEY}\nidentity=\"bob\" {KEY}\n")).unwrap();
+        let e = check_shared_authorized_keys(&file).unwrap_err().to_string();
+        assert!(e.contains("two identities") && e.contains("lines 1 and 2"), "{e}");
+    }
+
+    #[test]
+    fn sources_group_ipv6_by_64() {
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of("10.0.0.1".parse().unwrap()), source_of("10.0.0.2".parse().unwrap()));
+        assert_eq!(source_of("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
