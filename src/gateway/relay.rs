@@ -167,6 +167,9 @@ struct State {
     policy: (u64, String, Arc<GatewayPolicy>),
     /// The upstream objects this client holds, with their grants.
     table: Table,
+    /// The client sent CLOSE: the upstream hanging up is the normal end,
+    /// even once it has answered the CLOSE.
+    closing: bool,
 }
 
 struct Session {
@@ -357,6 +360,7 @@ impl Session {
         if let Some((id, n)) = &admitted.release {
             st.table.release(id, *n);
         }
+        st.closing |= req.handler == Handler::Close;
         st.pending.insert(
             seq,
             Pending {
@@ -807,6 +811,7 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
             callbacks: HashMap::new(),
             policy: (policy_gen, policy_name, policy),
             table: Table::new(root),
+            closing: false,
         }),
         ctx,
     });
@@ -830,7 +835,7 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
     up_sink.shutdown().await;
     let conn = session.ctx.conn_id;
     // A client that sent CLOSE expects the upstream to hang up.
-    let closing = session.lock().pending.values().any(|p| p.handler == Handler::Close);
+    let closing = session.lock().closing;
     let end = match end {
         End::Upstream(_) if closing => End::ClientClosed,
         other => other,

@@ -36,6 +36,32 @@ async fn upstream_going_away_fails_pending_calls_promptly() {
     .await;
 }
 
+/// A Rust upstream answers CLOSE, then hangs up: a normal end, not an
+/// upstream failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_is_not_an_upstream_failure() {
+    bounded(async {
+        let pki = Pki::new();
+        let (addr, stop) = common::serve(rpyc::conformance::service(), rpyc::ServerConfig::default()).await;
+        let gw = start_gateway(&config_text(&pki, &format!("tcp://{addr}"), ""), pki.dir.path()).await;
+        for _ in 0..3 {
+            let conn = rust_client(&gw, &pki, "bob").await;
+            let root = step("root", conn.root()).await.unwrap();
+            assert_eq!(step("add", root.call_method::<i64>("add", (2, 3))).await.unwrap(), 5);
+            step("close", conn.close()).await;
+        }
+        let deadline = Instant::now() + STEP;
+        while !gw.handle.metrics_text().contains("rpyc_gateway_connections_active 0") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let metrics = gw.handle.metrics_text();
+        assert!(metrics.contains("rpyc_gateway_connections_active 0"), "{metrics}");
+        assert!(metrics.contains("rpyc_gateway_upstream_failures_total 0"), "{metrics}");
+        stop.shutdown();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_a_clear_error() {
     bounded(async {
