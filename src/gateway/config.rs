@@ -285,6 +285,18 @@ pub struct Limits {
     pub upstream_timeout_secs: f64,
     /// How long shutdown waits for calls in flight, in seconds. Default: 30.
     pub drain_timeout_secs: f64,
+    /// Most values (each a Python object on the upstream) in one message a
+    /// client sends on. The gateway relays values without building them;
+    /// a Python server builds every one (~100 bytes each), so a 64 KB
+    /// compressed frame of ten million small tuples would cost it a
+    /// gigabyte. Default: 1,000,000 (a `bytes` or `str` of any size is one).
+    pub max_values: u64,
+    /// Most work building frozensets a client message may cost the
+    /// upstream, as the sum of their squared sizes: Python ints hash to
+    /// themselves, so a set of `n` colliding members costs `n²` comparisons
+    /// while the interpreter lock is held. Default: 1,000,000 (one set of
+    /// 1,000 members, or a hundred of 100).
+    pub max_set_work: u64,
 }
 
 impl Default for Limits {
@@ -299,6 +311,8 @@ impl Default for Limits {
             auth_timeout_secs: 5.0,
             upstream_timeout_secs: 10.0,
             drain_timeout_secs: 30.0,
+            max_values: 1_000_000,
+            max_set_work: 1_000_000,
         }
     }
 }

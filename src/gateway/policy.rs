@@ -12,6 +12,7 @@
 //! granted for that object. Nothing here does I/O; [`GatewayPolicy`]'s
 //! `check_*` methods are the whole decision about names.
 
+use crate::policy::SAFE_ATTRS;
 use crate::wire::Handler;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -172,6 +173,24 @@ pub const INTROSPECTION_NAMES: &[&str] = &[
     "im_func",
     "im_self",
 ];
+
+/// The only dunders a policy can grant: RPyC's `safe_attrs` (operators,
+/// containers, iteration, context managers, conversions) without `__new__`,
+/// plus `__call__` and `__reversed__`. Every other `__x__` name — the ways to
+/// an object's state, class, code and construction (`__getstate__`,
+/// `__setattr__`, `__init__`, `__get__`, `__defaults__` …) — is refused
+/// whatever a policy lists: a grant cannot name what this list does not.
+pub fn grantable_dunder(name: &str) -> bool {
+    match name {
+        "__call__" | "__reversed__" => true,
+        "__new__" => false,
+        _ => SAFE_ATTRS.contains(&name),
+    }
+}
+
+fn is_dunder(name: &str) -> bool {
+    name.len() > 4 && name.starts_with("__") && name.ends_with("__")
+}
 
 /// The six comparison operators a CMP request may name.
 pub const COMPARISONS: &[&str] = &["__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"];
@@ -376,7 +395,7 @@ impl GatewayPolicy {
         if self.deny_names.contains(name) || self.deny_names.contains(canonical(name)) {
             return Some("deny_names");
         }
-        if INTROSPECTION_NAMES.contains(&name) {
+        if INTROSPECTION_NAMES.contains(&name) || (is_dunder(name) && !grantable_dunder(name)) {
             return Some("introspection");
         }
         None
@@ -631,6 +650,22 @@ mod tests {
         assert!(p.check_member("builtins.list", "_private").is_err());
         assert!(p.check_member("builtins.list", "__class__").is_err());
         assert!(p.check_member("whatever.Thing", "__iter__").is_ok());
+        // Dunders outside the grantable set are refused even when listed.
+        let listed = GatewayPolicy {
+            root_allow: ["__getstate__".to_string(), "__len__".to_string()].into(),
+            objects: [(
+                ANY_CLASS.to_string(),
+                ["__setattr__", "__init__", "__get__", "__call__"].map(String::from).into(),
+            )]
+            .into(),
+            ..GatewayPolicy::default()
+        };
+        assert_eq!(listed.check_root_member("__getstate__").err().map(|d| d.reason()), Some("introspection"));
+        assert!(listed.check_root_member("__len__").is_ok());
+        for n in ["__setattr__", "__init__", "__get__"] {
+            assert_eq!(listed.check_member("X", n).err().map(|d| d.reason()), Some("introspection"), "{n}");
+        }
+        assert!(listed.check_member("X", "__call__").is_ok());
         assert!(!p.callable_class("Report"));
     }
 

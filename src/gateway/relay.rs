@@ -180,6 +180,9 @@ struct Session {
     channel: ChannelConfig,
     decode: DecodeLimits,
     max_pending: usize,
+    /// What one client message may cost the upstream to decode.
+    max_values: u64,
+    max_set_work: u64,
     draining: watch::Receiver<bool>,
     state: Mutex<State>,
 }
@@ -595,6 +598,25 @@ impl Session {
         Some(grant)
     }
 
+    /// Why a client message would cost the upstream too much to decode, if
+    /// it would (values, frozenset work).
+    fn too_costly(&self, head: &scan::Head) -> Option<String> {
+        if head.cost.values > self.max_values {
+            return Some(format!(
+                "the message holds {} values; the gateway forwards at most {} (limits.max_values)",
+                head.cost.values, self.max_values
+            ));
+        }
+        if head.cost.set_work > self.max_set_work {
+            return Some(format!(
+                "the message's frozensets are too large for the upstream to build safely \
+                 (work {} > limits.max_set_work {})",
+                head.cost.set_work, self.max_set_work
+            ));
+        }
+        None
+    }
+
     /// Records the upstream objects a message hands to the client (its
     /// `REMOTE_REF`s), each under `grant`. Fails if the client would hold
     /// more than [`super::capability::MAX_OBJECTS`].
@@ -805,6 +827,8 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         channel: channel.clone(),
         decode,
         max_pending: limits.max_pending.max(1),
+        max_values: limits.max_values,
+        max_set_work: limits.max_set_work,
         draining: draining.clone(),
         state: Mutex::new(State {
             pending: HashMap::new(),
@@ -938,8 +962,13 @@ async fn client_pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Ok(h) => h,
             Err(d) => return End::Client(format!("sent a message that is not RPyC: {}", d.exception().message())),
         };
+        let too_costly = s.too_costly(&head);
         if head.kind == MSG_REQUEST {
-            match s.admit(head.seq, frame.payload(), head.body) {
+            let admitted = match too_costly {
+                Some(why) => Err((Denial::Limit(why), None, None)),
+                None => s.admit(head.seq, frame.payload(), head.body),
+            };
+            match admitted {
                 Ok(()) => {
                     let out = match reframe(frame, s.client_dialect, s.upstream_dialect, &s) {
                         Ok(o) => o,
@@ -969,7 +998,11 @@ async fn client_pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 tracing::debug!(conn = s.ctx.conn_id, seq = head.seq, "client reply to no pending callback dropped");
                 continue;
             };
-            let out = match s.sanitize_reply(head.kind, handler, frame, head.body) {
+            let sanitized = match too_costly {
+                Some(why) => Err(why),
+                None => s.sanitize_reply(head.kind, handler, frame, head.body),
+            };
+            let out = match sanitized {
                 Ok(out) => out,
                 Err(why) => {
                     tracing::info!(conn = s.ctx.conn_id, identity = %s.ctx.identity, %why, "client reply to a callback refused");

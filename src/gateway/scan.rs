@@ -19,7 +19,7 @@
 //! rather than guessing how Python would read it.
 
 use super::policy::Denial;
-use crate::wire::brine::Cursor;
+use crate::wire::brine::{Cursor, SkipCost};
 use crate::wire::message::{LABEL_LOCAL_REF, LABEL_REMOTE_REF, LABEL_TUPLE, LABEL_VALUE};
 use crate::wire::{DecodeLimits, Dialect, Handler, IdPack, Int, Value};
 
@@ -43,6 +43,8 @@ pub(crate) struct Head {
     /// Offset of the body value (request `(handler, args)`, boxed reply, or
     /// dumped exception) in the payload.
     pub body: usize,
+    /// What decoding the message would cost a Python peer.
+    pub cost: SkipCost,
 }
 
 /// Reads and checks a whole message: the envelope is read, the body is
@@ -70,11 +72,14 @@ pub(crate) fn head(dialect: Dialect, payload: &[u8], limits: &DecodeLimits) -> R
         return Err(malformed(format!("unknown message type {kind}")));
     }
     let seq = small_int(&mut c, 1)?.ok_or_else(|| malformed("sequence number is not a 64-bit int"))?;
+    let before = c.cost();
     let body = c.skip(1).map_err(brine)?;
     if !c.at_end() {
         return Err(malformed("bytes after the message"));
     }
-    Ok(Head { kind, seq, body })
+    let after = c.cost();
+    let cost = SkipCost { values: after.values - before.values, set_work: after.set_work - before.set_work };
+    Ok(Head { kind, seq, body, cost })
 }
 
 /// Reads the next value if it is an exact small int; `None` (value
@@ -205,8 +210,10 @@ fn id_pack(c: &mut Cursor<'_>, depth: usize) -> Result<IdPack, Denial> {
         return Err(malformed("object reference is too long to be an id-pack"));
     }
     let v = Cursor::at_span(c, start).value(depth).map_err(brine)?;
+    // Python's lookup is exact: `("x", 1, 2) != (b"x", 1, 2)`, so a bytes
+    // name would name nothing on the upstream while matching here.
     match v.as_tuple() {
-        Some([Value::Str(_) | Value::Bytes(_), Value::Int(Int::Small(_)), Value::Int(Int::Small(_))]) => {
+        Some([Value::Str(_), Value::Int(Int::Small(_)), Value::Int(Int::Small(_))]) => {
             IdPack::from_value(&v).ok_or_else(|| malformed("object reference is not an id-pack"))
         }
         _ => Err(malformed(format!("object reference {} is not an id-pack", short(&v)))),

@@ -623,12 +623,31 @@ fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
 /// reading costs no memory however many values a frame holds.
 pub(crate) struct Cursor<'a> {
     d: Decoder<'a>,
+    cost: SkipCost,
+}
+
+/// What the values skipped so far would cost a Python peer that decodes
+/// them: how many values (each a Python object), and the worst case of
+/// building their frozensets (a set of `n` members whose hashes collide
+/// costs `n²` comparisons; Python ints hash to themselves).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SkipCost {
+    /// Values skipped (every int, str, tuple … counts one).
+    pub values: u64,
+    /// Sum of the squared sizes of the frozensets skipped.
+    pub set_work: u64,
 }
 
 impl<'a> Cursor<'a> {
     /// A cursor at `pos` of `data`.
     pub(crate) fn at(data: &'a [u8], pos: usize, limits: &'a DecodeLimits) -> Cursor<'a> {
-        Cursor { d: Decoder { data, pos: pos.min(data.len()), limits, move_out: None } }
+        Cursor { d: Decoder { data, pos: pos.min(data.len()), limits, move_out: None }, cost: SkipCost::default() }
+    }
+
+    /// What the values skipped by this cursor so far would cost a Python
+    /// peer (see [`SkipCost`]).
+    pub(crate) fn cost(&self) -> SkipCost {
+        self.cost
     }
 
     /// A cursor on the same bytes as `other`, at `pos`.
@@ -664,7 +683,7 @@ impl<'a> Cursor<'a> {
     /// returns where it started.
     pub(crate) fn skip(&mut self, depth: usize) -> Result<usize, BrineError> {
         let start = self.d.pos;
-        self.d.skip(depth)?;
+        self.d.skip(depth, &mut self.cost)?;
         Ok(start)
     }
 
@@ -676,10 +695,11 @@ impl<'a> Cursor<'a> {
 
 impl Decoder<'_> {
     /// [`Decoder::value`] without building the value.
-    fn skip(&mut self, depth: usize) -> Result<(), BrineError> {
+    fn skip(&mut self, depth: usize, cost: &mut SkipCost) -> Result<(), BrineError> {
         if depth > self.limits.max_depth {
             return Err(BrineError::TooDeep { limit: self.limits.max_depth });
         }
+        cost.values += 1;
         let at = self.pos;
         let tag = self.u8()?;
         match tag {
@@ -695,7 +715,7 @@ impl Decoder<'_> {
             TAG_EMPTY_TUPLE | TAG_TUP1..=TAG_TUP4 | TAG_TUP_L1 | TAG_TUP_L4 => {
                 let n = self.tuple_len(tag)?.unwrap_or(0);
                 for _ in 0..n {
-                    self.skip(depth + 1)?;
+                    self.skip(depth + 1, cost)?;
                 }
             }
             TAG_INT_L1 | TAG_INT_L4 => {
@@ -717,7 +737,7 @@ impl Decoder<'_> {
                     return Err(BrineError::Malformed("slice is not a 3-tuple"));
                 }
                 for _ in 0..3 {
-                    self.skip(depth + 1)?;
+                    self.skip(depth + 1, cost)?;
                 }
             }
             TAG_FSET => {
@@ -725,8 +745,9 @@ impl Decoder<'_> {
                 let Some(n) = self.tuple_len(inner)? else {
                     return Err(BrineError::Malformed("frozenset body is not a tuple"));
                 };
+                cost.set_work = cost.set_work.saturating_add((n as u64).saturating_mul(n as u64));
                 for _ in 0..n {
-                    self.skip(depth + 1)?;
+                    self.skip(depth + 1, cost)?;
                 }
             }
             t if t >= (IMM_MIN + IMM_BIAS) as u8 && t <= (IMM_MAX + IMM_BIAS) as u8 => {}
@@ -852,6 +873,27 @@ mod properties {
                 }
             }
             let _ = decode_default(&bytes);
+        }
+
+        /// The gateway relays what `Cursor::skip` accepted: it must accept
+        /// exactly what `decode` accepts, and end where `decode` ends.
+        #[test]
+        fn skip_agrees_with_decode(v in value(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
+            let mut bytes = encode(&v);
+            for (i, b) in flips {
+                if !bytes.is_empty() {
+                    let n = bytes.len();
+                    bytes[i % n] = b;
+                }
+            }
+            let limits = DecodeLimits::default();
+            let mut c = Cursor::at(&bytes, 0, &limits);
+            let skipped = c.skip(0).map(|_| c.pos());
+            let decoded = decode(&bytes, &limits);
+            let mut d = Decoder { data: &bytes, pos: 0, limits: &limits, move_out: None };
+            let prefix = d.value(0).map(|_| d.pos);
+            prop_assert_eq!(skipped.as_ref().ok(), prefix.as_ref().ok());
+            prop_assert_eq!(skipped.is_ok() && skipped.ok() == Some(bytes.len()), decoded.is_ok());
         }
     }
 }

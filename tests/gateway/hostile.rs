@@ -119,6 +119,25 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         // PICKLE and SETATTR handlers.
         let m = raw.request(h(Handler::Pickle), tuple_args(vec![root_ref.clone(), val(Value::from(2))])).await;
         assert!(exception(&m).is("PermissionError"));
+        // A DEL naming the root with a bytes class name: Python's lookup is
+        // exact, so it would release nothing there while the gateway's count
+        // dropped.
+        let bytes_pack =
+            Value::Tuple(vec![Value::Bytes(name.as_str().unwrap().as_bytes().to_vec()), cid.clone(), iid.clone()]);
+        let m = raw.request(h(Handler::Del), tuple_args(vec![local(bytes_pack), val(Value::from(1))])).await;
+        assert!(exception(&m).is("TypeError"));
+        // Values that are cheap to relay but costly for Python to build: a
+        // frozenset of colliding ints (quadratic), a flood of small values.
+        // (Python ints hash to themselves: an attacker picks colliding ones;
+        // the gateway bounds the worst case by size.)
+        let colliding: Vec<Value> = (0..5_000i64).map(|i| Value::from(i.wrapping_mul((1 << 61) - 1))).collect();
+        let m = raw.request(h(Handler::Ping), val(Value::Tuple(vec![Value::FrozenSet(colliding)]))).await;
+        let e = exception(&m);
+        assert!(e.is("RuntimeError") && e.message().contains("max_set_work"), "{e}");
+        let flood = Value::Tuple((0..3).map(|_| Value::Tuple(vec![Value::None; 400_000])).collect());
+        let m = raw.request(h(Handler::Ping), val(Value::Tuple(vec![flood]))).await;
+        let e = exception(&m);
+        assert!(e.is("RuntimeError") && e.message().contains("max_values"), "{e}");
         // …and after all that, the connection still works.
         let m = raw
             .request(
@@ -134,7 +153,7 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         assert_eq!(m.kind, MSG_REPLY, "{:?}", m.args);
         assert_eq!(m.args, val("SLAVE".into()));
         let metrics = gw.handle.metrics_text();
-        for (reason, n) in [("malformed", 3), ("member", 1), ("handler", 2), ("object", 1)] {
+        for (reason, n) in [("malformed", 4), ("member", 1), ("handler", 2), ("object", 1), ("limit", 2)] {
             let line = format!("rpyc_gateway_denials_total{{reason=\"{reason}\"}} {n}");
             assert!(metrics.contains(&line), "{line} missing in {metrics}");
         }
@@ -254,7 +273,7 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
                 }
             };
             let e = exception(&m);
-            assert!(e.is("PermissionError") || e.is("TypeError"), "{e}");
+            assert!(e.is("RuntimeError") && e.message().contains("max_values"), "{e}");
         }
         let sequential = peak_rss_kib(gw_pid).saturating_sub(before);
         assert!(
