@@ -16,9 +16,14 @@ Measured per path:
   latency   one `root.add(1, 2)` round trip: median and 99th percentile
   calls/s   sequential `add` calls per second (one connection)
   MB/s      `root.echo(b"x" * 1 MiB)` round trips, counting both directions
+
+With socat installed (`apt-get install socat`), one more path relays plain TCP
+through socat: the cost of one more process on the way, with no TLS and no
+checks — the floor for any relay on this machine.
 """
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,6 +113,15 @@ def main():
                              "--upstream", f"tcp://127.0.0.1:{port}"], "listening ")
             procs.append(gw)
             gw_port = int(url.rsplit(":", 1)[1])
+            socat_port = None
+            if shutil.which("socat"):
+                import socket
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    socat_port = s.getsockname()[1]
+                procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork,nodelay",
+                                               f"TCP:127.0.0.1:{port},nodelay"]))
+                time.sleep(0.5)
             cfg = {"sync_request_timeout": 60}
 
             def ssl_to(p):
@@ -118,6 +132,9 @@ def main():
                 ("Python → Python (SSL, client certificate)", ssl_to(int(ssl_port))),
                 ("Python → gateway (mTLS) → Python (TCP)", ssl_to(gw_port)),
             ]
+            if socat_port:
+                paths.append(("Python → socat (TCP relay) → Python (TCP)",
+                              lambda: rpyc.connect("127.0.0.1", socat_port, config=cfg)))
             print(f"rpyc {rpyc.__version__}, Python {sys.version.split()[0]}, {args.calls} calls, "
                   f"{args.bulk} x 1 MiB echo, {os.cpu_count()} CPUs\n")
             print("| path | connect (ms) | add p50 (µs) | add p99 (µs) | calls/s | echo MB/s |")
