@@ -89,20 +89,26 @@ async fn attack(gw: &Gw, pki: &Pki, who: &str, legit: [&str; 2]) -> String {
     out
 }
 
+/// Starts `kind` behind a gateway with `policy`, attacks it as bob while
+/// checking `legit` (a root method and its result), and requires silence.
+async fn scenario(kind: &'static str, policy: &str, legit: [&str; 2]) {
+    tokio::time::timeout(budget(), async {
+        let pki = Pki::new();
+        let server = Audited::start(kind).await;
+        let upstream = format!("tcp://127.0.0.1:{}", server.port);
+        let gw = start_gateway(&config_text(&pki, &upstream, policy), pki.dir.path()).await;
+        attack(&gw, &pki, "bob", legit).await;
+        server.assert_silent(&format!("the attack on the {kind} server"));
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the {kind} scenario took longer than {:?}", budget()));
+}
+
 /// `rpyc_classic`'s service (`rpyc.SlaveService`) — remote code execution
 /// by design — behind the default policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_server_default_policy() {
-    tokio::time::timeout(budget(), async {
-        let pki = Pki::new();
-        let server = Audited::start("classic").await;
-        let gw =
-            start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{}", server.port), ""), pki.dir.path()).await;
-        attack(&gw, &pki, "bob", ["get_service_name", "SLAVE"]).await;
-        server.assert_silent("the attack on a classic server");
-    })
-    .await
-    .unwrap();
+    scenario("classic", "", ["get_service_name", "SLAVE"]).await;
 }
 
 /// `rpyc.utils.classic.SlaveService` (ClassicService), which calls the
@@ -110,17 +116,7 @@ async fn classic_server_default_policy() {
 /// reply the attacker sends to the server's requests is hostile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classic_service_with_callbacks() {
-    tokio::time::timeout(budget(), async {
-        let pki = Pki::new();
-        let server = Audited::start("classic-service").await;
-        let policy = "[policy.default]\ncallbacks = true\n";
-        let gw = start_gateway(&config_text(&pki, &format!("tcp://127.0.0.1:{}", server.port), policy), pki.dir.path())
-            .await;
-        attack(&gw, &pki, "bob", ["get_service_name", "CLASSIC"]).await;
-        server.assert_silent("the attack on a ClassicService server");
-    })
-    .await
-    .unwrap();
+    scenario("classic-service", "[policy.default]\ncallbacks = true\n", ["get_service_name", "CLASSIC"]).await;
 }
 
 const PUBLIC_POLICY: &str =
@@ -131,19 +127,7 @@ const PUBLIC_POLICY: &str =
 /// with callbacks and one class's members granted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_attrs_service_behind_grants() {
-    tokio::time::timeout(budget(), async {
-        let pki = Pki::new();
-        let server = Audited::start("public").await;
-        let gw = start_gateway(
-            &config_text(&pki, &format!("tcp://127.0.0.1:{}", server.port), PUBLIC_POLICY),
-            pki.dir.path(),
-        )
-        .await;
-        attack(&gw, &pki, "bob", ["add", "5"]).await;
-        server.assert_silent("the attack on a public-attrs service");
-    })
-    .await
-    .unwrap();
+    scenario("public", PUBLIC_POLICY, ["add", "5"]).await;
 }
 
 /// What the grants allow works for a real Python client, and what they do
