@@ -109,18 +109,24 @@ class Peer:
             for item in value:
                 self.note_refs(item)
 
+    def serve_one(self):
+        """Reads one message: answers a request of the upstream, or records
+        a reply; returns (msg, seq, args) of a reply, None for a request."""
+        msg, seq, args = self.recv()
+        if msg == REQ:
+            self.answer(seq, args)
+            return None
+        self.pending.pop(seq, None)
+        if msg == REP:
+            self.note_refs(args)
+        return msg, seq, args
+
     def wait(self, seq):
         """Serves callbacks until the reply to `seq` arrives; (msg, args)."""
         while True:
-            msg, rseq, args = self.recv()
-            if msg == REQ:
-                self.answer(rseq, args)
-                continue
-            self.pending.pop(rseq, None)
-            if msg == REP:
-                self.note_refs(args)
-            if rseq == seq:
-                return msg, args
+            got = self.serve_one()
+            if got is not None and got[1] == seq:
+                return got[0], got[2]
 
     def answer(self, seq, args):
         """A hostile answer to a request of the upstream."""
@@ -305,13 +311,7 @@ def main():
                 p.request(handler, boxed)
                 sent += 1
             while p.pending:
-                msg, seq, res = p.recv()
-                if msg == REQ:
-                    p.answer(seq, res)
-                    continue
-                p.pending.pop(seq, None)
-                if msg == REP:
-                    p.note_refs(res)
+                p.serve_one()
         except (EOFError, ConnectionError, OSError, ssl.SSLError, ValueError) as e:
             # The gateway (or upstream) hung up: a CLOSE, a refused frame, an
             # upstream whose on_connect failed. Start again.
