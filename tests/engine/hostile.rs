@@ -525,7 +525,15 @@ async fn big_integers_cannot_buy_seconds_of_cpu() {
     let m = raw.reply_to(7, Duration::from_secs(5)).await.expect("echo of the largest accepted integers");
     let answered = started.elapsed();
     assert_eq!(m.kind, MSG_REPLY);
-    eprintln!("{} KB frame refused in {refused:?}; {allowed} integers echoed in {answered:?}", frame.len() >> 10);
+    // For the record: how much of the refusal is inflating the frame.
+    let started = std::time::Instant::now();
+    let inflated = rpyc::channel::inflate(&frame[5..frame.len() - 1], 64 << 20).map(|p| p.len());
+    let inflating = started.elapsed();
+    eprintln!(
+        "{} KB frame refused in {refused:?} (inflating its {inflated:?} bytes alone: {inflating:?}); \
+         {allowed} integers echoed in {answered:?}",
+        frame.len() >> 10
+    );
     // Generous bounds for a loaded shared machine; the figures are ~10x lower.
     assert!(refused < Duration::from_secs(1) && answered < Duration::from_secs(1), "{refused:?} / {answered:?}");
     still_serving(addr).await;
