@@ -22,6 +22,9 @@
 //! drain; a peer that reads nothing for `sync_request_timeout` meanwhile is
 //! cut off. Only *replies* count: our own requests never pause our reader,
 //! so two engines pipelining large calls at each other cannot deadlock.
+//! Arguments held by the peer's requests whose handlers are still running
+//! are capped too ([`ConnectionConfig::max_pending_request_bytes`]): beyond
+//! it a new request is answered `MemoryError` at once.
 
 mod async_result;
 pub mod builtin;
@@ -79,6 +82,13 @@ pub struct ConnectionConfig {
     /// overshoot it (a 64 MiB reply is still sent whole), so the bound is
     /// this plus the largest reply. Default: 64 MiB.
     pub max_queued_reply_bytes: usize,
+    /// Bytes of decoded arguments held by the peer's requests whose
+    /// handlers are still running (async methods waiting on a timer, a
+    /// callback into the peer, …). A request arriving while they hold this
+    /// much is answered `MemoryError` at once and its arguments dropped, so
+    /// what such requests hold is at most this plus one message
+    /// ([`DecodeLimits::max_decoded_bytes`]). Default: 64 MiB.
+    pub max_pending_request_bytes: usize,
     /// Objects we may hold for the peer (its live proxies of ours). Boxing
     /// one more fails that request with `MemoryError`. Default: 100,000.
     pub max_local_objects: usize,
@@ -101,6 +111,7 @@ impl Default for ConnectionConfig {
             sync_request_timeout: Duration::from_secs(30),
             max_requests_in_flight: 8192,
             max_queued_reply_bytes: 64 << 20,
+            max_pending_request_bytes: 64 << 20,
             max_local_objects: 100_000,
             idle_timeout: None,
             dialect: None,
@@ -113,6 +124,12 @@ impl ConnectionConfig {
     /// Sets [`ConnectionConfig::max_queued_reply_bytes`].
     pub fn with_max_queued_reply_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_reply_bytes = bytes;
+        self
+    }
+
+    /// Sets [`ConnectionConfig::max_pending_request_bytes`].
+    pub fn with_max_pending_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_request_bytes = bytes;
         self
     }
 
@@ -336,6 +353,8 @@ pub(crate) struct Shared {
     queued: AtomicUsize,
     /// Replies queued and not yet written, in bytes.
     replies: ReplyBytes,
+    /// Decoded bytes of the peer's requests whose handlers still run.
+    pending_bytes: AtomicUsize,
     in_flight: AtomicUsize,
     objects: Mutex<ObjectTable>,
     proxies: Mutex<HashMap<IdPack, Weak<NetrefInner>>>,
@@ -427,6 +446,7 @@ impl Connection {
             corked: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             replies: ReplyBytes { cap: reply_cap, ..ReplyBytes::default() },
+            pending_bytes: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             objects: Mutex::new(ObjectTable { next_id: 1, ..ObjectTable::default() }),
             proxies: Mutex::new(HashMap::new()),
@@ -1235,10 +1255,11 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
         shared.dialect.store(if dialect == Dialect::V5 { DIALECT_V5 } else { DIALECT_V6 }, Ordering::Release);
         tracing::debug!(?dialect, "peer dialect detected");
     }
-    let msg = message::decode_message_owned(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
+    let (msg, size) =
+        message::decode_message_owned_sized(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
     let Message { kind, seq, args } = msg;
     match kind {
-        message::MSG_REQUEST => handle_request(shared, seq, args),
+        message::MSG_REQUEST => handle_request(shared, seq, args, size),
         message::MSG_REPLY | message::MSG_EXCEPTION => {
             let waiter = lock(&shared.pending).remove(&seq);
             let Some((_, tx)) = waiter else {
@@ -1257,7 +1278,22 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
     }
 }
 
-fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::Result<(), String> {
+/// Charges a running handler's arguments against
+/// [`ConnectionConfig::max_pending_request_bytes`] until it finishes (or
+/// is dropped).
+struct PendingCharge {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for PendingCharge {
+    fn drop(&mut self) {
+        self.shared.pending_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Starts a request whose decoded arguments take `size` bytes.
+fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value, size: usize) -> std::result::Result<(), String> {
     let in_flight = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
     let queued = shared.queued.load(Ordering::Acquire);
     if in_flight > shared.cfg.max_requests_in_flight || queued > shared.cfg.max_requests_in_flight {
@@ -1290,6 +1326,18 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
         shared.reply(seq, Ok(Object::none()));
         return Ok(());
     }
+    let held = shared.pending_bytes.load(Ordering::Acquire);
+    let cap = shared.cfg.max_pending_request_bytes;
+    if held >= cap {
+        drop(boxed);
+        tracing::warn!(held, cap, "request refused: the peer's unfinished requests hold too much");
+        let msg = format!(
+            "the peer's unfinished requests on this connection already hold {held} bytes of arguments \
+             (max_pending_request_bytes is {cap}); wait for their replies before sending more"
+        );
+        shared.reply(seq, Err(Error::Exception(Exception::new("MemoryError", msg))));
+        return Ok(());
+    }
     let args = match shared.unbox(boxed) {
         Ok(Object::Tuple(items)) => items,
         Ok(Object::Value(Value::Tuple(items))) => items.into_iter().map(Object::Value).collect(),
@@ -1320,7 +1368,12 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
     if task.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(task);
+        shared.pending_bytes.fetch_add(size, Ordering::AcqRel);
+        let charge = PendingCharge { shared: shared.clone(), bytes: size };
+        tokio::spawn(async move {
+            task.await;
+            drop(charge);
+        });
     }
     Ok(())
 }

@@ -417,15 +417,22 @@ pub const MOVE_OUT_MIN: usize = 64 << 10;
 /// instead of a copy. A large transfer thus costs no second allocation —
 /// on Linux, a fresh allocation of 16 MiB also costs 4096 page faults,
 /// more than the copy. Same result and same errors as [`decode`].
-pub fn decode_owned(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<Value, BrineError> {
+pub fn decode_owned(buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<Value, BrineError> {
+    decode_owned_sized(buf, start, limits).map(|(v, _)| v)
+}
+
+/// [`decode_owned`], also returning what the value was charged against
+/// [`DecodeLimits::max_decoded_bytes`]: roughly the memory it holds.
+pub fn decode_owned_sized(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<(Value, usize), BrineError> {
     let data = buf.get(start..).unwrap_or_default();
     let mut d = Decoder::new(data, limits, Some(MoveOut::default()));
     let mut v = d.value(0)?;
     if d.pos != data.len() {
         return Err(BrineError::Trailing(data.len() - d.pos));
     }
+    let size = d.used;
     let Some(MoveOut { chosen: Some((index, from, len, is_str)), .. }) = d.move_out else {
-        return Ok(v);
+        return Ok((v, size));
     };
     let from = start + from;
     buf.copy_within(from..from + len, 0);
@@ -437,7 +444,7 @@ pub fn decode_owned(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Re
     };
     let mut seen = 0;
     put_back(&mut v, index, &mut seen, &mut Some(moved));
-    Ok(v)
+    Ok((v, size))
 }
 
 /// Which large value [`decode_owned`] moves out of its buffer.
