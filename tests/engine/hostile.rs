@@ -539,3 +539,50 @@ async fn big_integers_cannot_buy_seconds_of_cpu() {
     still_serving(addr).await;
     stop.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_held_by_unfinished_handlers_are_capped_in_bytes() {
+    let mut config = ServerConfig::default();
+    config.connection = config.connection.with_max_pending_request_bytes(3 << 20);
+    config.connection.sync_request_timeout = Duration::from_secs(1);
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    // call_back(func, blob) with `func` one of "our" objects: the server
+    // calls it, we never answer, and the handler holds its 2 MiB argument.
+    let call_back = |seq: i64| {
+        let func = Value::Tuple(vec![Value::from(4), Value::Tuple(vec!["Fn".into(), 1.into(), seq.into()])]);
+        let args =
+            Value::Tuple(vec![Value::from(2), Value::Tuple(vec![func, boxed(Value::Bytes(vec![seq as u8; 2 << 20]))])]);
+        let boxed_args = Value::Tuple(vec![
+            Value::from(2),
+            Value::Tuple(vec![local_ref(&root), boxed("call_back".into()), args, boxed(Value::Tuple(vec![]))]),
+        ]);
+        request_frame(seq, Handler::CallAttr, boxed_args)
+    };
+    raw.send(&call_back(1)).await;
+    raw.send(&call_back(2)).await;
+    raw.send(&call_back(3)).await;
+    let m = raw.reply_to(3, Duration::from_secs(5)).await.expect("an answer to the third");
+    assert_eq!(exception_class(&m), "MemoryError");
+    assert!(rpyc::Exception::load(m.args).message().contains("max_pending_request_bytes"));
+    still_serving(addr).await;
+    // Once the two handlers give up on us, their bytes are released: the
+    // next call_back runs (the server calls us back) instead of being refused.
+    let (mut first, mut second) = (false, false);
+    while !(first && second) {
+        let m = raw.read(Duration::from_secs(10)).await.expect("the held calls end");
+        first |= m.kind != rpyc::wire::message::MSG_REQUEST && m.seq == 1;
+        second |= m.kind != rpyc::wire::message::MSG_REQUEST && m.seq == 2;
+    }
+    raw.send(&call_back(4)).await;
+    loop {
+        let m = raw.read(Duration::from_secs(5)).await.expect("a call back");
+        assert!(m.kind == rpyc::wire::message::MSG_REQUEST || m.seq != 4, "refused: {m:?}");
+        let handler = m.args.as_tuple().and_then(|t| t.first()).and_then(Value::as_i64);
+        if m.kind == rpyc::wire::message::MSG_REQUEST && handler == Some(Handler::Call.id()) {
+            break;
+        }
+    }
+    stop.shutdown();
+}
