@@ -26,7 +26,9 @@ pub struct ChannelConfig {
     /// hostile length claim cannot make us reserve gigabytes.
     pub max_frame: usize,
     /// Largest payload after zlib inflation. Default: 64 MiB (a zlib bomb
-    /// stops here).
+    /// stops here). What the payload may then decode to is bounded
+    /// separately ([`DecodeLimits::max_decoded_bytes`](crate::wire::DecodeLimits::max_decoded_bytes));
+    /// raise both together.
     pub max_inflated: usize,
     /// Compress payloads larger than this many bytes, or never when `None`.
     /// Default: `Some(3000)`, what Python does. zlib level 1 runs at roughly

@@ -114,12 +114,12 @@ const DROP_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Brine limits for requests: a request is 3 levels deep and tiny.
 fn request_limits() -> DecodeLimits {
-    DecodeLimits { max_depth: 4, max_items: 256, max_int_digits: 20 }
+    DecodeLimits { max_depth: 4, max_items: 256, max_int_digits: 20, ..DecodeLimits::default() }
 }
 
 /// Brine limits for replies: shallow, but a LIST may name many services.
 fn reply_limits() -> DecodeLimits {
-    DecodeLimits { max_depth: 4, max_items: 100_000, max_int_digits: 20 }
+    DecodeLimits { max_depth: 4, max_items: 100_000, max_int_digits: 20, ..DecodeLimits::default() }
 }
 
 // ---------------------------------------------------------------------------

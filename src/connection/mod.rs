@@ -12,6 +12,19 @@
 //!
 //! Every limit is per connection: a peer that breaks one loses its own
 //! connection with a logged reason, and nobody else notices.
+//!
+//! What a peer can make us hold is bounded in bytes, not only in counts:
+//! one frame at a time is read (at most `max_inflated` once inflated) and
+//! decoded within `DecodeLimits::max_decoded_bytes`; and replies it has not
+//! read yet are capped by [`ConnectionConfig::max_queued_reply_bytes`]. At
+//! the cap the reader stops taking requests from that peer (back-pressure:
+//! its requests wait in its socket, not in our memory) until its replies
+//! drain; a peer that reads nothing for `sync_request_timeout` meanwhile is
+//! cut off. Only *replies* count: our own requests never pause our reader,
+//! so two engines pipelining large calls at each other cannot deadlock.
+//! Arguments held by the peer's requests whose handlers are still running
+//! are capped too ([`ConnectionConfig::max_pending_request_bytes`]): beyond
+//! it a new request is answered `MemoryError` at once.
 
 mod async_result;
 pub mod builtin;
@@ -61,6 +74,21 @@ pub struct ConnectionConfig {
     /// exceeds it (e.g. by never reading its replies) is disconnected.
     /// Default: 8192.
     pub max_requests_in_flight: usize,
+    /// Bytes of replies waiting for the peer to read them. Once they reach
+    /// this, no further request from the peer is read until they drain
+    /// below it again (the peer's own socket buffers fill and it blocks);
+    /// if the peer reads nothing for [`sync_request_timeout`](Self::sync_request_timeout)
+    /// meanwhile, the connection is closed with that reason. One reply may
+    /// overshoot it (a 64 MiB reply is still sent whole), so the bound is
+    /// this plus the largest reply. Default: 64 MiB.
+    pub max_queued_reply_bytes: usize,
+    /// Bytes of decoded arguments held by the peer's requests whose
+    /// handlers are still running (async methods waiting on a timer, a
+    /// callback into the peer, …). A request arriving while they hold this
+    /// much is answered `MemoryError` at once and its arguments dropped, so
+    /// what such requests hold is at most this plus one message
+    /// ([`DecodeLimits::max_decoded_bytes`]). Default: 64 MiB.
+    pub max_pending_request_bytes: usize,
     /// Objects we may hold for the peer (its live proxies of ours). Boxing
     /// one more fails that request with `MemoryError`. Default: 100,000.
     pub max_local_objects: usize,
@@ -82,11 +110,33 @@ impl Default for ConnectionConfig {
             decode: DecodeLimits::default(),
             sync_request_timeout: Duration::from_secs(30),
             max_requests_in_flight: 8192,
+            max_queued_reply_bytes: 64 << 20,
+            max_pending_request_bytes: 64 << 20,
             max_local_objects: 100_000,
             idle_timeout: None,
             dialect: None,
             include_traceback: true,
         }
+    }
+}
+
+impl ConnectionConfig {
+    /// Sets [`ConnectionConfig::max_queued_reply_bytes`].
+    pub fn with_max_queued_reply_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_reply_bytes = bytes;
+        self
+    }
+
+    /// Sets [`ConnectionConfig::max_pending_request_bytes`].
+    pub fn with_max_pending_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_request_bytes = bytes;
+        self
+    }
+
+    /// Sets the brine limits ([`ConnectionConfig::decode`]).
+    pub fn with_decode_limits(mut self, limits: DecodeLimits) -> Self {
+        self.decode = limits;
+        self
     }
 }
 
@@ -166,11 +216,46 @@ struct Batch {
     offset: usize,
     /// Frames in `bufs`.
     frames: usize,
+    /// The same bytes as runs of (unwritten length, are they replies), in
+    /// order: what is written is taken off the front, and reply bytes off
+    /// [`ReplyBytes`].
+    runs: std::collections::VecDeque<(usize, bool)>,
+}
+
+/// Bytes of replies queued and not yet written to the peer (see
+/// [`ConnectionConfig::max_queued_reply_bytes`]).
+#[derive(Default)]
+struct ReplyBytes {
+    bytes: AtomicUsize,
+    cap: usize,
+    /// Signalled when the bytes fall below the cap.
+    drained: tokio::sync::Notify,
+}
+
+impl ReplyBytes {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn written(&self, n: usize) {
+        let before = self.bytes.fetch_sub(n, Ordering::AcqRel);
+        if before >= self.cap && before - n < self.cap {
+            self.drained.notify_one();
+        }
+    }
 }
 
 impl Batch {
-    fn push(&mut self, frame: Out) {
+    fn push(&mut self, frame: Out, reply: bool) {
         self.frames += 1;
+        let len = match &frame {
+            Out::Frame(f) => f.len(),
+            Out::Pieces(p) => p.iter().map(Vec::len).sum(),
+        };
+        match self.runs.back_mut() {
+            Some((n, r)) if *r == reply => *n += len,
+            _ => self.runs.push_back((len, reply)),
+        }
         match frame {
             Out::Frame(f) => match self.bufs.back_mut() {
                 Some(last) if last.len() < (64 << 10) && last.len() + f.len() <= COALESCE && f.len() < (64 << 10) => {
@@ -182,8 +267,42 @@ impl Batch {
         }
     }
 
+    /// Takes `n` written bytes off the runs, and the reply bytes among
+    /// them off `replies`.
+    fn wrote(&mut self, mut n: usize, replies: &ReplyBytes) {
+        while n > 0 {
+            let Some((len, reply)) = self.runs.front_mut() else { return };
+            let k = n.min(*len);
+            *len -= k;
+            n -= k;
+            if *reply {
+                replies.written(k);
+            }
+            if *len == 0 {
+                self.runs.pop_front();
+            }
+        }
+    }
+
+    /// Appends `later` (frames queued after these).
+    fn append(&mut self, later: Batch) {
+        self.frames += later.frames;
+        self.bufs.extend(later.bufs);
+        for (len, reply) in later.runs {
+            match self.runs.back_mut() {
+                Some((n, r)) if *r == reply => *n += len,
+                _ => self.runs.push_back((len, reply)),
+            }
+        }
+    }
+
     /// Writes as much as the stream takes; `Ready(Ok)` once all is written.
-    fn poll_write(&mut self, io: &mut BoxWrite, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_write(
+        &mut self,
+        io: &mut BoxWrite,
+        cx: &mut Context<'_>,
+        replies: &ReplyBytes,
+    ) -> Poll<std::io::Result<()>> {
         while let Some(front) = self.bufs.front() {
             let rest = front.get(self.offset..).unwrap_or_default();
             if rest.is_empty() {
@@ -193,7 +312,10 @@ impl Batch {
             }
             match io.as_mut().poll_write(cx, rest) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.offset += n,
+                Poll::Ready(Ok(n)) => {
+                    self.offset += n;
+                    self.wrote(n, replies);
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -229,6 +351,10 @@ pub(crate) struct Shared {
     /// of replies instead of one each).
     corked: AtomicBool,
     queued: AtomicUsize,
+    /// Replies queued and not yet written, in bytes.
+    replies: ReplyBytes,
+    /// Decoded bytes of the peer's requests whose handlers still run.
+    pending_bytes: AtomicUsize,
     in_flight: AtomicUsize,
     objects: Mutex<ObjectTable>,
     proxies: Mutex<HashMap<IdPack, Weak<NetrefInner>>>,
@@ -309,6 +435,7 @@ impl Connection {
             None => DIALECT_UNKNOWN,
         };
         let root = service.make_root();
+        let reply_cap = config.max_queued_reply_bytes;
         let shared = Arc::new(Shared {
             cfg: Arc::new(config),
             dialect: AtomicU8::new(dialect),
@@ -318,6 +445,8 @@ impl Connection {
             wake_writer: tokio::sync::Notify::new(),
             corked: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
+            replies: ReplyBytes { cap: reply_cap, ..ReplyBytes::default() },
+            pending_bytes: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             objects: Mutex::new(ObjectTable { next_id: 1, ..ObjectTable::default() }),
             proxies: Mutex::new(HashMap::new()),
@@ -509,7 +638,8 @@ impl Shared {
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(&[0; HEADER_LEN]);
         message::encode_message(self.dialect(), kind, seq, args, &mut buf);
-        self.queue(Out::Frame(finish_frame(buf, &self.cfg.channel)), true)
+        let reply = kind != message::MSG_REQUEST;
+        self.queue(Out::Frame(finish_frame(buf, &self.cfg.channel)), true, reply)
     }
 
     /// Encodes a request or reply whose body is the boxed `obj` into a
@@ -540,14 +670,21 @@ impl Shared {
     /// (see [`Outbox`]).
     /// A frame that is not `eager` (a request while others are in flight)
     /// is left to the writer task, which coalesces the frames that pile up
-    /// meanwhile into one write.
-    fn queue(&self, frame: Out, eager: bool) -> Result<()> {
+    /// meanwhile into one write. A `reply` counts against
+    /// [`ConnectionConfig::max_queued_reply_bytes`] until it is written.
+    fn queue(&self, frame: Out, eager: bool, reply: bool) -> Result<()> {
         let mut ob = lock(&self.outbox);
         if ob.closing || self.closed.load(Ordering::Acquire) {
             drop(ob);
             return Err(self.closed_error());
         }
-        ob.batch.push(frame);
+        if reply {
+            self.replies.add(match &frame {
+                Out::Frame(f) => f.len(),
+                Out::Pieces(p) => p.iter().map(Vec::len).sum(),
+            });
+        }
+        ob.batch.push(frame, reply);
         self.queued.fetch_add(1, Ordering::AcqRel);
         if self.corked.load(Ordering::Acquire) {
             return Ok(());
@@ -587,7 +724,7 @@ impl Shared {
     fn write_now(&self, mut io: BoxWrite, mut batch: Batch) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for _ in 0..4 {
-            let done = match batch.poll_write(&mut io, &mut cx) {
+            let done = match batch.poll_write(&mut io, &mut cx, &self.replies) {
                 Poll::Ready(Ok(())) => io.as_mut().poll_flush(&mut cx),
                 other => other,
             };
@@ -621,8 +758,7 @@ impl Shared {
     fn hand_over(&self, io: BoxWrite, mut batch: Batch) {
         let mut ob = lock(&self.outbox);
         let later = std::mem::take(&mut ob.batch);
-        batch.frames += later.frames;
-        batch.bufs.extend(later.bufs);
+        batch.append(later);
         ob.batch = batch;
         ob.handed = Some(io);
         drop(ob);
@@ -710,7 +846,7 @@ impl Shared {
             pending.insert(seq, (handler, tx));
             pending.len() == 1
         };
-        if let Err(e) = self.queue(frame, eager) {
+        if let Err(e) = self.queue(frame, eager, false) {
             lock(&self.pending).remove(&seq);
             return Err(e);
         }
@@ -877,7 +1013,7 @@ impl Shared {
         });
         let sent = match encoded {
             Ok((frame, obj)) => {
-                let r = self.queue(frame, true);
+                let r = self.queue(frame, true, true);
                 // Only now may proxies in the result go (and send DEL).
                 drop(obj);
                 r
@@ -959,7 +1095,7 @@ async fn writer_loop(shared: Arc<Shared>) {
                 }
             };
             let write = async {
-                std::future::poll_fn(|cx| batch.poll_write(&mut io, cx)).await?;
+                std::future::poll_fn(|cx| batch.poll_write(&mut io, cx, &shared.replies)).await?;
                 io.flush().await
             };
             // Once the connection is closing, a peer that does not read
@@ -1003,6 +1139,19 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>
     let mut frames = FrameReader::new(rd, shared.cfg.channel.clone());
     let mut shutdown = shared.shutdown.subscribe();
     let reason = loop {
+        if shared.replies.bytes.load(Ordering::Acquire) >= shared.replies.cap {
+            match tokio::select! {
+                biased;
+                _ = crate::connection::wait_true(&mut shutdown) => break None,
+                r = wait_for_replies_to_drain(&shared) => r,
+            } {
+                Ok(()) => {}
+                Err(reason) => {
+                    tracing::warn!(%reason, "closing connection: peer does not read its replies");
+                    break Some(reason);
+                }
+            }
+        }
         let read = frames.read_frame();
         let frame = tokio::select! {
             biased;
@@ -1054,6 +1203,33 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>
     shared.finish();
 }
 
+/// Back-pressure: called while the peer's unread replies are at the cap
+/// ([`ConnectionConfig::max_queued_reply_bytes`]); returns once they drain
+/// below it, or an error if the peer read none of them for
+/// `sync_request_timeout`.
+async fn wait_for_replies_to_drain(shared: &Shared) -> std::result::Result<(), String> {
+    let cap = shared.replies.cap;
+    let patience = shared.cfg.sync_request_timeout;
+    // Replies held back for a batch must go out, or nothing ever drains.
+    shared.set_corked(false);
+    let mut last = shared.replies.bytes.load(Ordering::Acquire);
+    tracing::debug!(unread = last, cap, "peer's replies at the cap: reading no more requests until they drain");
+    loop {
+        let woken = tokio::time::timeout(patience, shared.replies.drained.notified()).await.is_ok();
+        let now = shared.replies.bytes.load(Ordering::Acquire);
+        if now < cap {
+            return Ok(());
+        }
+        if !woken && now >= last {
+            return Err(format!(
+                "peer read none of its {now} bytes of unread replies for {patience:?}; at most {cap} may wait \
+                 (max_queued_reply_bytes), so its further requests were not read"
+            ));
+        }
+        last = now;
+    }
+}
+
 /// Waits until a watch flag becomes true (or its sender is gone).
 pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
@@ -1079,10 +1255,11 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
         shared.dialect.store(if dialect == Dialect::V5 { DIALECT_V5 } else { DIALECT_V6 }, Ordering::Release);
         tracing::debug!(?dialect, "peer dialect detected");
     }
-    let msg = message::decode_message_owned(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
+    let (msg, size) =
+        message::decode_message_owned_sized(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
     let Message { kind, seq, args } = msg;
     match kind {
-        message::MSG_REQUEST => handle_request(shared, seq, args),
+        message::MSG_REQUEST => handle_request(shared, seq, args, size),
         message::MSG_REPLY | message::MSG_EXCEPTION => {
             let waiter = lock(&shared.pending).remove(&seq);
             let Some((_, tx)) = waiter else {
@@ -1101,7 +1278,22 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
     }
 }
 
-fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::Result<(), String> {
+/// Charges a running handler's arguments against
+/// [`ConnectionConfig::max_pending_request_bytes`] until it finishes (or
+/// is dropped).
+struct PendingCharge {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for PendingCharge {
+    fn drop(&mut self) {
+        self.shared.pending_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Starts a request whose decoded arguments take `size` bytes.
+fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value, size: usize) -> std::result::Result<(), String> {
     let in_flight = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
     let queued = shared.queued.load(Ordering::Acquire);
     if in_flight > shared.cfg.max_requests_in_flight || queued > shared.cfg.max_requests_in_flight {
@@ -1134,6 +1326,18 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
         shared.reply(seq, Ok(Object::none()));
         return Ok(());
     }
+    let held = shared.pending_bytes.load(Ordering::Acquire);
+    let cap = shared.cfg.max_pending_request_bytes;
+    if held >= cap {
+        drop(boxed);
+        tracing::warn!(held, cap, "request refused: the peer's unfinished requests hold too much");
+        let msg = format!(
+            "the peer's unfinished requests on this connection already hold {held} bytes of arguments \
+             (max_pending_request_bytes is {cap}); wait for their replies before sending more"
+        );
+        shared.reply(seq, Err(Error::Exception(Exception::new("MemoryError", msg))));
+        return Ok(());
+    }
     let args = match shared.unbox(boxed) {
         Ok(Object::Tuple(items)) => items,
         Ok(Object::Value(Value::Tuple(items))) => items.into_iter().map(Object::Value).collect(),
@@ -1164,7 +1368,12 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value) -> std::result::R
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
     if task.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(task);
+        shared.pending_bytes.fetch_add(size, Ordering::AcqRel);
+        let charge = PendingCharge { shared: shared.clone(), bytes: size };
+        tokio::spawn(async move {
+            task.await;
+            drop(charge);
+        });
     }
     Ok(())
 }

@@ -4,6 +4,16 @@
 //! input as hostile: every claimed length is checked against the bytes that
 //! are actually present *before* anything is allocated, nesting depth and
 //! integer size are capped, and no input can make it panic.
+//!
+//! Two budgets apply to a whole message, because per-value limits alone do
+//! not bound what one frame costs: a `None` is one byte on the wire (and a
+//! thousand of them deflate to a few bytes) but a [`Value`] slot in memory,
+//! so one 8 KB zlib frame of tuples of `None` once decoded to 256 MiB; and
+//! integer text is parsed and printed in time quadratic in its length, so
+//! 15,000 integers of 4300 digits took two seconds to echo. The memory
+//! budget ([`DecodeLimits::max_decoded_bytes`]) charges every value its slot
+//! plus its heap bytes *before* allocating them; the digit budget
+//! ([`DecodeLimits::max_int_digits_total`]) bounds the big-integer work.
 
 use super::value::{Int, Value};
 use num_bigint::BigInt;
@@ -51,13 +61,54 @@ pub struct DecodeLimits {
     /// Most decimal digits in one integer. Default: 4300, the same limit
     /// CPython applies to `int(str)` since 3.11.
     pub max_int_digits: usize,
+    /// Memory one decoded message may take, in bytes: every value is
+    /// charged its slot (`size_of::<Value>()`, charged for a whole tuple
+    /// before its items are allocated) plus its heap bytes (the length of a
+    /// `bytes`/`str`, the text length of a big integer). Default: 64 MiB +
+    /// 64 KiB, so that any payload the channel's default `max_inflated`
+    /// (64 MiB) lets through as one `bytes` or `str` still decodes, while a
+    /// frame of a few kilobytes can no longer become gigabytes of values.
+    /// Keep it at least [`ChannelConfig::max_inflated`](crate::channel::ChannelConfig::max_inflated)
+    /// when raising that.
+    pub max_decoded_bytes: usize,
+    /// Most characters of integer text in one message, counting every
+    /// integer longer than 18 characters (shorter ones are parsed as an
+    /// `i64` at no cost worth counting). Each longer one is a `BigInt`
+    /// allocation and a conversion quadratic in its length, to parse and
+    /// again to print; this bounds the CPU one message can cost, measured
+    /// at about 60 ns per digit (decode plus encode) for 20 to 4300 digits. Default: 250,000 (58 integers at the
+    /// 4300-digit limit, or 12,500 of 20 digits), about 15 ms of work.
+    pub max_int_digits_total: usize,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_depth: 64, max_items: 1_000_000, max_int_digits: 4300 }
+        DecodeLimits {
+            max_depth: 64,
+            max_items: 1_000_000,
+            max_int_digits: 4300,
+            max_decoded_bytes: (64 << 20) + (64 << 10),
+            max_int_digits_total: 250_000,
+        }
     }
 }
+
+impl DecodeLimits {
+    /// Sets [`DecodeLimits::max_decoded_bytes`].
+    pub fn with_max_decoded_bytes(mut self, bytes: usize) -> Self {
+        self.max_decoded_bytes = bytes;
+        self
+    }
+
+    /// Sets [`DecodeLimits::max_int_digits_total`].
+    pub fn with_max_int_digits_total(mut self, digits: usize) -> Self {
+        self.max_int_digits_total = digits;
+        self
+    }
+}
+
+/// What one decoded value slot costs (see [`DecodeLimits::max_decoded_bytes`]).
+const VALUE_SLOT: usize = std::mem::size_of::<Value>();
 
 /// Why bytes could not be decoded as brine.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -98,6 +149,26 @@ pub enum BrineError {
     IntTooLong {
         /// Digits claimed.
         digits: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The message's values would take more memory than
+    /// [`DecodeLimits::max_decoded_bytes`].
+    #[error(
+        "brine message would take more than {limit} bytes of memory once decoded \
+         (max_decoded_bytes); send less per call or raise the limit"
+    )]
+    TooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The message's big integers have more digits in total than
+    /// [`DecodeLimits::max_int_digits_total`].
+    #[error(
+        "brine message holds more than {limit} digits of big integers in total \
+         (max_int_digits_total); send fewer or smaller integers, or raise the limit"
+    )]
+    IntsTooLong {
         /// The configured limit.
         limit: usize,
     },
@@ -323,7 +394,7 @@ pub(crate) fn encode_tuple_header(n: usize, out: &mut Vec<u8>) {
 
 /// Decodes exactly one brine value occupying all of `data`.
 pub fn decode(data: &[u8], limits: &DecodeLimits) -> Result<Value, BrineError> {
-    let mut d = Decoder { data, pos: 0, limits, move_out: None };
+    let mut d = Decoder::new(data, limits, None);
     let v = d.value(0)?;
     if d.pos != data.len() {
         return Err(BrineError::Trailing(data.len() - d.pos));
@@ -346,15 +417,22 @@ pub const MOVE_OUT_MIN: usize = 64 << 10;
 /// instead of a copy. A large transfer thus costs no second allocation —
 /// on Linux, a fresh allocation of 16 MiB also costs 4096 page faults,
 /// more than the copy. Same result and same errors as [`decode`].
-pub fn decode_owned(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<Value, BrineError> {
+pub fn decode_owned(buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<Value, BrineError> {
+    decode_owned_sized(buf, start, limits).map(|(v, _)| v)
+}
+
+/// [`decode_owned`], also returning what the value was charged against
+/// [`DecodeLimits::max_decoded_bytes`]: roughly the memory it holds.
+pub fn decode_owned_sized(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Result<(Value, usize), BrineError> {
     let data = buf.get(start..).unwrap_or_default();
-    let mut d = Decoder { data, pos: 0, limits, move_out: Some(MoveOut::default()) };
+    let mut d = Decoder::new(data, limits, Some(MoveOut::default()));
     let mut v = d.value(0)?;
     if d.pos != data.len() {
         return Err(BrineError::Trailing(data.len() - d.pos));
     }
+    let size = d.used;
     let Some(MoveOut { chosen: Some((index, from, len, is_str)), .. }) = d.move_out else {
-        return Ok(v);
+        return Ok((v, size));
     };
     let from = start + from;
     buf.copy_within(from..from + len, 0);
@@ -366,7 +444,7 @@ pub fn decode_owned(mut buf: Vec<u8>, start: usize, limits: &DecodeLimits) -> Re
     };
     let mut seen = 0;
     put_back(&mut v, index, &mut seen, &mut Some(moved));
-    Ok(v)
+    Ok((v, size))
 }
 
 /// Which large value [`decode_owned`] moves out of its buffer.
@@ -412,9 +490,33 @@ struct Decoder<'a> {
     pos: usize,
     limits: &'a DecodeLimits,
     move_out: Option<MoveOut>,
+    /// Bytes charged against [`DecodeLimits::max_decoded_bytes`].
+    used: usize,
+    /// Big-integer digits charged against [`DecodeLimits::max_int_digits_total`].
+    digits: usize,
 }
 
 impl<'a> Decoder<'a> {
+    fn new(data: &'a [u8], limits: &'a DecodeLimits, move_out: Option<MoveOut>) -> Self {
+        // The top-level value's own slot.
+        Decoder { data, pos: 0, limits, move_out, used: VALUE_SLOT, digits: 0 }
+    }
+
+    /// Charges `bytes` of memory against the message's budget, before they
+    /// are allocated.
+    fn charge(&mut self, bytes: usize) -> Result<(), BrineError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.limits.max_decoded_bytes {
+            return Err(BrineError::TooLarge { limit: self.limits.max_decoded_bytes });
+        }
+        Ok(())
+    }
+
+    /// Charges the slots of `n` values (a tuple's items) before they are allocated.
+    fn charge_slots(&mut self, n: usize) -> Result<(), BrineError> {
+        self.charge(n.saturating_mul(VALUE_SLOT))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], BrineError> {
         let remaining = self.data.len() - self.pos;
         if n > remaining {
@@ -475,6 +577,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn items(&mut self, n: usize, depth: usize) -> Result<Vec<Value>, BrineError> {
+        self.charge_slots(n)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
@@ -485,6 +588,16 @@ impl<'a> Decoder<'a> {
     fn int_text(&mut self, n: usize) -> Result<Value, BrineError> {
         if n > self.limits.max_int_digits + 1 {
             return Err(BrineError::IntTooLong { digits: n, limit: self.limits.max_int_digits });
+        }
+        // Up to 18 characters parse as an i64 in constant time; longer
+        // text becomes a BigInt: an allocation, and work quadratic in its
+        // length, to parse now and to print again.
+        if n > 18 {
+            self.digits = self.digits.saturating_add(n);
+            if self.digits > self.limits.max_int_digits_total {
+                return Err(BrineError::IntsTooLong { limit: self.limits.max_int_digits_total });
+            }
+            self.charge(n)?;
         }
         let text = self.take(n)?;
         parse_int(text).map(Value::Int)
@@ -518,6 +631,7 @@ impl<'a> Decoder<'a> {
             TAG_ELLIPSIS => Value::Ellipsis,
             TAG_EMPTY_BYTES | TAG_BYTES1..=TAG_BYTES4 | TAG_BYTES_L1 | TAG_BYTES_L4 => {
                 let raw = self.bytes_body(tag)?;
+                self.charge(raw.len())?;
                 if self.move_out(raw.len(), false) {
                     Value::Bytes(Vec::new())
                 } else {
@@ -527,6 +641,7 @@ impl<'a> Decoder<'a> {
             TAG_STR => {
                 let inner = self.u8()?;
                 let raw = self.bytes_body(inner)?;
+                self.charge(raw.len())?;
                 if self.move_out(raw.len(), true) {
                     // Checked once moved (`decode_owned`).
                     Value::Str(String::new())
@@ -559,6 +674,7 @@ impl<'a> Decoder<'a> {
                 let inner = self.u8()?;
                 match self.tuple_len(inner)? {
                     Some(3) => {
+                        self.charge_slots(3)?;
                         let a = self.value(depth + 1)?;
                         let b = self.value(depth + 1)?;
                         let c = self.value(depth + 1)?;
@@ -760,6 +876,7 @@ impl Decoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
@@ -800,6 +917,56 @@ mod tests {
         assert!(matches!(r, Err(BrineError::Truncated { .. })));
         let r = decode_default(&[TAG_INT_L4, 0x00, 0x10, 0x00, 0x00]);
         assert!(matches!(r, Err(BrineError::IntTooLong { .. })));
+    }
+
+    #[test]
+    fn one_message_is_charged_the_memory_its_values_take() {
+        // 8 tuples of a million `None`: 8 MB of brine (a few KB deflated),
+        // 256 MiB of values. Refused after ~64 MiB.
+        let mut wire = vec![TAG_TUP_L1, 8];
+        for _ in 0..8 {
+            wire.push(TAG_TUP_L4);
+            wire.extend_from_slice(&1_000_000u32.to_be_bytes());
+            wire.extend(std::iter::repeat_n(TAG_NONE, 1_000_000));
+        }
+        let limits = DecodeLimits::default();
+        assert_eq!(decode(&wire, &limits), Err(BrineError::TooLarge { limit: limits.max_decoded_bytes }));
+        let msg = BrineError::TooLarge { limit: 5 }.to_string();
+        assert!(msg.contains("max_decoded_bytes") && msg.contains("raise the limit"), "{msg}");
+        // Two of them fit in a bigger budget and decode as before.
+        let two = [&[TAG_TUP_L1, 2][..], &wire[2..2 + 2 * 1_000_005]].concat();
+        let big = DecodeLimits::default().with_max_decoded_bytes(65_000_000);
+        assert!(matches!(decode(&two, &big), Ok(Value::Tuple(t)) if t.len() == 2));
+        assert!(decode(&two, &big.with_max_decoded_bytes(64_000_000)).is_err());
+        // A payload as large as the channel lets through still decodes,
+        // copied or moved out of its buffer.
+        let blob = Value::Tuple(vec![Value::from(1), Value::Bytes(vec![7; 64 << 20])]);
+        let enc = encode(&blob);
+        assert_eq!(decode(&enc, &limits).as_ref(), Ok(&blob));
+        assert_eq!(decode_owned(enc, 0, &limits), Ok(blob));
+        // Strings and big integers are charged their bytes too.
+        let strs = encode(&Value::Tuple(vec![Value::from("x".repeat(600)); 100]));
+        assert!(decode(&strs, &limits.clone().with_max_decoded_bytes(70_000)).is_ok());
+        assert!(decode(&strs, &limits.clone().with_max_decoded_bytes(60_000)).is_err());
+    }
+
+    #[test]
+    fn big_integer_digits_are_bounded_per_message() {
+        let big = |digits: usize| Value::Int(parse_int("9".repeat(digits).as_bytes()).unwrap_or(Int::Small(0)));
+        let limits = DecodeLimits::default();
+        let per_message = limits.max_int_digits_total / 4300;
+        let fits = encode(&Value::Tuple(vec![big(4300); per_message]));
+        let started = std::time::Instant::now();
+        let back = decode(&fits, &limits);
+        assert_eq!(back.as_ref().map(encode).ok(), Some(fits));
+        // Generous for a loaded 2-core machine; the work is ~15 ms here.
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        let over = encode(&Value::Tuple(vec![big(4300); per_message + 1]));
+        assert_eq!(decode(&over, &limits), Err(BrineError::IntsTooLong { limit: limits.max_int_digits_total }));
+        // Integers that fit an i64 cost nothing against the budget.
+        let small = encode(&Value::Tuple(vec![Value::from(-99_999_999_999_999_999i64); 100_000]));
+        assert!(decode(&small, &limits.clone().with_max_int_digits_total(0)).is_ok());
+        assert!(decode(&encode(&big(20)), &limits.with_max_int_digits_total(19)).is_err());
     }
 
     #[test]

@@ -215,9 +215,26 @@ pub fn decode_message_owned(
     payload: Vec<u8>,
     limits: &DecodeLimits,
 ) -> Result<Message, MessageError> {
+    decode_message_owned_sized(dialect, payload, limits).map(|(m, _)| m)
+}
+
+/// [`decode_message_owned`], also returning the memory its values were
+/// charged (see [`DecodeLimits::max_decoded_bytes`]).
+pub fn decode_message_owned_sized(
+    dialect: Dialect,
+    payload: Vec<u8>,
+    limits: &DecodeLimits,
+) -> Result<(Message, usize), MessageError> {
     let head: [u8; 1] = [payload.first().copied().unwrap_or(0)];
     let empty = payload.is_empty();
-    decode_message_with(dialect, if empty { &[] } else { &head }, |start| brine::decode_owned(payload, start, limits))
+    let mut size = 0;
+    let msg = decode_message_with(dialect, if empty { &[] } else { &head }, |start| {
+        brine::decode_owned_sized(payload, start, limits).map(|(v, n)| {
+            size = n;
+            v
+        })
+    })?;
+    Ok((msg, size))
 }
 
 /// The framing around the brine value; `decode(start)` decodes the brine

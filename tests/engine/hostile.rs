@@ -323,3 +323,266 @@ impl Raw {
             .map_err(|_| std::io::Error::other("write stalled: the server stopped reading"))?
     }
 }
+
+/// `rpyc serve` as a child process (killed on drop), for tests that
+/// measure the server's own peak memory.
+struct ServeProcess {
+    guard: crate::common::ChildGuard,
+    addr: SocketAddr,
+}
+
+impl ServeProcess {
+    fn start() -> ServeProcess {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rpyc"));
+        cmd.env_remove("RUST_LOG").args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        let guard = crate::common::spawn(cmd);
+        let listening = guard.wait_line("listening on tcp://", Duration::from_secs(30));
+        ServeProcess { addr: listening.parse().expect("listening address"), guard }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.child.id())).unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib << 10
+    }
+}
+
+/// A request payload (v6) for CALLATTR `name(*args)` on the root, with the
+/// encoding of the argument `@@` replaced by `raw` brine bytes.
+fn callattr_payload_with(root: &Value, name: &str, raw: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    rpyc::wire::message::encode_message(
+        rpyc::Dialect::V6,
+        rpyc::wire::message::MSG_REQUEST,
+        7,
+        &Value::Tuple(vec![Value::from(Handler::CallAttr.id()), callattr_args(root, name, vec![Value::from("@@")])]),
+        &mut payload,
+    );
+    let marker = rpyc::wire::brine::encode(&Value::from("@@"));
+    let at = payload.windows(marker.len()).position(|w| w == marker).expect("marker");
+    [&payload[..at], raw, &payload[at + marker.len()..]].concat()
+}
+
+/// A zlib-compressed frame (level 9) around `payload`.
+fn compressed_frame(payload: &[u8]) -> Vec<u8> {
+    let mut cfg = ChannelConfig::default();
+    cfg.compress_up_to = usize::MAX;
+    cfg.compression_level = 9;
+    let frame = encode_frame(payload, &cfg);
+    assert_eq!(frame[4], 1, "compressed");
+    frame
+}
+
+/// Brine for a tuple of `tuples` tuples of 1,000,000 `None` each.
+fn tuples_of_none(tuples: u8) -> Vec<u8> {
+    let mut raw = vec![0x14, tuples];
+    for _ in 0..tuples {
+        raw.push(0x15);
+        raw.extend_from_slice(&1_000_000u32.to_be_bytes());
+        raw.extend(std::iter::repeat_n(0u8, 1_000_000));
+    }
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_frame_cannot_decode_into_hundreds_of_megabytes() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let server = ServeProcess::start();
+    still_serving(server.addr).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let root = raw.root().await;
+    let base = server.peak_rss();
+    // The frame of the report (8 tuples of a million None, 8 KB deflated;
+    // it used to raise the server's RSS by 252 MiB), then the worst a
+    // 64 KB frame can inflate to: 60 such tuples, 60 MB.
+    for tuples in [8, 60] {
+        let frame = compressed_frame(&callattr_payload_with(&root, "echo", &tuples_of_none(tuples)));
+        assert!(frame.len() <= 64 << 10, "{} bytes on the wire", frame.len());
+        let mut raw = Raw::connect(server.addr).await;
+        raw.send(&frame).await;
+        assert!(raw.closed_within(Duration::from_secs(10)).await, "{tuples} tuples: connection not closed");
+        let grown = server.peak_rss().saturating_sub(base);
+        eprintln!("{tuples} tuples of None, {} bytes on the wire: peak RSS +{} MiB", frame.len(), grown / MB);
+        assert!(grown <= 128 * MB, "a {}-byte frame raised the peak RSS by {} MiB", frame.len(), grown / MB);
+    }
+    // The connection that behaved is unaffected, and new ones are served.
+    raw.send(&request_frame(8, Handler::CallAttr, callattr_args(&root, "add", vec![1.into(), 2.into()]))).await;
+    assert_eq!(raw.reply_to(8, Duration::from_secs(5)).await.expect("reply").args, boxed(Value::from(3)));
+    still_serving(server.addr).await;
+    // Legitimate large payloads still work: a 60 MiB bytes echo.
+    let conn = rpyc::connect(&server.addr.to_string()).await.expect("connect");
+    let blob = vec![0x5a_u8; 60 << 20];
+    let back = conn.root().await.expect("root").callattr("echo", (Value::Bytes(blob.clone()),)).await.expect("echo");
+    assert_eq!(back.as_value(), Some(&Value::Bytes(blob)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_replies_are_capped_in_bytes_not_only_in_count() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let server = ServeProcess::start();
+    still_serving(server.addr).await;
+    let mut raw = Raw::connect(server.addr).await;
+    let root = raw.root().await;
+    let base = server.peak_rss();
+    // 16 requests of ~64 KB each (1 MB sent), each echoing 64 MiB of zeros
+    // back; the replies are never read. They used to pile up to 1 GiB.
+    let body = (64 << 20) - (4 << 10);
+    let mut brine = vec![0x0f];
+    brine.extend_from_slice(&(body as u32).to_be_bytes());
+    brine.resize(5 + body, 0);
+    let frame = compressed_frame(&callattr_payload_with(&root, "echo", &brine));
+    drop(brine);
+    for _ in 0..16 {
+        tokio::time::timeout(Duration::from_secs(10), raw.send(&frame)).await.expect("1 MB fits the socket buffers");
+    }
+    // Bounded wait for the server to do all it will do.
+    let mut grown = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = server.peak_rss().saturating_sub(base);
+        if now == grown && now > 0 {
+            break;
+        }
+        grown = now;
+    }
+    eprintln!("16 unread 64 MiB replies ({} bytes sent each): peak RSS +{} MiB", frame.len(), grown / MB);
+    // The cap (64 MiB) plus one reply of 64 MiB plus one frame being read.
+    assert!(grown <= 200 * MB, "unread replies raised the peak RSS by {} MiB", grown / MB);
+    still_serving(server.addr).await;
+    // Back-pressure, not loss: once the peer reads, the server goes on.
+    for _ in 0..4 {
+        let m = raw.read(Duration::from_secs(30)).await.expect("a reply once we read");
+        assert_eq!(m.kind, MSG_REPLY);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_at_the_reply_cap_that_reads_nothing_is_cut_off() {
+    let mut config = ServerConfig::default();
+    config.connection = config.connection.with_max_queued_reply_bytes(4 << 20);
+    config.connection.sync_request_timeout = Duration::from_millis(500);
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let frame = request_frame(5, Handler::CallAttr, callattr_args(&root, "echo", vec![Value::Bytes(noise)]));
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while raw.send_checked(&frame).await.is_ok() {
+        sent += 1;
+        assert!(sent < 1000, "the server kept reading requests of a peer that reads nothing");
+    }
+    assert!(raw.closed_within(Duration::from_secs(10)).await, "not cut off");
+    eprintln!("cut off after {sent} requests, {:?}", started.elapsed());
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_integers_cannot_buy_seconds_of_cpu() {
+    let _heavy = crate::raw::HEAVY.lock().await;
+    let (addr, stop) = server().await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    let int = |digits: usize| {
+        let mut b = vec![0x17];
+        b.extend_from_slice(&(digits as u32).to_be_bytes());
+        b.resize(5 + digits, b'7');
+        b
+    };
+    let tuple = |count: usize, digits: usize| {
+        let mut b = vec![0x15];
+        b.extend_from_slice(&(count as u32).to_be_bytes());
+        b.extend(int(digits).repeat(count));
+        b
+    };
+    // The attack of the report: a 96 KB frame of 15,000 integers of 4300
+    // digits took 2 s to answer. Now it is refused.
+    let frame = compressed_frame(&callattr_payload_with(&root, "echo", &tuple(15_000, 4300)));
+    let mut hostile = Raw::connect(addr).await;
+    let started = std::time::Instant::now();
+    hostile.send(&frame).await;
+    assert!(hostile.closed_within(Duration::from_secs(5)).await, "not refused");
+    let refused = started.elapsed();
+    // The most a message may hold (58 integers at the 4300-digit limit) is
+    // echoed quickly.
+    let allowed = rpyc::wire::DecodeLimits::default().max_int_digits_total / 4300;
+    let started = std::time::Instant::now();
+    raw.send(&compressed_frame(&callattr_payload_with(&root, "echo", &tuple(allowed, 4300)))).await;
+    let m = raw.reply_to(7, Duration::from_secs(5)).await.expect("echo of the largest accepted integers");
+    let answered = started.elapsed();
+    assert_eq!(m.kind, MSG_REPLY);
+    // For the record: how much of the refusal is inflating the frame.
+    let started = std::time::Instant::now();
+    let inflated = rpyc::channel::inflate(&frame[5..frame.len() - 1], 64 << 20).map(|p| p.len());
+    let inflating = started.elapsed();
+    eprintln!(
+        "{} KB frame refused in {refused:?} (inflating its {inflated:?} bytes alone: {inflating:?}); \
+         {allowed} integers echoed in {answered:?}",
+        frame.len() >> 10
+    );
+    // Generous bounds for a loaded shared machine; the figures are ~10x lower.
+    assert!(refused < Duration::from_secs(1) && answered < Duration::from_secs(1), "{refused:?} / {answered:?}");
+    still_serving(addr).await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_held_by_unfinished_handlers_are_capped_in_bytes() {
+    let mut config = ServerConfig::default();
+    config.connection = config.connection.with_max_pending_request_bytes(3 << 20);
+    config.connection.sync_request_timeout = Duration::from_secs(1);
+    let (addr, stop) = serve(rpyc::conformance::service(), config).await;
+    let mut raw = Raw::connect(addr).await;
+    let root = raw.root().await;
+    // call_back(func, blob) with `func` one of "our" objects: the server
+    // calls it, we never answer, and the handler holds its 2 MiB argument.
+    let call_back = |seq: i64| {
+        let func = Value::Tuple(vec![Value::from(4), Value::Tuple(vec!["Fn".into(), 1.into(), seq.into()])]);
+        let args =
+            Value::Tuple(vec![Value::from(2), Value::Tuple(vec![func, boxed(Value::Bytes(vec![seq as u8; 2 << 20]))])]);
+        let boxed_args = Value::Tuple(vec![
+            Value::from(2),
+            Value::Tuple(vec![local_ref(&root), boxed("call_back".into()), args, boxed(Value::Tuple(vec![]))]),
+        ]);
+        request_frame(seq, Handler::CallAttr, boxed_args)
+    };
+    raw.send(&call_back(1)).await;
+    raw.send(&call_back(2)).await;
+    raw.send(&call_back(3)).await;
+    let m = raw.reply_to(3, Duration::from_secs(5)).await.expect("an answer to the third");
+    assert_eq!(exception_class(&m), "MemoryError");
+    assert!(rpyc::Exception::load(m.args).message().contains("max_pending_request_bytes"));
+    still_serving(addr).await;
+    // Once the two handlers give up on us, their bytes are released: the
+    // next call_back runs (the server calls us back) instead of being refused.
+    let (mut first, mut second) = (false, false);
+    while !(first && second) {
+        let m = raw.read(Duration::from_secs(10)).await.expect("the held calls end");
+        first |= m.kind != rpyc::wire::message::MSG_REQUEST && m.seq == 1;
+        second |= m.kind != rpyc::wire::message::MSG_REQUEST && m.seq == 2;
+    }
+    raw.send(&call_back(4)).await;
+    loop {
+        let m = raw.read(Duration::from_secs(5)).await.expect("a call back");
+        assert!(m.kind == rpyc::wire::message::MSG_REQUEST || m.seq != 4, "refused: {m:?}");
+        let handler = m.args.as_tuple().and_then(|t| t.first()).and_then(Value::as_i64);
+        if m.kind == rpyc::wire::message::MSG_REQUEST && handler == Some(Handler::Call.id()) {
+            break;
+        }
+    }
+    stop.shutdown();
+}
