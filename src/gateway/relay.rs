@@ -607,6 +607,12 @@ impl Session {
                 head.cost.values, self.max_values
             ));
         }
+        if head.cost.digits > self.decode.max_int_digits_total as u64 {
+            return Some(format!(
+                "the message's big integers hold {} digits; the gateway forwards at most {}",
+                head.cost.digits, self.decode.max_int_digits_total
+            ));
+        }
         if head.cost.set_work > self.max_set_work {
             return Some(format!(
                 "the message's frozensets are too large for the upstream to build safely \

@@ -78,7 +78,11 @@ pub(crate) fn head(dialect: Dialect, payload: &[u8], limits: &DecodeLimits) -> R
         return Err(malformed("bytes after the message"));
     }
     let after = c.cost();
-    let cost = SkipCost { values: after.values - before.values, set_work: after.set_work - before.set_work };
+    let cost = SkipCost {
+        values: after.values - before.values,
+        set_work: after.set_work - before.set_work,
+        digits: after.digits - before.digits,
+    };
     Ok(Head { kind, seq, body, cost })
 }
 

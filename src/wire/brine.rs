@@ -752,12 +752,17 @@ pub(crate) struct SkipCost {
     pub values: u64,
     /// Sum of the squared sizes of the frozensets skipped.
     pub set_work: u64,
+    /// Characters of integers longer than an `i64` (decimal conversion is
+    /// what big integers cost).
+    pub digits: u64,
 }
 
 impl<'a> Cursor<'a> {
     /// A cursor at `pos` of `data`.
     pub(crate) fn at(data: &'a [u8], pos: usize, limits: &'a DecodeLimits) -> Cursor<'a> {
-        Cursor { d: Decoder { data, pos: pos.min(data.len()), limits, move_out: None }, cost: SkipCost::default() }
+        let mut d = Decoder::new(data, limits, None);
+        d.pos = pos.min(data.len());
+        Cursor { d, cost: SkipCost::default() }
     }
 
     /// What the values skipped by this cursor so far would cost a Python
@@ -840,6 +845,9 @@ impl Decoder<'_> {
                     return Err(BrineError::IntTooLong { digits: n, limit: self.limits.max_int_digits });
                 }
                 int_syntax(self.take(n)?)?;
+                if n > 18 {
+                    cost.digits = cost.digits.saturating_add(n as u64);
+                }
             }
             TAG_FLOAT => {
                 self.take(8)?;
@@ -1057,7 +1065,7 @@ mod properties {
             let mut c = Cursor::at(&bytes, 0, &limits);
             let skipped = c.skip(0).map(|_| c.pos());
             let decoded = decode(&bytes, &limits);
-            let mut d = Decoder { data: &bytes, pos: 0, limits: &limits, move_out: None };
+            let mut d = Decoder::new(&bytes, &limits, None);
             let prefix = d.value(0).map(|_| d.pos);
             prop_assert_eq!(skipped.as_ref().ok(), prefix.as_ref().ok());
             prop_assert_eq!(skipped.is_ok() && skipped.ok() == Some(bytes.len()), decoded.is_ok());

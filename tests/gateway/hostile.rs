@@ -138,6 +138,12 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         let m = raw.request(h(Handler::Ping), val(Value::Tuple(vec![flood]))).await;
         let e = exception(&m);
         assert!(e.is("RuntimeError") && e.message().contains("max_values"), "{e}");
+        // Big integers: Python's decimal conversion is what they cost.
+        let big: num_bigint::BigInt = "7".repeat(4000).parse().unwrap();
+        let bigs = Value::Tuple((0..100).map(|_| Value::Int(rpyc::wire::Int::Big(big.clone()))).collect());
+        let m = raw.request(h(Handler::Ping), val(Value::Tuple(vec![bigs]))).await;
+        let e = exception(&m);
+        assert!(e.is("RuntimeError") && e.message().contains("digits"), "{e}");
         // …and after all that, the connection still works.
         let m = raw
             .request(
@@ -153,7 +159,7 @@ async fn hostile_requests_are_refused_and_the_connection_survives() {
         assert_eq!(m.kind, MSG_REPLY, "{:?}", m.args);
         assert_eq!(m.args, val("SLAVE".into()));
         let metrics = gw.handle.metrics_text();
-        for (reason, n) in [("malformed", 4), ("member", 1), ("handler", 2), ("object", 1), ("limit", 2)] {
+        for (reason, n) in [("malformed", 4), ("member", 1), ("handler", 2), ("object", 1), ("limit", 3)] {
             let line = format!("rpyc_gateway_denials_total{{reason=\"{reason}\"}} {n}");
             assert!(metrics.contains(&line), "{line} missing in {metrics}");
         }
