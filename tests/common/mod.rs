@@ -62,6 +62,17 @@ impl Drop for ChildGuard {
 }
 
 impl ChildGuard {
+    /// Peak resident memory of the process so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib << 10
+    }
+
     /// Waits (bounded) for a stdout line starting with `prefix`; returns the rest.
     pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;
@@ -162,4 +173,27 @@ pub fn build_examples(names: &[&str]) -> PathBuf {
     let (ok, out) = run_with_timeout(cmd, Duration::from_secs(1200));
     assert!(ok, "building the examples {names:?} failed:\n{out}");
     profile_dir.join("examples")
+}
+
+/// Brine for a tuple of `tuples` tuples of 1,000,000 `None` each: a frame
+/// that deflates to a few KB and inflates to `tuples` MB, the decode
+/// amplification attack.
+pub fn tuples_of_none(tuples: u8) -> Vec<u8> {
+    let mut raw = vec![0x14, tuples];
+    for _ in 0..tuples {
+        raw.push(0x15);
+        raw.extend_from_slice(&1_000_000u32.to_be_bytes());
+        raw.extend(std::iter::repeat_n(0u8, 1_000_000));
+    }
+    raw
+}
+
+/// `payload` as one zlib-compressed frame, whatever its size.
+pub fn compressed_frame(payload: &[u8]) -> Vec<u8> {
+    let mut cfg = rpyc::channel::ChannelConfig::default();
+    cfg.compress_up_to = usize::MAX;
+    cfg.compression_level = 9;
+    let frame = rpyc::channel::encode_frame(payload, &cfg);
+    assert_eq!(frame[4], 1, "compressed");
+    frame
 }

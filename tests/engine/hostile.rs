@@ -2,6 +2,7 @@
 //! that the server gives a clear answer (an exception or a close), keeps its
 //! memory bounded, and keeps serving a well-behaved second client.
 
+use crate::common::compressed_frame;
 use crate::common::serve;
 use crate::raw::{boxed, callattr_args, local_ref, request_frame, rss, Raw};
 use rpyc::channel::{encode_frame, ChannelConfig};
@@ -342,13 +343,7 @@ impl ServeProcess {
 
     /// Peak resident memory so far (VmHWM), in bytes.
     fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.guard.child.id())).unwrap_or_default();
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib << 10
+        self.guard.peak_rss()
     }
 }
 
@@ -368,27 +363,6 @@ fn callattr_payload_with(root: &Value, name: &str, raw: &[u8]) -> Vec<u8> {
     [&payload[..at], raw, &payload[at + marker.len()..]].concat()
 }
 
-/// A zlib-compressed frame (level 9) around `payload`.
-fn compressed_frame(payload: &[u8]) -> Vec<u8> {
-    let mut cfg = ChannelConfig::default();
-    cfg.compress_up_to = usize::MAX;
-    cfg.compression_level = 9;
-    let frame = encode_frame(payload, &cfg);
-    assert_eq!(frame[4], 1, "compressed");
-    frame
-}
-
-/// Brine for a tuple of `tuples` tuples of 1,000,000 `None` each.
-fn tuples_of_none(tuples: u8) -> Vec<u8> {
-    let mut raw = vec![0x14, tuples];
-    for _ in 0..tuples {
-        raw.push(0x15);
-        raw.extend_from_slice(&1_000_000u32.to_be_bytes());
-        raw.extend(std::iter::repeat_n(0u8, 1_000_000));
-    }
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_frame_cannot_decode_into_hundreds_of_megabytes() {
     let _heavy = crate::raw::HEAVY.lock().await;
@@ -401,7 +375,7 @@ async fn a_small_frame_cannot_decode_into_hundreds_of_megabytes() {
     // it used to raise the server's RSS by 252 MiB), then the worst a
     // 64 KB frame can inflate to: 60 such tuples, 60 MB.
     for tuples in [8, 60] {
-        let frame = compressed_frame(&callattr_payload_with(&root, "echo", &tuples_of_none(tuples)));
+        let frame = compressed_frame(&callattr_payload_with(&root, "echo", &crate::common::tuples_of_none(tuples)));
         assert!(frame.len() <= 64 << 10, "{} bytes on the wire", frame.len());
         let mut raw = Raw::connect(server.addr).await;
         raw.send(&frame).await;

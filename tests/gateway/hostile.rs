@@ -195,17 +195,11 @@ async fn garbage_closes_only_that_connection() {
     .await;
 }
 
-/// Peak resident memory of a process, from /proc (KiB).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// One request whose argument tuple holds `n` Nones, compressed: a few KB on
-/// the wire, `n` bytes inflated, ~32 × `n` bytes if decoded into values.
-fn bomb(handler: Handler, seq: i64, root: &Value, n: usize) -> Vec<u8> {
-    // (1, (seq, (handler, (2, ((3, root), (1, "x"), (1, (None,) * n))))))
+/// One request whose last argument is `tuples` tuples of a million Nones,
+/// compressed: a few KB on the wire, `tuples` MB inflated, ~32 bytes per
+/// None if decoded into values.
+fn bomb(handler: Handler, seq: i64, root: &Value, tuples: u8) -> Vec<u8> {
+    // (1, (seq, (handler, (2, ((3, root), (1, "x"), (1, <tuples>))))))
     let mut head = Vec::new();
     let tuple = |items: Vec<Value>| Value::Tuple(items);
     let args = tuple(vec![
@@ -216,26 +210,10 @@ fn bomb(handler: Handler, seq: i64, root: &Value, n: usize) -> Vec<u8> {
         ]),
     ]);
     encode_message(Dialect::V6, MSG_REQUEST, seq, &args, &mut head);
-    // Replace the trailing None (1 byte) with n Nones, in tuples of a
-    // million (the most one tuple may hold).
+    // Replace the trailing None (1 byte) with the tuples.
     assert_eq!(head.pop(), Some(0x00));
-    let per = 1_000_000;
-    head.push(0x14); // tuple, 1-byte length
-    head.push(u8::try_from(n / per).unwrap());
-    for _ in 0..n / per {
-        head.push(0x15); // tuple, 4-byte length
-        head.extend_from_slice(&(per as u32).to_be_bytes());
-        head.resize(head.len() + per, 0x00);
-    }
-    let mut out = vec![0u8; 5];
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut z, &head).unwrap();
-    let body = z.finish().unwrap();
-    out[..4].copy_from_slice(&(body.len() as u32).to_be_bytes());
-    out[4] = 1;
-    out.extend_from_slice(&body);
-    out.push(b'\n');
-    out
+    head.extend_from_slice(&common::tuples_of_none(tuples));
+    common::compressed_frame(&head)
 }
 
 /// Compressed frames that inflate to 60 MB of `None`s, in requests the
@@ -257,7 +235,6 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
         })
         .await;
         let addr = url.trim_start_matches("tls://").to_string();
-        let gw_pid = child.child.id();
         let connect = || async {
             let (stream, _) = step("connect", connect_tls(&addr, &pki.client("bob"))).await.unwrap();
             let mut raw = Raw { stream, seq: 100 };
@@ -266,8 +243,8 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
             (raw, pack)
         };
         let (mut raw, pack) = connect().await;
-        let before = peak_rss_kib(gw_pid);
-        const N: usize = 60_000_000;
+        let before = child.peak_rss();
+        const N: u8 = 60;
         for (i, h) in [Handler::Pickle, Handler::GetAttr, Handler::Pickle, Handler::GetAttr].into_iter().enumerate() {
             let frame = bomb(h, 1000 + i as i64, &pack, N);
             assert!(frame.len() < 64 << 10, "the bomb is {} bytes on the wire", frame.len());
@@ -281,10 +258,11 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
             let e = exception(&m);
             assert!(e.is("RuntimeError") && e.message().contains("max_values"), "{e}");
         }
-        let sequential = peak_rss_kib(gw_pid).saturating_sub(before);
+        let sequential = child.peak_rss().saturating_sub(before);
         assert!(
-            sequential < 256 << 10,
-            "four 64 KB frames, one after another, raised the gateway's peak by {sequential} KiB"
+            sequential < 256 << 20,
+            "four 64 KB frames, one after another, raised the gateway's peak by {} MiB",
+            sequential >> 20
         );
         // Four at once, on four connections.
         let mut tasks = Vec::new();
@@ -303,8 +281,8 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
         for t in tasks {
             assert_eq!(t.await.unwrap(), MSG_EXCEPTION);
         }
-        let parallel = peak_rss_kib(gw_pid).saturating_sub(before);
-        assert!(parallel < 512 << 10, "four 64 KB frames at once raised the gateway's peak by {parallel} KiB");
+        let parallel = child.peak_rss().saturating_sub(before);
+        assert!(parallel < 512 << 20, "four 64 KB frames at once raised the gateway's peak by {} MiB", parallel >> 20);
         // Still serving.
         let m = raw
             .request(
@@ -318,7 +296,7 @@ async fn decode_amplification_is_bounded_in_the_gateway() {
             )
             .await;
         assert_eq!(m.args, val("SLAVE".into()));
-        eprintln!("gateway peak RSS growth: sequential {sequential} KiB, parallel {parallel} KiB");
+        eprintln!("gateway peak RSS growth: sequential {} MiB, parallel {} MiB", sequential >> 20, parallel >> 20);
     })
     .await;
 }
