@@ -127,33 +127,13 @@ pub const BASE_HANDLERS: &[Handler] = &[
     Handler::Del,
 ];
 
-/// Attribute names that lead from an object to code, frames, globals,
-/// builtins or the class hierarchy. Refused for every identity without
-/// `classic`, whatever its policy grants — they are how a Python object
-/// reaches `eval`.
+/// Public attribute names that lead from an object to frames, code,
+/// globals or builtins (of tracebacks, frames, generators, coroutines,
+/// functions, and `type.mro`). Refused for every identity without
+/// `classic`, whatever its policy grants. Dunders need no list: only those
+/// [`grantable_dunder`] names can be granted at all (`__class__`,
+/// `__globals__`, `__dict__`, `__subclasses__` … never).
 pub const INTROSPECTION_NAMES: &[&str] = &[
-    "__class__",
-    "__dict__",
-    "__globals__",
-    "__code__",
-    "__closure__",
-    "__self__",
-    "__func__",
-    "__bases__",
-    "__base__",
-    "__mro__",
-    "__subclasses__",
-    "__builtins__",
-    "__import__",
-    "__getattribute__",
-    "__reduce__",
-    "__reduce_ex__",
-    "__init_subclass__",
-    "__set_name__",
-    "__wrapped__",
-    "__loader__",
-    "__spec__",
-    "__module__",
     "mro",
     "tb_frame",
     "tb_next",

@@ -318,13 +318,7 @@ impl Session {
     /// Checks a client request; on success it is recorded as pending.
     fn admit(&self, seq: i64, payload: &[u8], body: usize) -> Result<(), Refusal> {
         let req = scan::request(payload, body, &self.decode).map_err(|d| (d, None, None))?;
-        let first_name = |r: &Request| match (r.handler, r.args.get(1)) {
-            (
-                Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr | Handler::OldSlicing,
-                Some(a),
-            ) => scan::name_arg(payload, a, &self.decode).ok(),
-            _ => None,
-        };
+        let first_name = |r: &Request| scan::audit_name(payload, r, &self.decode);
         if *self.draining.borrow() {
             return Err((Denial::Draining, Some(req.handler), first_name(&req)));
         }
@@ -414,12 +408,7 @@ impl Session {
             // while classic rights last.
             let root = Grant::new(None, Step::Root);
             out.grant = Some(if h == Handler::GetRoot { root } else { Grant::new(Some(&root), Step::Classic) });
-            out.name = match (h, req.args.get(1)) {
-                (Handler::GetAttr | Handler::CallAttr | Handler::SetAttr | Handler::DelAttr, Some(a)) => {
-                    scan::name_arg(payload, a, lim).ok()
-                }
-                _ => None,
-            };
+            out.name = scan::audit_name(payload, req, lim);
             return Ok(out);
         }
         // Every object passed anywhere in the arguments: the upstream's must
@@ -1072,19 +1061,22 @@ async fn upstream_pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     continue;
                 }
                 let grant = Grant::new(None, if policy.classic { Step::Classic } else { Step::CallbackArg });
-                for arg in &req.args {
-                    let recorded = scan::arg_refs(frame.payload(), arg, &s.decode, &mut |label, id| {
-                        if label == RefLabel::Remote && s.lock().table.add(id, &grant).is_err() {
-                            return Err(Denial::Limit(String::new()));
-                        }
-                        Ok(())
-                    });
-                    if recorded.is_err() {
-                        return End::Client(format!(
-                            "the client holds {} upstream objects (the limit)",
-                            super::capability::MAX_OBJECTS
-                        ));
-                    }
+                let recorded = {
+                    let mut st = s.lock();
+                    req.args.iter().try_for_each(|arg| {
+                        scan::arg_refs(frame.payload(), arg, &s.decode, &mut |label, id| {
+                            if label == RefLabel::Remote && st.table.add(id, &grant).is_err() {
+                                return Err(Denial::Limit(String::new()));
+                            }
+                            Ok(())
+                        })
+                    })
+                };
+                if recorded.is_err() {
+                    return End::Client(format!(
+                        "the client holds {} upstream objects (the limit)",
+                        super::capability::MAX_OBJECTS
+                    ));
                 }
                 s.lock().callbacks.insert(head.seq, (Instant::now(), req.handler));
                 s.ctx.shared.metrics.callbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

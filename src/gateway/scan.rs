@@ -296,6 +296,17 @@ pub(crate) fn name_arg(payload: &[u8], arg: &Arg, limits: &DecodeLimits) -> Resu
     }
 }
 
+/// The attribute name a request names, for the audit trail (GETATTR,
+/// SETATTR, DELATTR, CALLATTR, and OLDSLICING's first attempt).
+pub(crate) fn audit_name(payload: &[u8], req: &Request, limits: &DecodeLimits) -> Option<String> {
+    match (req.handler, req.args.get(1)) {
+        (Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr | Handler::OldSlicing, Some(a)) => {
+            name_arg(payload, a, limits).ok()
+        }
+        _ => None,
+    }
+}
+
 /// An argument that must be an exact int (a count, a protocol number).
 pub(crate) fn int_arg(payload: &[u8], arg: &Arg, limits: &DecodeLimits) -> Result<i64, Denial> {
     let Arg::Value(s, _) = arg else {
