@@ -24,6 +24,11 @@ setup_venv() {
 
 setup_venv .venv6 6.0.2
 setup_venv .venv5 5.3.1
+# PyYAML reads the Kubernetes manifests in the deployment-kit test.
+if ! .venv6/bin/python -c "import yaml" 2>/dev/null; then
+    log "installing PyYAML into .venv6"
+    .venv6/bin/pip install --quiet --disable-pip-version-check "pyyaml>=6,<7"
+fi
 export RPYC_PYTHON6="$PWD/.venv6/bin/python"
 export RPYC_PYTHON5="$PWD/.venv5/bin/python"
 

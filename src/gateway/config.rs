@@ -16,10 +16,17 @@
 //! url = "tcp://127.0.0.1:18830"       # loopback only: plain TCP could be relayed
 //! secrets = "secrets.toml"            # identity = "secret", one per line
 //!
-//! [upstream.classic]                  # the servers behind, typically on loopback
+//! [upstream.classic]                  # one server, typically on loopback
 //! url = "tcp://127.0.0.1:18812"
 //!
-//! [upstream.calc]                     # found through the registry by service name
+//! [upstream.calc]                     # a pool: each new connection goes to a
+//! urls = ["tcp://10.0.0.5:18812",     # healthy server (power of two choices)
+//!         "tcp://10.0.0.6:18812"]
+//!
+//! [upstream.batch]                    # servers found through DNS SRV (Consul, a
+//! url = "srv://_rpyc._tcp.batch.example.com"  # Kubernetes headless service), re-resolved at the TTL
+//!
+//! [upstream.legacy]                   # found through the registry by service name
 //! service = "CALCULATOR"
 //! registry = "127.0.0.1"
 //!
@@ -27,7 +34,17 @@
 //! groups = ["admins"]
 //! upstream = "classic"
 //! [[route]]
+//! groups = ["batch"]
+//! upstream = "batch"
+//! [[route]]
 //! upstream = "calc"                   # no conditions: everyone else
+//!
+//! [health]                            # every 5 s, connect + RPyC PING to every
+//! interval_secs = 5                   # server; a failing one gets no new clients
+//! timeout_secs = 2
+//!
+//! [dns]                               # for srv:// upstreams; default: the system resolver
+//! nameservers = ["10.0.0.2:53"]
 //!
 //! [groups]                            # identity -> groups
 //! alice = ["admins"]
@@ -46,7 +63,7 @@
 //! file = "audit.jsonl"                # json only; default: stdout
 //!
 //! [metrics]
-//! listen = "127.0.0.1:9108"           # GET /metrics, GET /healthz
+//! listen = "127.0.0.1:9108"           # GET /metrics, GET /healthz (503: an upstream has no healthy server)
 //! ```
 //!
 //! Relative paths are relative to the configuration file's directory.
@@ -99,6 +116,55 @@ pub struct GatewayConfig {
     /// The metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Active health checks of the upstream servers.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// The DNS servers for `srv://` upstreams.
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// Active health checks: every `interval_secs`, each upstream server is
+/// connected to and must answer an RPyC PING within `timeout_secs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Seconds between checks. Default: 5.
+    pub interval_secs: f64,
+    /// Seconds a check may take (connect and PING). Default: 2.
+    pub timeout_secs: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { interval_secs: 5.0, timeout_secs: 2.0 }
+    }
+}
+
+/// Which DNS servers resolve `srv://` upstreams.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DnsConfig {
+    /// `HOST:PORT` of each nameserver (IP addresses). Default: none, which
+    /// means the system resolver (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+}
+
+impl DnsConfig {
+    /// The nameservers as socket addresses.
+    pub fn socket_addrs(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        self.nameservers
+            .iter()
+            .map(|n| {
+                n.parse().map_err(|_| {
+                    ConfigError(format!("dns.nameservers: {n:?} is not IP:PORT (e.g. \"10.0.0.2:53\" or \"[::1]:53\")"))
+                })
+            })
+            .collect()
+    }
 }
 
 /// One listener.
@@ -167,9 +233,14 @@ pub enum Protocol {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct UpstreamConfig {
-    /// `tcp://host:port`, `unix:///path` or `tls://host:port`.
+    /// One server: `tcp://host:port`, `unix:///path`, `tls://host:port`,
+    /// or `srv://_rpyc._tcp.NAME` (every target of the DNS SRV record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Several servers (a pool), each as `url`: new client connections go
+    /// to a healthy one (see [`HealthConfig`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// Instead of `url`: a service name to look up in the registry at each
     /// connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,8 +254,9 @@ pub struct UpstreamConfig {
     /// authenticated clients to their own server.
     #[serde(default = "loopback")]
     pub registry_hosts: Vec<String>,
-    /// tls (or a registry-found server over TLS): the CA that signed the
-    /// upstream's certificate.
+    /// tls (or a server found through `srv://` or the registry, which is
+    /// then reached over TLS): the CA that signed the upstream's
+    /// certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
     /// tls: the gateway's client certificate for the upstream.
@@ -210,6 +282,7 @@ impl UpstreamConfig {
     pub fn url(url: impl Into<String>) -> UpstreamConfig {
         UpstreamConfig {
             url: Some(url.into()),
+            urls: Vec::new(),
             service: None,
             registry: None,
             registry_hosts: loopback(),
@@ -221,11 +294,24 @@ impl UpstreamConfig {
         }
     }
 
-    /// A description for logs: the URL or `service NAME via REGISTRY`.
+    /// A pool of servers at these URLs.
+    pub fn urls<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> UpstreamConfig {
+        let mut u = UpstreamConfig::url("");
+        u.url = None;
+        u.urls = urls.into_iter().map(Into::into).collect();
+        u
+    }
+
+    /// Every URL given (`url`, then `urls`).
+    pub fn targets(&self) -> Vec<String> {
+        self.url.iter().chain(&self.urls).cloned().collect()
+    }
+
+    /// A description for logs: the URLs or `service NAME via REGISTRY`.
     pub fn describe(&self) -> String {
-        match (&self.url, &self.service) {
-            (Some(u), _) => u.clone(),
-            (None, Some(s)) => format!("service {s} via registry {}", self.registry.as_deref().unwrap_or("?")),
+        match (self.targets(), &self.service) {
+            (t, _) if !t.is_empty() => t.join(", "),
+            (_, Some(s)) => format!("service {s} via registry {}", self.registry.as_deref().unwrap_or("?")),
             _ => "?".into(),
         }
     }
@@ -479,26 +565,40 @@ impl GatewayConfig {
             return err("no upstream: add an [upstream.NAME] with a url");
         }
         for (name, u) in &self.upstreams {
-            match (&u.url, &u.service) {
-                (Some(url), None) => {
-                    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-                    if !matches!(scheme, "tcp" | "unix" | "tls") {
-                        return err(format!(
-                            "upstream {name:?}: unsupported url {url:?}: use tcp://host:port, unix:///path or tls://host:port"
-                        ));
+            let targets = u.targets();
+            match (targets.is_empty(), &u.service) {
+                (false, None) => {
+                    for url in &targets {
+                        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+                        if !matches!(scheme, "tcp" | "unix" | "tls" | "srv") {
+                            return err(format!(
+                                "upstream {name:?}: unsupported url {url:?}: use tcp://host:port, unix:///path, \
+                                 tls://host:port or srv://_service._tcp.name"
+                            ));
+                        }
+                        if scheme == "tls" && u.ca.is_none() {
+                            return err(format!(
+                                "upstream {name:?}: tls:// needs ca (the CA of the upstream's certificate)"
+                            ));
+                        }
+                        if scheme == "srv" && url.trim_start_matches("srv://").trim_matches('.').is_empty() {
+                            return err(format!("upstream {name:?}: {url:?} names no SRV record"));
+                        }
                     }
-                    if scheme == "tls" && u.ca.is_none() {
+                    if targets.len() > super::pool::MAX_MEMBERS {
                         return err(format!(
-                            "upstream {name:?}: tls:// needs ca (the CA of the upstream's certificate)"
+                            "upstream {name:?}: {} urls; a pool has at most {} servers",
+                            targets.len(),
+                            super::pool::MAX_MEMBERS
                         ));
                     }
                 }
-                (None, Some(_)) => {
+                (true, Some(_)) => {
                     if u.registry.is_none() {
                         return err(format!("upstream {name:?}: service needs registry = \"host[:port]\""));
                     }
                 }
-                _ => return err(format!("upstream {name:?}: give exactly one of url or service")),
+                _ => return err(format!("upstream {name:?}: give url (or urls) or service, not both and not neither")),
             }
             if u.cert.is_some() != u.key.is_some() {
                 return err(format!("upstream {name:?}: cert and key go together"));
@@ -528,6 +628,14 @@ impl GatewayConfig {
                 return err(format!("limits.{what} must be a number of seconds"));
             }
         }
+        for (what, v) in
+            [("health.interval_secs", self.health.interval_secs), ("health.timeout_secs", self.health.timeout_secs)]
+        {
+            if !(0.05..1e6).contains(&v) {
+                return err(format!("{what} must be a number of seconds (at least 0.05)"));
+            }
+        }
+        self.dns.socket_addrs()?;
         if self.audit.file.is_some() && self.audit.format != AuditFormat::Json {
             return err("audit.file needs audit.format = \"json\" (text records go to the log)");
         }
@@ -608,6 +716,26 @@ mod tests {
                 "not defined",
             ),
             ("[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\nbogus = 1\n", "bogus"),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"tcp://x:1\"\nservice = \"S\"\nregistry = \"r\"\n",
+                "not both",
+            ),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurls = [\"tcp://x:1\", \"ftp://y\"]\n",
+                "unsupported url \"ftp://y\"",
+            ),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"srv://\"\n",
+                "names no SRV record",
+            ),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"tcp://x:1\"\n[dns]\nnameservers = [\"ns1:53\"]\n",
+                "is not IP:PORT",
+            ),
+            (
+                "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"tcp://x:1\"\n[health]\ninterval_secs = 0\n",
+                "health.interval_secs",
+            ),
         ] {
             let e = GatewayConfig::from_toml(text, base).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want), "{text:?}: {e}");

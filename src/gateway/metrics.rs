@@ -235,21 +235,17 @@ pub(crate) fn json(s: &str) -> String {
     out
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` (`ok`, or 503
-/// `draining` once shutdown began) until the task is aborted. One short
-/// request per connection; anything else gets 404.
-pub(crate) async fn serve_http(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    draining: tokio::sync::watch::Receiver<bool>,
-) {
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` (`ok`, or
+/// 503 with the reason: shutdown began, or a routed upstream has no
+/// healthy server) until the task is aborted. One short request per
+/// connection; anything else gets 404.
+pub(crate) async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<super::Shared>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let metrics = metrics.clone();
-        let draining = *draining.borrow();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = Vec::with_capacity(1024);
             let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -270,9 +266,11 @@ pub(crate) async fn serve_http(
             let line = String::from_utf8_lossy(&buf);
             let path = line.split_whitespace().nth(1).unwrap_or("");
             let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" | "/health" if draining => ("503 Service Unavailable", "text/plain", "draining\n".into()),
-                "/healthz" | "/health" => ("200 OK", "text/plain", "ok\n".into()),
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", shared.metrics_text()),
+                "/healthz" | "/health" => match shared.unhealthy() {
+                    Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                    None => ("200 OK", "text/plain", "ok\n".into()),
+                },
                 _ => ("404 Not Found", "text/plain", "not found: try /metrics or /healthz\n".into()),
             };
             let head = format!(

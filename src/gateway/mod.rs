@@ -54,6 +54,7 @@ mod capability;
 pub mod config;
 mod metrics;
 pub mod policy;
+mod pool;
 mod relay;
 mod scan;
 
@@ -62,12 +63,13 @@ pub use policy::{GatewayPolicy, GatewayPolicySet};
 
 use crate::auth::{Authenticator, ChallengeResponse, SshPublicKey, TlsClientCert};
 use crate::server::{Admission, Refused};
-use crate::transport::tls::{TlsAcceptor, TlsClientConfig, TlsReloadHandle, TlsServerConfig};
-use crate::transport::{connect_endpoint, ssh, BoxStream, Endpoint, Incoming, Listener, TcpOptions};
+use crate::transport::tls::{TlsAcceptor, TlsReloadHandle, TlsServerConfig};
+use crate::transport::{ssh, Incoming, Listener};
 use config::{secs, AuditFormat};
 use metrics::{AuditSink, Metrics};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -151,6 +153,7 @@ pub(crate) struct Shared {
     pub draining: watch::Sender<bool>,
     next_conn: AtomicU64,
     active: AtomicUsize,
+    pub pools: Arc<pool::Pools>,
 }
 
 impl Shared {
@@ -167,6 +170,24 @@ impl Shared {
         let rules = self.rules();
         let (name, p) = rules.config.policy.resolve(Some(identity), groups);
         (rules.generation, name.to_string(), Arc::new(p.clone()))
+    }
+
+    pub(crate) fn metrics_text(&self) -> String {
+        let mut text = self.metrics.render();
+        self.pools.render(&mut text);
+        text
+    }
+
+    /// Why `/healthz` must say 503, if it must.
+    pub(crate) fn unhealthy(&self) -> Option<String> {
+        if *self.draining.borrow() {
+            return Some("draining: the gateway is shutting down".into());
+        }
+        let down = self.pools.unhealthy(&self.rules().config);
+        if down.is_empty() {
+            return None;
+        }
+        Some(down.into_iter().map(|(_, why)| why).collect::<Vec<_>>().join("\n"))
     }
 
     fn limiter(&self, identity: &str) -> Arc<IdentityLimiter> {
@@ -337,7 +358,15 @@ impl Gateway {
             None => None,
         };
         let (draining, _) = watch::channel(false);
+        // Know which upstream servers are up before the first client comes.
+        let pools = Arc::new(pool::Pools::new(&config));
+        let (_, check_timeout) = pool::settings(&config);
+        pools.round(check_timeout).await;
+        for (name, why) in pools.unhealthy(&config) {
+            tracing::warn!(upstream = %name, reason = %why, "no healthy upstream server at start");
+        }
         let shared = Arc::new(Shared {
+            pools,
             rules: RwLock::new(Arc::new(Rules { config, generation: 1 })),
             generation: AtomicU64::new(1),
             metrics: Arc::new(Metrics::default()),
@@ -385,9 +414,12 @@ impl Gateway {
     /// Serves until [`GatewayHandle::shutdown`], then waits for the
     /// connections to drain (each bounded by the drain timeout).
     pub async fn run(self) {
-        let metrics_task = self.metrics_listener.map(|l| {
-            tokio::spawn(metrics::serve_http(l, self.shared.metrics.clone(), self.shared.draining.subscribe()))
-        });
+        let metrics_task = self.metrics_listener.map(|l| tokio::spawn(metrics::serve_http(l, self.shared.clone())));
+        let health_task = {
+            let shared = self.shared.clone();
+            let settings = move || pool::settings(&shared.rules().config);
+            tokio::spawn(self.shared.pools.clone().run(settings, self.shared.draining.subscribe()))
+        };
         let state = Admission::new(self.shared.rules().config.limits.max_connections.max(1));
         let mut tasks = Vec::new();
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -412,6 +444,7 @@ impl Gateway {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        health_task.abort();
         tracing::info!("gateway stopped");
         self.done.send_replace(true);
     }
@@ -443,7 +476,13 @@ impl GatewayHandle {
 
     /// The current metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.shared.metrics_text()
+    }
+
+    /// `None` if the gateway can place a new connection on every routed
+    /// upstream; else why not (what `/healthz` answers with 503).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.shared.unhealthy()
     }
 
     /// Applies a new configuration: policies, routes, upstreams, groups and
@@ -498,6 +537,7 @@ impl GatewayHandle {
             report.reloaded.push(l.name.clone());
         }
         let generation = old.generation + 1;
+        self.shared.pools.sync(&config);
         *self.shared.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Rules { config, generation });
         self.shared.generation.store(generation, Ordering::Release);
         for r in &report.needs_restart {
@@ -602,7 +642,7 @@ async fn serve_incoming(incoming: Incoming, l: Arc<ListenerRt>, shared: Arc<Shar
         tracing::warn!(listener = %l.name, %peer, %identity, "connection refused: no route for this identity");
         return;
     };
-    let Some(upstream) = rules.config.upstreams.get(&upstream_name).cloned() else {
+    let Some(pool) = shared.pools.get(&upstream_name) else {
         return;
     };
     drop(rules);
@@ -624,66 +664,162 @@ async fn serve_incoming(incoming: Incoming, l: Arc<ListenerRt>, shared: Arc<Shar
         groups: creds.groups.clone(),
         peer: peer.to_string(),
         upstream_name,
-        upstream,
+        pool,
     };
     relay::relay(ctx, stream).await;
 }
 
-/// Opens a stream to an upstream; returns it with the address used.
-pub(crate) async fn connect_upstream(u: &UpstreamConfig, timeout: Duration) -> Result<(BoxStream, String), String> {
-    let tcp = TcpOptions { connect_timeout: timeout, ..TcpOptions::default() };
-    let tls = |u: &UpstreamConfig| -> Result<TlsClientConfig, String> {
-        let mut c = TlsClientConfig::new();
-        if let Some(ca) = &u.ca {
-            c = c.with_ca_file(ca).map_err(|e| e.to_string())?;
-        }
-        if let (Some(cert), Some(key)) = (&u.cert, &u.key) {
-            c = c.with_identity_files(cert, key).map_err(|e| e.to_string())?;
-        }
-        if let Some(n) = &u.server_name {
-            c = c.with_server_name(n.clone());
-        }
-        c.handshake_timeout = timeout;
-        Ok(c)
-    };
-    let open = |ep: Endpoint, shown: String| {
-        let tcp = tcp.clone();
-        async move { connect_endpoint(&ep, &tcp).await.map(|(s, _)| (s, shown.clone())).map_err(|e| e.to_string()) }
-    };
-    if let Some(url) = &u.url {
-        let ep = if url.starts_with("tls://") {
-            Endpoint::parse_tls(url, tls(u)?).map_err(|e| e.to_string())?
+/// What [`check`] found: the effective configuration, in words, and the
+/// problems with the files it names.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct CheckReport {
+    /// Listeners, upstreams, routes, policies and settings as the gateway
+    /// would apply them.
+    pub summary: String,
+    /// Files the configuration names that do not exist yet (needed at start).
+    pub missing: Vec<String>,
+    /// Files that exist but cannot be used (a bad certificate, key, secrets
+    /// file): starting would fail.
+    pub errors: Vec<String>,
+}
+
+/// Checks a configuration without starting anything (`rpyc gateway
+/// --check`): every rule [`GatewayConfig::validate`] knows, then every
+/// certificate, key and secrets file it names. Nothing is bound and no
+/// upstream is contacted.
+pub fn check(config: &GatewayConfig) -> Result<CheckReport, GatewayError> {
+    use std::fmt::Write as _;
+    config.validate()?;
+    let mut r = CheckReport::default();
+    let file = |path: &std::path::Path, r: &mut CheckReport| -> bool {
+        if path.exists() {
+            true
         } else {
-            Endpoint::parse(url).map_err(|e| e.to_string())?
-        };
-        return open(ep, url.clone()).await;
-    }
-    let (Some(service), Some(registry)) = (&u.service, &u.registry) else {
-        return Err("the upstream has neither url nor service".into());
+            r.missing.push(path.display().to_string());
+            false
+        }
     };
-    let client = match registry.strip_prefix("tcp://") {
-        Some(addr) => crate::registry::RegistryClient::tcp(addr),
-        None => crate::registry::RegistryClient::udp(registry.strip_prefix("udp://").unwrap_or(registry)),
-    }
-    .map_err(|e| e.to_string())?
-    .timeout(timeout.min(Duration::from_secs(5)));
-    let found = client.discover(service).await.map_err(|e| format!("registry {registry}: {e}"))?;
-    let usable: Vec<_> = found.into_iter().filter(|a| u.registry_hosts.contains(&a.host)).collect();
-    if usable.is_empty() {
-        return Err(format!(
-            "registry {registry} knows no server for service {service:?} on an allowed host ({})",
-            u.registry_hosts.join(", ")
-        ));
-    }
-    let mut last = String::new();
-    for a in usable {
-        let addr = a.to_string();
-        let ep = if u.ca.is_some() { Endpoint::tls(addr.clone(), tls(u)?) } else { Endpoint::Tcp(addr.clone()) };
-        let shown = format!("{}://{addr} (service {service})", if u.ca.is_some() { "tls" } else { "tcp" });
-        match open(ep, shown).await {
-            Ok(x) => return Ok(x),
-            Err(e) => last = e,
+    for l in &config.listeners {
+        let scheme = l.url.split_once("://").map_or("", |(s, _)| s);
+        let what = format!("listener {:?}", l.display_name());
+        match scheme {
+            "tls" => {
+                let files: Vec<PathBuf> = match &l.tls {
+                    Some(d) => ["ca.pem", "server.pem", "server.key"].iter().map(|f| d.join(f)).collect(),
+                    None => [&l.cert, &l.key, &l.client_ca].into_iter().flatten().cloned().collect(),
+                };
+                let before = r.missing.len();
+                files.iter().for_each(|f| {
+                    file(f, &mut r);
+                });
+                if r.missing.len() == before {
+                    if let Err(e) = tls_server_config(l).and_then(|c| c.to_rustls().map_err(setup)) {
+                        r.errors.push(format!("{what}: {e}"));
+                    }
+                }
+            }
+            "ssh" => {
+                if let Some(k) = &l.authorized_keys {
+                    let shown = k.display().to_string();
+                    let per_user = shown.contains("%u");
+                    let dir = if per_user { k.parent().map(PathBuf::from) } else { Some(k.clone()) };
+                    if let Some(d) = dir {
+                        file(&d, &mut r);
+                    }
+                }
+                // The host key is created on first start if missing.
+            }
+            _ => {
+                if let Some(s) = &l.secrets {
+                    if file(s, &mut r) {
+                        if let Err(e) = load_secrets(s) {
+                            r.errors.push(format!("{what}: {e}"));
+                        }
+                    }
+                }
+            }
         }
     }
-    Err(last)
+    for (name, u) in &config.upstreams {
+        let before = r.missing.len();
+        [&u.ca, &u.cert, &u.key].into_iter().flatten().for_each(|f| {
+            file(f, &mut r);
+        });
+        if r.missing.len() == before && (u.ca.is_some() || u.cert.is_some()) {
+            if let Err(e) = upstream_tls(u) {
+                r.errors.push(format!("upstream {name:?}: {e}"));
+            }
+        }
+    }
+    let s = &mut r.summary;
+    let _ = writeln!(s, "listeners:");
+    for l in &config.listeners {
+        let auth = match l.url.split_once("://").map_or("", |(s, _)| s) {
+            "tls" => "client certificate",
+            "ssh" => "SSH key",
+            _ => "challenge-response",
+        };
+        let allow = l.allow.as_ref().map_or("every authenticated identity".to_string(), |a| a.join(", "));
+        let _ = writeln!(s, "  {:<24} {}  auth: {auth}; allowed: {allow}", l.display_name(), l.url);
+    }
+    let _ = writeln!(s, "upstreams:");
+    for (name, u) in &config.upstreams {
+        let tls = if u.ca.is_some() { ", TLS" } else { "" };
+        let _ = writeln!(s, "  {name:<24} {}  (protocol {:?}{tls})", u.describe(), u.protocol);
+    }
+    let _ = writeln!(
+        s,
+        "health checks: every {} s, {} s timeout; DNS: {}",
+        config.health.interval_secs,
+        config.health.timeout_secs,
+        if config.dns.nameservers.is_empty() {
+            "system resolver".to_string()
+        } else {
+            config.dns.nameservers.join(", ")
+        }
+    );
+    let _ = writeln!(s, "routes (first match wins):");
+    if config.routes.is_empty() {
+        let _ = writeln!(s, "  everyone -> {}", config.upstreams.keys().next().map_or("?", String::as_str));
+    }
+    for (i, rt) in config.routes.iter().enumerate() {
+        let mut who = Vec::new();
+        for (k, v) in [("identities", &rt.identities), ("groups", &rt.groups), ("listeners", &rt.listeners)] {
+            if !v.is_empty() {
+                who.push(format!("{k} [{}]", v.join(", ")));
+            }
+        }
+        let who = if who.is_empty() { "everyone".to_string() } else { who.join(" and ") };
+        let _ = writeln!(s, "  {}. {who} -> {}", i + 1, rt.upstream);
+    }
+    let _ = writeln!(s, "policies:");
+    let set = &config.policy;
+    for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p)))
+    {
+        let _ = writeln!(s, "  {name}: {}", policy::describe(p));
+    }
+    for (what, map) in [("identity", &set.identities), ("group", &set.groups)] {
+        for (k, v) in map {
+            let _ = writeln!(s, "  {what} {k} -> {v}");
+        }
+    }
+    for (id, gs) in &config.groups {
+        let _ = writeln!(s, "  {id} is in groups [{}]", gs.join(", "));
+    }
+    let m = config.metrics.listen.as_deref().unwrap_or("off");
+    let _ = writeln!(s, "metrics: {m}; audit: {:?}", config.audit.format);
+    Ok(r)
+}
+
+/// Loads an upstream's CA and client certificate the way its connections will.
+fn upstream_tls(u: &UpstreamConfig) -> Result<(), String> {
+    let mut c = crate::transport::tls::TlsClientConfig::new();
+    if let Some(ca) = &u.ca {
+        c = c.with_ca_file(ca).map_err(|e| e.to_string())?;
+    }
+    if let (Some(cert), Some(key)) = (&u.cert, &u.key) {
+        c.with_identity_files(cert, key).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

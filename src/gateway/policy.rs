@@ -442,6 +442,36 @@ impl GatewayPolicy {
     }
 }
 
+/// One line saying what a policy grants (for `rpyc gateway --check`).
+pub(crate) fn describe(p: &GatewayPolicy) -> String {
+    if p.classic {
+        return "classic = true: full trust (code execution on a classic upstream)".into();
+    }
+    let list = |v: &BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>().join(", ");
+    let mut parts = Vec::new();
+    parts.push(if p.root_allow.is_empty() {
+        "root: every public member".to_string()
+    } else {
+        format!("root: {}", list(&p.root_allow))
+    });
+    if !p.root_deny.is_empty() {
+        parts.push(format!("root_deny: {}", list(&p.root_deny)));
+    }
+    for (class, members) in &p.objects {
+        parts.push(format!("{class}: {}", list(members)));
+    }
+    let handlers = p.allow_handlers.minus(p.deny_handlers).handlers();
+    parts.push(format!("handlers: {}", handlers.iter().map(|h| h.name()).collect::<Vec<_>>().join(" ")));
+    parts.push(format!("callbacks: {}", if p.callbacks { "yes" } else { "no" }));
+    if p.max_in_flight > 0 {
+        parts.push(format!("max_in_flight {}", p.max_in_flight));
+    }
+    if p.rate_per_sec > 0.0 {
+        parts.push(format!("rate {}/s", p.rate_per_sec));
+    }
+    parts.join("; ")
+}
+
 /// Fields of earlier versions that denied names instead of granting them;
 /// a policy that still sets one is refused with the way forward.
 const REMOVED_FIELDS: &[(&str, &str)] = &[

@@ -145,7 +145,7 @@ pub(crate) struct ConnCtx {
     pub groups: Vec<String>,
     pub peer: String,
     pub upstream_name: String,
-    pub upstream: super::config::UpstreamConfig,
+    pub pool: Arc<super::pool::Pool>,
     pub limiter: Arc<IdentityLimiter>,
 }
 
@@ -771,24 +771,16 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         tracing::info!(conn = ctx.conn_id, identity = %ctx.identity, "client's first message is not RPyC");
         return;
     };
-    let upstream_dialect = match ctx.upstream.protocol {
+    let upstream_dialect = match ctx.pool.config.protocol {
         Protocol::Rpyc6 => Dialect::V6,
         Protocol::Rpyc5 => Dialect::V5,
         _ => client_dialect,
     };
     let timeout = secs(limits.upstream_timeout_secs);
-    let opened = tokio::time::timeout(timeout, async {
-        let (mut up, desc) = super::connect_upstream(&ctx.upstream, timeout).await?;
-        let (root, early) =
-            fetch_root(&mut up, upstream_dialect, &channel, &decode).await.map_err(|e| format!("{desc}: {e}"))?;
-        Ok::<_, String>((up, desc, root, early))
-    })
-    .await
-    .unwrap_or_else(|_| Err(format!("{}: no answer within {timeout:?}", ctx.upstream.describe())));
-    let (upstream, upstream_desc, root, early) = match opened {
+    let opened = open_upstream(&ctx, upstream_dialect, &channel, &decode, timeout).await;
+    let (upstream, lease, root, early) = match opened {
         Ok(x) => x,
         Err(e) => {
-            ctx.shared.metrics.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(conn = ctx.conn_id, identity = %ctx.identity, upstream = %ctx.upstream_name, error = %e, "cannot reach the upstream");
             // Answer the request that is waiting, so the client learns why.
             if let Ok(msg) = decode_message(client_dialect, first.payload(), &decode) {
@@ -805,6 +797,7 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
             return;
         }
     };
+    let upstream_desc = lease.0.url.clone();
     tracing::info!(
         conn = ctx.conn_id,
         identity = %ctx.identity,
@@ -870,6 +863,9 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         End::Upstream(e) => {
             session.ctx.shared.metrics.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(conn, identity = %session.ctx.identity, upstream = %session.upstream_desc, error = %e, "upstream connection lost");
+            // Check the server now rather than at the next interval: if it
+            // is gone, new clients stop being sent there at once.
+            session.ctx.shared.pools.wake.notify_one();
             Some(format!("upstream {:?} ({}) went away: {e}", session.ctx.upstream_name, session.upstream_desc))
         }
         End::Drained { .. } => Some("the gateway shut down before the upstream answered".to_string()),
@@ -889,6 +885,89 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
     // A clean end for the client (TLS close_notify), unless it stopped reading.
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, client_sink.shutdown()).await;
     tracing::info!(conn, identity = %session.ctx.identity, reason = %why, "connection ended");
+    drop(lease);
+}
+
+/// Connects to a server of the client's upstream pool and fetches its
+/// root. A server that cannot be reached is ejected from the pool and
+/// another one is tried (at most [`super::pool`]'s attempt limit), all
+/// within `timeout`.
+async fn open_upstream(
+    ctx: &ConnCtx,
+    dialect: Dialect,
+    channel: &ChannelConfig,
+    decode: &DecodeLimits,
+    timeout: Duration,
+) -> Result<(BoxStream, super::pool::Lease, IdPack, Vec<RawFrame>), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tried = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    loop {
+        let lease = match ctx.pool.pick(&tried) {
+            Ok(l) => l,
+            Err(e) if errors.is_empty() => return Err(e),
+            Err(_) => return Err(errors.join("; ")),
+        };
+        let member = lease.0.clone();
+        let attempt = tokio::time::timeout_at(deadline, async {
+            let mut up = member.connect(timeout).await?;
+            let (root, early) = fetch_root(&mut up, dialect, channel, decode).await?;
+            Ok::<_, String>((up, root, early))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        match attempt {
+            Ok((up, root, early)) => return Ok((up, lease, root, early)),
+            Err(e) => {
+                ctx.shared.metrics.upstream_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                member.eject(&ctx.upstream_name, &e);
+                ctx.shared.pools.wake.notify_one();
+                errors.push(format!("{}: {e}", member.url));
+                tried.push(member);
+                if tried.len() >= super::pool::MAX_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                    return Err(errors.join("; "));
+                }
+            }
+        }
+    }
+}
+
+/// Sends an RPyC PING on a fresh stream and waits for its echo: what a
+/// health check asks of an upstream server.
+pub(crate) async fn ping(
+    up: &mut BoxStream,
+    dialect: Dialect,
+    channel: &ChannelConfig,
+    decode: &DecodeLimits,
+) -> Result<(), String> {
+    const DATA: &[u8] = b"rpyc-gateway-health";
+    let args = Value::Tuple(vec![
+        Value::from(Handler::Ping.id()),
+        Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![Value::Bytes(DATA.to_vec())])]),
+    ]);
+    up.write_all(&frame_of(dialect, MSG_REQUEST, ROOT_SEQ, &args, channel)).await.map_err(|e| e.to_string())?;
+    up.flush().await.map_err(|e| e.to_string())?;
+    let mut reader = RawReader::new(&mut *up, channel.clone());
+    for _ in 0..MAX_EARLY_FRAMES {
+        let frame = match reader.read().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("closed the connection without answering PING".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let msg = decode_message(dialect, frame.payload(), decode)
+            .map_err(|e| format!("answered PING with something that is not RPyC {dialect:?}: {e}"))?;
+        match msg.kind {
+            MSG_REPLY if msg.seq == ROOT_SEQ => {
+                return match msg.args.as_tuple() {
+                    Some([_, Value::Bytes(b)]) if b == DATA => Ok(()),
+                    _ => Err(format!("answered PING with {}", msg.args.repr())),
+                };
+            }
+            MSG_EXCEPTION if msg.seq == ROOT_SEQ => return Err(format!("refused PING: {}", Exception::load(msg.args))),
+            _ => {}
+        }
+    }
+    Err(format!("sent {MAX_EARLY_FRAMES} messages without answering PING"))
 }
 
 /// Asks the upstream for its root (GETROOT under the gateway's own

@@ -3,6 +3,9 @@
 //! ```text
 //! rpyc gateway --config gateway.toml
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812 [--policy policy.toml]
+//! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://10.0.0.5:18812 --upstream tcp://10.0.0.6:18812
+//! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream srv://_rpyc._tcp.calc.example --dns 10.0.0.2:53
+//! rpyc gateway --config gateway.toml --check
 //! ```
 //!
 //! SIGHUP reloads the configuration (policies, routes, upstreams,
@@ -22,16 +25,31 @@ pub struct GatewayArgs {
     /// [[route]], [policy], [limits], [audit], [metrics]).
     #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "tls", "upstream", "policy"])]
     pub config: Option<PathBuf>,
+    /// Check the configuration and the files it names, print what the
+    /// gateway would apply (listeners, upstreams, routes, policies), and
+    /// exit: 0 if it can start, 1 if not. Binds nothing, contacts nobody.
+    #[arg(long)]
+    pub check: bool,
     /// Where clients connect: tls://HOST:PORT (with --tls).
-    #[arg(long, value_name = "URL", requires_all = ["tls", "upstream"])]
+    #[arg(long, value_name = "URL", requires_all = ["tls"])]
     pub listen: Option<String>,
     /// Certificate directory for --listen: ca.pem (client certificates must
     /// be signed by it), server.pem, server.key — as `rpyc certs init` writes.
     #[arg(long, value_name = "CERTDIR")]
     pub tls: Option<PathBuf>,
-    /// The RPyC server behind the gateway: tcp://HOST:PORT or unix:///PATH.
+    /// The RPyC server behind the gateway: tcp://HOST:PORT, unix:///PATH,
+    /// or srv://_SERVICE._tcp.NAME (every target of a DNS SRV record).
+    /// Repeat for a pool: new connections go to a healthy server.
     #[arg(long, value_name = "URL")]
-    pub upstream: Option<String>,
+    pub upstream: Vec<String>,
+    /// Seconds between health checks of the upstream servers (connect and
+    /// RPyC PING). Default: 5.
+    #[arg(long, value_name = "SECS")]
+    pub health_interval: Option<f64>,
+    /// DNS server for srv:// upstreams, as IP:PORT (repeatable). Default:
+    /// the system resolver.
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns: Vec<String>,
     /// Policy file (TOML: [default], [policies.NAME], [identities], [groups]).
     /// Default for every identity: the root's public methods (not the
     /// classic roots) and their by-value results, nothing else; objects
@@ -55,7 +73,7 @@ fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>>
     let mut config = if let Some(path) = &args.config {
         GatewayConfig::load(path)?
     } else {
-        let (Some(listen), Some(tls), Some(upstream)) = (&args.listen, &args.tls, &args.upstream) else {
+        let (Some(listen), Some(tls), false) = (&args.listen, &args.tls, args.upstream.is_empty()) else {
             return Err(usage(
                 "give --config FILE, or --listen tls://HOST:PORT --tls CERTDIR --upstream tcp://HOST:PORT",
             ));
@@ -73,10 +91,26 @@ fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>>
         let mut l = ListenerConfig::default();
         l.url = listen.clone();
         l.tls = Some(tls.clone());
-        let config = GatewayConfig::simple(l, UpstreamConfig::url(upstream.clone()), policy);
-        config.validate()?;
-        config
+        let upstream = match args.upstream.as_slice() {
+            [one] => UpstreamConfig::url(one.clone()),
+            many => UpstreamConfig::urls(many.iter().cloned()),
+        };
+        GatewayConfig::simple(l, upstream, policy)
     };
+    if let Some(secs) = args.health_interval {
+        if !(0.05..1e6).contains(&secs) {
+            return Err(usage(format!("--health-interval {secs}: give a number of seconds, at least 0.05")));
+        }
+        config.health.interval_secs = secs;
+    }
+    if !args.dns.is_empty() {
+        for d in &args.dns {
+            if d.parse::<std::net::SocketAddr>().is_err() {
+                return Err(usage(format!("invalid --dns {d:?}: expected IP:PORT, e.g. 10.0.0.2:53")));
+            }
+        }
+        config.dns.nameservers = args.dns.clone();
+    }
     if args.audit_json || args.audit_file.is_some() {
         let mut audit = AuditConfig::default();
         audit.format = AuditFormat::Json;
@@ -88,11 +122,34 @@ fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>>
         metrics.listen = Some(m.clone());
         config.metrics = metrics;
     }
+    config.validate()?;
     Ok(config)
+}
+
+/// `--check`: what the gateway would apply, and whether it could start.
+fn check(args: &GatewayArgs, config: &GatewayConfig) -> CmdResult {
+    let report = rpyc::gateway::check(config)?;
+    let origin = args.config.as_ref().map_or("the command line".to_string(), |p| p.display().to_string());
+    print!("{}", report.summary);
+    for m in &report.missing {
+        println!("missing: {m} (must exist when the gateway starts)");
+    }
+    if report.errors.is_empty() {
+        println!("configuration {origin} is valid");
+        return Ok(());
+    }
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    Err(format!("configuration {origin}: {} problem(s) would stop the gateway from starting", report.errors.len())
+        .into())
 }
 
 pub fn run_gateway(args: &GatewayArgs) -> CmdResult {
     let config = load(args)?;
+    if args.check {
+        return check(args, &config);
+    }
     let audit_on_stdout = config.audit.format == AuditFormat::Json && config.audit.file.is_none();
     super::support::runtime()?.block_on(async move {
         let gateway = Gateway::bind(config).await?;
