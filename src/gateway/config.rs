@@ -354,7 +354,8 @@ pub struct Limits {
     pub max_frame: usize,
     /// Largest payload after inflating a compressed frame. Default: 64 MiB.
     pub max_inflated: usize,
-    /// Deepest brine nesting accepted. Default: 64.
+    /// Deepest brine nesting accepted, counting the message envelope.
+    /// Default: 300 (values nested 256 deep pass, as between Python peers).
     pub max_depth: usize,
     /// Most requests one client connection may have awaiting replies.
     /// Default: 4096.
@@ -390,7 +391,7 @@ impl Default for Limits {
         Limits {
             max_frame: 64 << 20,
             max_inflated: 64 << 20,
-            max_depth: 64,
+            max_depth: 300,
             max_pending: 4096,
             max_connections: 10_000,
             max_connections_per_peer: 1_000,

@@ -53,8 +53,12 @@ const IMM_BIAS: i64 = 0x50;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DecodeLimits {
-    /// Deepest nesting of tuples/frozensets/slices accepted. Default: 64
-    /// (RPyC messages themselves use about 5 levels).
+    /// Deepest nesting of tuples/frozensets/slices accepted, counting the
+    /// message's own envelope (about 5 levels). Default: 300, so values
+    /// nested 256 deep and more pass, as they do between Python peers
+    /// (CPython's recursion limit stops brine near 330 levels). Decoding,
+    /// encoding and dropping recurse once per level, so this also bounds
+    /// the stack they use.
     pub max_depth: usize,
     /// Most items in one tuple or frozenset. Default: 1,000,000.
     pub max_items: usize,
@@ -84,7 +88,7 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
-            max_depth: 64,
+            max_depth: 300,
             max_items: 1_000_000,
             max_int_digits: 4300,
             max_decoded_bytes: (64 << 20) + (64 << 10),

@@ -247,3 +247,20 @@ async fn upstream_found_through_the_registry() {
     })
     .await;
 }
+
+/// Values nested 256 deep pass the gateway both ways, as between Python
+/// peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_values_pass_the_gateway() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, _port, gw) = python_behind_gateway("service", &pki, "").await;
+        let conn = rust_client(&gw, &pki, "bob").await;
+        let root = step("root", conn.root()).await.unwrap();
+        let deep = (0..256).fold(rpyc::Value::Tuple(vec![]), |v, _| rpyc::Value::Tuple(vec![v]));
+        let back: rpyc::Value =
+            step("echo", root.call_method("echo", (rpyc::Object::Value(deep.clone()),))).await.unwrap();
+        assert_eq!(back, deep);
+    })
+    .await;
+}

@@ -9,6 +9,7 @@
 mod common;
 
 mod brine_corpus;
+mod deep_values;
 mod policy_parity;
 mod python_clients;
 mod python_servers;

@@ -1,0 +1,81 @@
+//! Values nested as deep as Python peers nest them: 256 levels pass in
+//! both directions (Python's own brine stops near 330), deeper ones are
+//! refused without harming the server.
+
+use crate::common::{self, python6, run_with_timeout};
+use rpyc::{Object, ServerConfig, Value};
+use std::process::Command;
+use std::time::Duration;
+
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(Value::Tuple(vec![]), |v, _| Value::Tuple(vec![v]))
+}
+
+fn depth_of(v: &Value) -> usize {
+    let mut d = 0;
+    let mut v = v;
+    while let Value::Tuple(items) = v {
+        match items.first() {
+            Some(inner) => {
+                d += 1;
+                v = inner;
+            }
+            None => break,
+        }
+    }
+    d
+}
+
+const PY_ECHO_DEEP: &str = r#"
+import sys, rpyc
+c = rpyc.connect("127.0.0.1", int(sys.argv[1]))
+for n in (64, 256, 290):
+    v = ()
+    for _ in range(n):
+        v = (v,)
+    r = c.root.echo(v)
+    d = 0
+    while r:
+        r = r[0]
+        d += 1
+    print("depth", n, "echoed", d)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_echoes_deep_tuples_through_a_rust_server() {
+    let (addr, stop) = common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
+    let port = addr.port().to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python6());
+        cmd.arg("-c").arg(PY_ECHO_DEEP).arg(port);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    for n in [64, 256, 290] {
+        assert!(out.contains(&format!("depth {n} echoed {n}")), "{out}");
+    }
+    assert!(ok, "{out}");
+    // Deeper than any Python peer can send: refused, and the server keeps
+    // serving (tests/engine/hostile.rs sends 10,000 levels as raw bytes).
+    let conn = rpyc::connect(&addr.to_string()).await.unwrap();
+    let root = conn.root().await.unwrap();
+    let err = root.call_method::<Value>("echo", (Object::Value(nested(400)),)).await;
+    assert!(err.is_err(), "a 400-deep value must not pass");
+    let conn = rpyc::connect(&addr.to_string()).await.unwrap();
+    let v: i64 = conn.root().await.unwrap().call_method("add", (2, 3)).await.unwrap();
+    assert_eq!(v, 5);
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_echoes_deep_tuples_through_a_python_server() {
+    let (_server, port) =
+        tokio::task::spawn_blocking(|| common::python_server(&python6(), &["--kind", "service"])).await.unwrap();
+    let conn = rpyc::connect(&format!("127.0.0.1:{port}")).await.unwrap();
+    let root = conn.root().await.unwrap();
+    for n in [64, 256, 290] {
+        let back: Value = root.call_method("echo", (Object::Value(nested(n)),)).await.unwrap();
+        assert_eq!(depth_of(&back), n);
+    }
+}
