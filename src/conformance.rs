@@ -115,6 +115,7 @@ pub struct Options {}
 /// Builds the CONFORMANCE service.
 pub fn service() -> Service {
     Service::builder("conformance", || ())
+        .docstring("The CONFORMANCE service: what every rpyc implementation must answer alike.")
         .method("line_length(line)", |line: String| Ok(line.chars().count()))
         .method("add(x, y)", |x: Value, y: Value| py_add(&x, &y))
         .method("test(num)", |num: Value| py_add(&Value::Int(Int::Small(1)), &num))

@@ -160,6 +160,13 @@ impl<T: Send + Sync + 'static> ServiceBuilder<T> {
         self
     }
 
+    /// The service's docstring: what a peer reads as `conn.root.__doc__`
+    /// (default: `None`).
+    pub fn docstring(mut self, text: &str) -> Self {
+        self.class = self.class.docstring(text);
+        self
+    }
+
     /// Docstring of the last added member.
     pub fn doc(mut self, text: &str) -> Self {
         self.class = self.class.doc(text);

@@ -241,12 +241,89 @@ fn resolve(ctx: &Ctx, inst: &Arc<Instance>, name: &str, access: Access) -> Resul
             }
             inst.class.member(&m).cloned().ok_or_else(|| Error::cannot_access(name))
         }
-        Some(Resolved::Missing(n)) => Err(Error::attribute_error(format!(
-            "'{}' object has no attribute {}",
-            short_name(&inst.class),
-            Value::from(n).repr()
-        ))),
+        Some(Resolved::Missing(n)) if policy.allow_safe_attrs && policy.safe_attrs.contains(n) => {
+            implicit(n).ok_or_else(|| missing(inst, n))
+        }
+        Some(Resolved::Missing(n)) => Err(missing(inst, n)),
     }
+}
+
+fn missing(inst: &Arc<Instance>, n: &str) -> Error {
+    Error::attribute_error(format!("'{}' object has no attribute {}", short_name(&inst.class), Value::from(n).repr()))
+}
+
+/// The safe dunders every Python object has (from `object`), for Rust
+/// objects whose class does not define them: what a Python server answers
+/// for `obj.__doc__`, `format(obj, "")`, `obj.__hash__()`, `obj.__eq__(x)`…
+fn implicit(name: &str) -> Option<Member> {
+    fn method(sig: &str, f: impl Fn(Call) -> BoxFuture<Result<Object>> + Send + Sync + 'static) -> Member {
+        Member {
+            vis: crate::policy::Visibility::Plain,
+            kind: MemberKind::Method { f: Arc::new(f), sig: Arc::new(Signature::parse(sig)) },
+            doc: String::new(),
+        }
+    }
+    fn args(call: &Call, n: usize) -> Result<Vec<Object>> {
+        if call.args.len() != n || !call.kwargs.is_empty() {
+            return Err(Error::type_error(format!(
+                "{}() takes exactly {n} argument{} ({} given)",
+                call.sig.name,
+                if n == 1 { "" } else { "s" },
+                call.args.len() + call.kwargs.len()
+            )));
+        }
+        Ok(call.args.iter().cloned().collect())
+    }
+    Some(match name {
+        "__doc__" => Member {
+            vis: crate::policy::Visibility::Plain,
+            kind: MemberKind::Attr {
+                get: Arc::new(|call: &Call| {
+                    Ok(Object::Value(call.target.class.doc.clone().map_or(Value::None, Value::Str)))
+                }),
+                set: None,
+            },
+            doc: String::new(),
+        },
+        "__repr__" | "__str__" => {
+            let names: &'static [&'static str] =
+                if name == "__repr__" { &["__repr__"] } else { &["__str__", "__repr__"] };
+            method(&format!("{name}()"), move |call| match args(&call, 0) {
+                Ok(_) => text(call.ctx.clone(), Object::Local(call.target.clone()), names),
+                Err(e) => ready(Err(e)),
+            })
+        }
+        "__format__" => method("__format__(format_spec)", |call| {
+            let spec = match args(&call, 1).map(|a| a.into_iter().next().map(Object::into_value)) {
+                Ok(Some(Ok(Value::Str(s)))) => s,
+                Ok(_) => return ready(Err(Error::type_error("__format__() argument must be str"))),
+                Err(e) => return ready(Err(e)),
+            };
+            if !spec.is_empty() {
+                // object.__format__ accepts only the empty format spec.
+                return ready(Err(Error::type_error(format!(
+                    "unsupported format string passed to {}.__format__",
+                    short_name(&call.target.class)
+                ))));
+            }
+            text(call.ctx.clone(), Object::Local(call.target.clone()), &["__str__", "__repr__"])
+        }),
+        "__hash__" => method("__hash__()", |call| match args(&call, 0) {
+            Ok(_) => ready(Ok(Object::Value(Value::from(object_hash(&call.target))))),
+            Err(e) => ready(Err(e)),
+        }),
+        "__eq__" | "__ne__" | "__lt__" | "__le__" | "__gt__" | "__ge__" => {
+            let op = name.to_string();
+            method(&format!("{name}(other)"), move |call| match args(&call, 1) {
+                Ok(a) => {
+                    let other = a.into_iter().next().unwrap_or_else(Object::none);
+                    cmp(call.ctx.clone(), Object::Local(call.target.clone()), other, &op)
+                }
+                Err(e) => ready(Err(e)),
+            })
+        }
+        _ => return None,
+    })
 }
 
 fn short_name(c: &ClassDef) -> &str {

@@ -191,6 +191,8 @@ pub struct ClassDef {
     pub(crate) id: i64,
     pub(crate) members: HashMap<String, Member>,
     pub(crate) order: Vec<String>,
+    /// The class docstring (`__doc__`); `None` as for a Python class without one.
+    pub(crate) doc: Option<String>,
 }
 
 impl ClassDef {
@@ -287,6 +289,7 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
                 id: NEXT_CLASS_ID.fetch_add(1, Ordering::Relaxed),
                 members: HashMap::new(),
                 order: Vec::new(),
+                doc: None,
             },
             _t: PhantomData,
         }
@@ -405,6 +408,13 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
             set(state, value.extract::<V>()?)
         });
         self.insert_attr(name, Visibility::Exposed, get, Some(setter));
+        self
+    }
+
+    /// Sets the class docstring: what a peer reads as `obj.__doc__`
+    /// (default: `None`, as for a Python class without one).
+    pub fn docstring(mut self, text: &str) -> Self {
+        self.def.doc = Some(text.to_string());
         self
     }
 

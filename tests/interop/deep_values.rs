@@ -79,3 +79,54 @@ async fn rust_client_echoes_deep_tuples_through_a_python_server() {
         assert_eq!(depth_of(&back), n);
     }
 }
+
+/// The dunders of RPyC's `safe_attrs` that every Python object has work on
+/// Rust objects as on a Python server's.
+const PY_SAFE_ATTRS: &str = r#"
+import sys, rpyc
+c = rpyc.connect("127.0.0.1", int(sys.argv[1]))
+r = c.root
+print("doc", repr(r.__doc__))
+print("format-empty", format(r, "") == str(r), r.__format__("") == str(r), "{}".format(r) == str(r))
+try:
+    format(r, "x")
+    print("format-x no error")
+except TypeError as e:
+    print("format-x TypeError", "unsupported format string" in str(e))
+print("hash", r.__hash__() == hash(r))
+print("eq", r.__eq__(r), r.__ne__(r))
+print("lt", r.__lt__(r) is NotImplemented)
+print("repr-str", r.__repr__() == repr(r), r.__str__() == str(r))
+try:
+    r.__bool__
+    print("bool present")
+except AttributeError:
+    print("bool AttributeError")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_attrs_on_rust_objects_behave_as_on_python_objects() {
+    let (addr, stop) = common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
+    let port = addr.port().to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python6());
+        cmd.arg("-c").arg(PY_SAFE_ATTRS).arg(port);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    stop.shutdown();
+    assert!(ok, "{out}");
+    for want in [
+        "doc 'The CONFORMANCE service: what every rpyc implementation must answer alike.'",
+        "format-empty True True True",
+        "format-x TypeError True",
+        "hash True",
+        "eq True False",
+        "lt True",
+        "repr-str True True",
+        "bool AttributeError",
+    ] {
+        assert!(out.lines().any(|l| l == want), "expected {want:?} in:\n{out}");
+    }
+}
