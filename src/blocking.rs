@@ -444,10 +444,10 @@ impl Netref {
         run(self.0.to_vec()).map(|v| v.into_iter().map(Object).collect())
     }
 
-    /// Typed extraction of a remote iterable (list, tuple, generator, map
-    /// object…): each item must convert to `T`, so
-    /// `let path: Vec<String> = sys_path.get()?` copies a remote list of str.
-    pub fn get<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+    /// Copies a remote iterable (list, tuple, set, generator, map object…)
+    /// into a Rust collection `T`: `let path: Vec<String> = sys_path.get()?`
+    /// copies a remote list of str; `get::<BTreeSet<i64>>()` a set.
+    pub fn get<T: DeserializeOwned>(&self) -> Result<T> {
         run(self.0.get())
     }
 

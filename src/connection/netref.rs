@@ -178,10 +178,12 @@ impl Netref {
         Ok(out)
     }
 
-    /// Typed extraction of a remote iterable (list, tuple, generator…): each
-    /// item must convert to `T`.
-    pub async fn get<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.to_vec().await?.into_iter().map(Object::extract).collect()
+    /// Copies a remote iterable (list, tuple, set, generator, dict keys…)
+    /// into a Rust collection `T`: `get::<Vec<String>>()`,
+    /// `get::<Vec<(String, i64)>>()`, `get::<BTreeSet<i64>>()`. Items are
+    /// fetched in batches (BUFFITER); each must convert to `T`'s item type.
+    pub async fn get<T: DeserializeOwned>(&self) -> Result<T> {
+        Object::Tuple(self.to_vec().await?).extract()
     }
 
     /// `obj.__exit__(exc)` — the context-manager exit (RPyC's CTXEXIT).

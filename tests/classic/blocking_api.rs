@@ -110,7 +110,7 @@ fn script_style_proxies() {
         (vec![3, 1, 2],),
         rpyc::Kwargs::new().arg("reverse", true),
     );
-    assert_eq!(sorted.expect("sorted").into_netref().expect("list").get::<i64>().expect("ints"), vec![3, 2, 1]);
+    assert_eq!(sorted.expect("sorted").into_netref().expect("list").get::<Vec<i64>>().expect("ints"), vec![3, 2, 1]);
 
     // Errors carry class, message and traceback.
     let err = c.eval("int('this is not a valid number')").expect_err("ValueError");

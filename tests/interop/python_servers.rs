@@ -46,8 +46,12 @@ async fn service_checks(dialect: Dialect) {
     assert_eq!(list.len().await.expect("len"), 5);
     assert_eq!(list.getitem(-1).await.expect("getitem").extract::<i64>().expect("int"), 4);
     assert!(list.contains(3).await.expect("contains"));
-    assert_eq!(list.get::<i64>().await.expect("get"), vec![0, 1, 2, 3, 4]);
+    assert_eq!(list.get::<Vec<i64>>().await.expect("get"), vec![0, 1, 2, 3, 4]);
+    let set: std::collections::BTreeSet<i64> = list.get().await.expect("get as a set");
+    assert_eq!(set.len(), 5);
     let d = root.callattr("make_dict", ()).await.expect("make_dict").into_netref().expect("netref");
+    let keys: Vec<String> = d.get().await.expect("a dict's keys");
+    assert_eq!(keys, ["a", "b"]);
     assert_eq!(d.getitem("b").await.expect("getitem").extract::<i64>().expect("int"), 2);
 
     // Exceptions keep class, message and the remote traceback.
