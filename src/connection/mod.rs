@@ -1246,6 +1246,16 @@ async fn with_idle_timeout<F: Future>(idle: Option<Duration>, f: F) -> std::resu
 fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result<(), String> {
     let mut dialect = shared.dialect();
     if shared.dialect.load(Ordering::Acquire) == DIALECT_UNKNOWN {
+        if let Some((sender, seq, kind)) = message::bind_threads_message(&payload) {
+            // Tell the peer why, in its own framing, then hang up.
+            if kind == message::MSG_REQUEST {
+                let exc = Exception::new("NotImplementedError", message::BIND_THREADS_REFUSAL);
+                let mut buf = vec![0; HEADER_LEN];
+                buf.extend(message::bind_threads_refusal(sender, seq, &exc.dump(Dialect::V6.version(), "rpyc")));
+                let _ = shared.queue(Out::Frame(finish_frame(buf, &shared.cfg.channel)), true, true);
+            }
+            return Err(message::BIND_THREADS_REFUSAL.to_string());
+        }
         dialect = Dialect::detect(&payload).ok_or_else(|| {
             format!(
                 "first message starts with byte 0x{:02x}; expected an rpyc 6.x (1-3) or 5.x (0x12) message",

@@ -768,6 +768,19 @@ pub(crate) async fn relay(ctx: ConnCtx, client: BoxStream) {
         }
     };
     let Some(client_dialect) = Dialect::detect(first.payload()) else {
+        if let Some((sender, seq, kind)) = crate::wire::message::bind_threads_message(first.payload()) {
+            tracing::info!(conn = ctx.conn_id, identity = %ctx.identity, "client uses bind_threads framing: refused");
+            if kind == MSG_REQUEST {
+                let exc = Exception::new("NotImplementedError", crate::wire::message::BIND_THREADS_REFUSAL);
+                let mut buf = vec![0u8; HEADER_LEN];
+                let dumped = exc.dump(Dialect::V6.version(), "rpyc gateway");
+                buf.extend(crate::wire::message::bind_threads_refusal(sender, seq, &dumped));
+                let _ = cw.write_all(&finish_frame(buf, &channel)).await;
+                let _ = cw.flush().await;
+            }
+            let _ = cw.shutdown().await;
+            return;
+        }
         tracing::info!(conn = ctx.conn_id, identity = %ctx.identity, "client's first message is not RPyC");
         return;
     };

@@ -149,6 +149,39 @@ impl Dialect {
     }
 }
 
+/// What a peer using rpyc 6's experimental `bind_threads` framing
+/// (`bind_threads=True`, or `RPYC_BIND_THREADS=true` in its environment)
+/// is told: that framing prefixes every message with two thread ids, which
+/// this implementation does not speak.
+pub const BIND_THREADS_REFUSAL: &str = "the peer uses rpyc's experimental bind_threads framing \
+     (protocol config bind_threads=True or RPYC_BIND_THREADS=true), which is not supported here: \
+     turn it off on the peer";
+
+/// If `payload` is an rpyc 6.x message in `bind_threads` framing — two
+/// big-endian 64-bit thread ids (`brine.I8I8`: the sender's thread, the
+/// receiver's or 0), then the message — returns the sender's thread id and
+/// the sequence number and kind of the message inside.
+pub fn bind_threads_message(payload: &[u8]) -> Option<(u64, i64, u8)> {
+    let (ids, rest) = (payload.get(..16)?, payload.get(16..)?);
+    if Dialect::detect(rest) != Some(Dialect::V6) || Dialect::detect(payload).is_some() {
+        return None;
+    }
+    let sender = u64::from_be_bytes(ids.get(..8)?.try_into().ok()?);
+    let m = decode_message(Dialect::V6, rest, &DecodeLimits::default()).ok()?;
+    Some((sender, m.seq, m.kind))
+}
+
+/// The payload answering a `bind_threads` request with
+/// [`BIND_THREADS_REFUSAL`] as an exception, in the peer's framing, so
+/// that its pending call raises the reason rather than hanging.
+pub fn bind_threads_refusal(sender: u64, seq: i64, exc: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&1u64.to_be_bytes());
+    out.extend_from_slice(&sender.to_be_bytes());
+    encode_message(Dialect::V6, MSG_EXCEPTION, seq, exc, &mut out);
+    out
+}
+
 /// A decoded message, before unboxing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {

@@ -56,6 +56,10 @@ elif scenario == "service":
     print("LIST", list(lst), flush=True)
     expect(PermissionError, lambda: pickle.dumps(lst), "pickle")
     print("STILL", c.root.add(1, 1), flush=True)
+elif scenario == "bind_threads":
+    cfg["bind_threads"] = True
+    c = connect()
+    expect(NotImplementedError, lambda: c.root.add(1, 2), "bind_threads")
 elif scenario == "pending":
     c = connect()
     c.root.add(1, 1)
@@ -274,6 +278,22 @@ async fn python_client_pending_call_fails_when_the_upstream_dies() {
         assert!(line.contains("EOFError") && line.contains("went away"), "{line}");
         let secs: f64 = line.trim_start_matches("after ").split('s').next().unwrap().parse().unwrap();
         assert!(secs < 3.0, "{line}");
+    })
+    .await;
+}
+
+/// rpyc's experimental `bind_threads` framing is refused with a reason the
+/// Python client raises, not a hang or a bare disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_threads_clients_are_told_why_they_are_refused() {
+    bounded(async {
+        let pki = Pki::new();
+        let (_server, _port, gw) = python_behind_gateway("service", &pki, "").await;
+        let (_, out) = python(CLIENT, py_args(&gw, pki.dir.path(), "bob", "bind_threads")).await;
+        assert_lines(
+            &out,
+            &["DENIED bind_threads NotImplementedError: the peer uses rpyc's experimental bind_threads"],
+        );
     })
     .await;
 }

@@ -9,7 +9,7 @@
 mod common;
 
 mod brine_corpus;
-mod deep_values;
+mod edges;
 mod policy_parity;
 mod python_clients;
 mod python_servers;

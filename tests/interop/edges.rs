@@ -1,6 +1,8 @@
-//! Values nested as deep as Python peers nest them: 256 levels pass in
-//! both directions (Python's own brine stops near 330), deeper ones are
-//! refused without harming the server.
+//! Where a Python peer notices the difference: values nested as deep as
+//! Python peers nest them (256 levels pass both ways; Python's own brine
+//! stops near 330, deeper ones are refused without harming the server),
+//! the safe dunders every Python object has, and rpyc's experimental
+//! `bind_threads` framing (refused with a reason the peer raises).
 
 use crate::common::{self, python6, run_with_timeout};
 use rpyc::{Object, ServerConfig, Value};
@@ -129,4 +131,33 @@ async fn safe_attrs_on_rust_objects_behave_as_on_python_objects() {
     ] {
         assert!(out.lines().any(|l| l == want), "expected {want:?} in:\n{out}");
     }
+}
+
+/// A Python client using rpyc's experimental `bind_threads` framing gets
+/// an exception naming it, and the server keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_threads_clients_are_told_why_they_are_refused() {
+    let (addr, stop) = common::serve(rpyc::conformance::service(), ServerConfig::default()).await;
+    let port = addr.port().to_string();
+    let script = r#"
+import sys, rpyc
+c = rpyc.connect("127.0.0.1", int(sys.argv[1]), config={"bind_threads": True, "sync_request_timeout": 10})
+try:
+    c.root.get_answer()
+    print("ANSWERED")
+except NotImplementedError as e:
+    print("REFUSED", str(e).splitlines()[0])
+"#;
+    let (_, out) = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(python6());
+        cmd.arg("-c").arg(script).arg(port);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("REFUSED the peer uses rpyc's experimental bind_threads framing"), "{out}");
+    let conn = rpyc::connect(&addr.to_string()).await.unwrap();
+    let v: i64 = conn.root().await.unwrap().call_method("get_answer", ()).await.unwrap();
+    assert_eq!(v, 42);
+    stop.shutdown();
 }
