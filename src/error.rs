@@ -42,6 +42,11 @@ pub enum Error {
     /// A transport or security layer failed (TLS, SSH, authentication).
     #[error("{0}")]
     Transport(String),
+    /// A service or class definition is wrong (a malformed method
+    /// signature, or one that does not match its closure); found when it
+    /// is built.
+    #[error("invalid service definition: {0}")]
+    Definition(String),
 }
 
 impl Error {

@@ -84,5 +84,5 @@ pub use error::{Error, Result};
 pub use identity::Credentials;
 pub use policy::AccessPolicy;
 pub use server::{Server, ServerConfig};
-pub use service::Service;
+pub use service::{Service, ServiceBuilder};
 pub use wire::{Dialect, Exception, Value};

@@ -188,20 +188,36 @@ impl<T: Send + Sync + 'static> ServiceBuilder<T> {
 
     /// Finishes the service. `get_service_name()` and
     /// `get_service_aliases()` are added as exposed methods, as in Python.
+    ///
+    /// # Panics
+    ///
+    /// If a method's signature string is malformed or does not match its
+    /// closure (see [`ClassBuilder::build`]); [`ServiceBuilder::try_build`]
+    /// returns that as an error instead.
+    #[allow(clippy::panic)]
     pub fn build(self) -> Service {
+        match self.try_build() {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Finishes the service, or says which method signatures are malformed
+    /// or do not match their closures (naming each method).
+    pub fn try_build(self) -> crate::Result<Service> {
         let name = self.aliases.first().cloned().unwrap_or_default();
         let aliases = self.aliases.clone();
         let class = self
             .class
             .method("get_service_name()", move || Ok(name.clone()))
             .method("get_service_aliases()", move || Ok(aliases.clone()))
-            .build();
-        Service(Arc::new(Inner {
+            .try_build()?;
+        Ok(Service(Arc::new(Inner {
             aliases: self.aliases,
             class: class.def().clone(),
             make_state: self.make_state,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
-        }))
+        })))
     }
 }

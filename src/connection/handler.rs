@@ -56,6 +56,107 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// Checks a signature string as Python would parse `def NAME(PARAMS)`:
+    /// an identifier, then optionally one parenthesised list of identifiers
+    /// (each with an optional `=default` or `: annotation`), at most one
+    /// `*args` and one `**kwargs`, nothing after the `)`.
+    pub(crate) fn check(text: &str) -> std::result::Result<(), String> {
+        fn ident(s: &str) -> bool {
+            let mut c = s.chars();
+            c.next().is_some_and(|f| f.is_alphabetic() || f == '_') && c.all(|c| c.is_alphanumeric() || c == '_')
+        }
+        let text = text.trim();
+        let (name, rest) = match text.split_once('(') {
+            Some((n, r)) => (n.trim(), Some(r)),
+            None => (text, None),
+        };
+        if !ident(name) {
+            return Err(format!("{name:?} is not a method name (expected an identifier such as add or __len__)"));
+        }
+        let Some(rest) = rest else { return Ok(()) };
+        let Some(inner) = rest.trim_end().strip_suffix(')') else {
+            return Err("the parameter list does not end with ')'".into());
+        };
+        if inner.contains(['(', ')']) {
+            return Err("parentheses inside the parameter list".into());
+        }
+        let (mut star, mut kw) = (false, false);
+        for p in inner.split(',').map(str::trim) {
+            if p.is_empty() {
+                if inner.trim().is_empty() {
+                    break;
+                }
+                return Err("an empty parameter (two commas, or a comma at an end)".into());
+            }
+            let bare = p.split(['=', ':']).next().unwrap_or(p).trim();
+            let (what, bare) = match (bare.strip_prefix("**"), bare.strip_prefix('*')) {
+                (Some(b), _) => {
+                    if kw {
+                        return Err("two **kwargs parameters".into());
+                    }
+                    kw = true;
+                    ("**", b)
+                }
+                (None, Some(b)) => {
+                    if star {
+                        return Err("two *args parameters".into());
+                    }
+                    star = true;
+                    ("*", b)
+                }
+                _ if star || kw => return Err(format!("parameter {bare:?} after *args or **kwargs")),
+                _ => ("", bare),
+            };
+            if !ident(bare) {
+                return Err(format!("{what}{bare:?} is not a parameter name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a handler parameter uses the call's arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgUse {
+    /// Takes none (`Ctx`, `This<T>`, `SelfObject`).
+    None,
+    /// Takes the next positional or keyword argument.
+    One,
+    /// Takes all that remain (`Args`).
+    Rest,
+}
+
+/// What a handler takes: the positional parameters it consumes, and
+/// whether it takes the rest.
+pub(crate) fn arity(uses: &[ArgUse]) -> (usize, bool) {
+    (uses.iter().filter(|u| **u == ArgUse::One).count(), uses.contains(&ArgUse::Rest))
+}
+
+/// Checks a signature against what its closure takes; the error names
+/// both.
+pub(crate) fn check_against(text: &str, uses: &[ArgUse]) -> std::result::Result<(), String> {
+    Signature::check(text)?;
+    let sig = Signature::parse(text);
+    let (takes, rest) = arity(uses);
+    if sig.params.len() != takes {
+        return Err(format!(
+            "the signature names {} parameter{} ({}) but the closure takes {takes} argument{}",
+            sig.params.len(),
+            if sig.params.len() == 1 { "" } else { "s" },
+            sig.params.join(", "),
+            if takes == 1 { "" } else { "s" },
+        ));
+    }
+    if rest && !sig.varargs {
+        return Err("the closure takes Args (*args) but the signature has no *args parameter".into());
+    }
+    if sig.varargs && !rest {
+        return Err("the signature has *args but the closure takes no Args to receive them".into());
+    }
+    Ok(())
+}
+
 /// One invocation of a method: its target, arguments and context.
 pub struct Call {
     pub(crate) ctx: Ctx,
@@ -117,6 +218,9 @@ impl Call {
 
 /// Builds a handler parameter from a call.
 pub trait FromCall: Sized {
+    /// Which arguments it takes (checked against the method's signature
+    /// when the class is built). Default: one.
+    const USES: ArgUse = ArgUse::One;
     /// Extracts the value, consuming arguments as needed.
     fn from_call(call: &mut Call) -> Result<Self>;
 }
@@ -159,6 +263,7 @@ impl<'de> de::Deserializer<'de> for Missing {
 }
 
 impl FromCall for Ctx {
+    const USES: ArgUse = ArgUse::None;
     fn from_call(call: &mut Call) -> Result<Ctx> {
         Ok(call.ctx.clone())
     }
@@ -200,6 +305,7 @@ impl<T> std::ops::Deref for This<T> {
 }
 
 impl<T: Send + Sync + 'static> FromCall for This<T> {
+    const USES: ArgUse = ArgUse::None;
     fn from_call(call: &mut Call) -> Result<This<T>> {
         call.target.state.clone().downcast::<T>().map(This).map_err(|_| state_mismatch(&call.target))
     }
@@ -209,6 +315,7 @@ impl<T: Send + Sync + 'static> FromCall for This<T> {
 pub struct SelfObject(pub Object);
 
 impl FromCall for SelfObject {
+    const USES: ArgUse = ArgUse::None;
     fn from_call(call: &mut Call) -> Result<SelfObject> {
         Ok(SelfObject(Object::Local(call.target.clone())))
     }
@@ -224,6 +331,7 @@ pub struct Args {
 }
 
 impl FromCall for Args {
+    const USES: ArgUse = ArgUse::Rest;
     fn from_call(call: &mut Call) -> Result<Args> {
         Ok(Args { positional: call.args.drain(..).collect(), keywords: std::mem::take(&mut call.kwargs) })
     }
@@ -330,6 +438,8 @@ into_args_tuple!(A, B, C, D, E, F, G, H);
 /// `Fn(A1, …, An) -> Result<R>` (n ≤ 8) whose parameters are [`FromCall`] and
 /// whose result is [`IntoObject`].
 pub trait SyncHandler<M>: Send + Sync + 'static {
+    /// How each parameter uses the call's arguments.
+    const USES: &'static [ArgUse];
     /// Runs the handler.
     fn invoke(&self, call: Call) -> Result<Object>;
 }
@@ -337,6 +447,8 @@ pub trait SyncHandler<M>: Send + Sync + 'static {
 /// An async method body. Implemented for closures
 /// `Fn(A1, …, An) -> impl Future<Output = Result<R>>` (n ≤ 8).
 pub trait AsyncHandler<M>: Send + Sync + 'static {
+    /// How each parameter uses the call's arguments.
+    const USES: &'static [ArgUse];
     /// Starts the handler.
     fn invoke(&self, call: Call) -> BoxFuture<Result<Object>>;
 }
@@ -349,6 +461,7 @@ macro_rules! handlers {
             R: IntoObject,
             $($a: FromCall,)*
         {
+            const USES: &'static [ArgUse] = &[$($a::USES),*];
             #[allow(non_snake_case, unused_mut, unused_variables)]
             fn invoke(&self, mut call: Call) -> Result<Object> {
                 $(let $a = $a::from_call(&mut call)?;)*
@@ -364,6 +477,7 @@ macro_rules! handlers {
             R: IntoObject,
             $($a: FromCall,)*
         {
+            const USES: &'static [ArgUse] = &[$($a::USES),*];
             #[allow(non_snake_case, unused_mut, unused_variables)]
             fn invoke(&self, mut call: Call) -> BoxFuture<Result<Object>> {
                 let prepared = (|| -> Result<_> {

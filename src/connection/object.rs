@@ -278,6 +278,9 @@ impl Instance {
 /// end with `__` are protocol methods and are always plain.
 pub struct ClassBuilder<T> {
     def: ClassDef,
+    /// Signatures that are malformed or do not fit their closures, found
+    /// as methods are added; reported by `build`.
+    problems: Vec<String>,
     _t: PhantomData<fn(T)>,
 }
 
@@ -291,6 +294,7 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
                 order: Vec::new(),
                 doc: None,
             },
+            problems: Vec::new(),
             _t: PhantomData,
         }
     }
@@ -316,7 +320,14 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
         self.insert(name, Member { vis, kind: MemberKind::Method { f, sig }, doc: String::new() });
     }
 
-    pub(crate) fn insert_sync<M>(&mut self, sig: &str, vis: Visibility, f: impl SyncHandler<M>) {
+    fn check_sig(&mut self, sig: &str, uses: &[super::handler::ArgUse]) {
+        if let Err(e) = super::handler::check_against(sig, uses) {
+            self.problems.push(format!("{}: method {sig:?}: {e}", self.def.name));
+        }
+    }
+
+    pub(crate) fn insert_sync<M, F: SyncHandler<M>>(&mut self, sig: &str, vis: Visibility, f: F) {
+        self.check_sig(sig, F::USES);
         let f = Arc::new(f);
         let call: CallFn = Arc::new(move |call: Call| {
             let r = f.invoke(call);
@@ -325,7 +336,8 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
         self.insert_fn(sig, vis, call);
     }
 
-    pub(crate) fn insert_async<M>(&mut self, sig: &str, vis: Visibility, f: impl AsyncHandler<M>) {
+    pub(crate) fn insert_async<M, F: AsyncHandler<M>>(&mut self, sig: &str, vis: Visibility, f: F) {
+        self.check_sig(sig, F::USES);
         let f = Arc::new(f);
         let call: CallFn = Arc::new(move |call: Call| f.invoke(call));
         self.insert_fn(sig, vis, call);
@@ -432,9 +444,30 @@ impl<T: Send + Sync + 'static> ClassBuilder<T> {
         Arc::new(self.def)
     }
 
+    /// Finishes the class, or says which method signatures are malformed
+    /// or do not match their closures.
+    pub fn try_build(self) -> std::result::Result<Class<T>, crate::Error> {
+        if !self.problems.is_empty() {
+            return Err(crate::Error::Definition(self.problems.join("; ")));
+        }
+        Ok(Class { def: Arc::new(self.def), _t: PhantomData })
+    }
+
     /// Finishes the class.
+    ///
+    /// # Panics
+    ///
+    /// If a method's signature string is malformed or names a different
+    /// number of parameters than its closure takes (`.method("add(x)", |x:
+    /// i64, y: i64| …)`): a programming error, reported when the class is
+    /// built rather than on the first call. [`ClassBuilder::try_build`]
+    /// returns it instead.
+    #[allow(clippy::panic)]
     pub fn build(self) -> Class<T> {
-        Class { def: self.build_def(), _t: PhantomData }
+        match self.try_build() {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 

@@ -310,3 +310,38 @@ async fn ipv6_and_unix_sockets_work_too() {
     assert_eq!(conn.root().await.unwrap().call_method::<String>("foo", ()).await.unwrap(), "foo");
     stop.shutdown();
 }
+
+/// A signature that is malformed, or that names a different number of
+/// parameters than its closure takes, fails when the service is built,
+/// naming the method — not on the first call.
+#[test]
+fn signatures_are_checked_when_the_service_is_built() {
+    let err = |b: rpyc::ServiceBuilder<()>| b.try_build().err().map(|e| e.to_string()).unwrap_or_default();
+    let e = err(Service::builder("s", || ()).method("add(x)", |x: i64, y: i64| Ok(x + y)));
+    assert!(e.contains("\"add(x)\"") && e.contains("names 1 parameter (x) but the closure takes 2 arguments"), "{e}");
+    let e = err(Service::builder("s", || ()).method("bad sig((", || Ok(1)));
+    assert!(e.contains("\"bad sig((\"") && e.contains("is not a method name"), "{e}");
+    let e = err(Service::builder("s", || ()).method("f((x)", |x: i64| Ok(x)));
+    assert!(e.contains("parentheses inside the parameter list"), "{e}");
+    let e = err(Service::builder("s", || ()).method("f(x,, y)", |x: i64, y: i64| Ok(x + y)));
+    assert!(e.contains("an empty parameter"), "{e}");
+    let e = err(Service::builder("s", || ()).method("f(x, *rest)", |x: i64| Ok(x)));
+    assert!(e.contains("*args but the closure takes no Args"), "{e}");
+    let e = err(Service::builder("s", || ()).method("f(x)", |x: i64, _rest: rpyc::Args| Ok(x)));
+    assert!(e.contains("the closure takes Args"), "{e}");
+    // Every problem is reported at once.
+    let e = err(Service::builder("s", || ()).method("a(x)", || Ok(1)).method("b()", |y: i64| Ok(y)));
+    assert!(e.contains("\"a(x)\"") && e.contains("\"b()\""), "{e}");
+    // Context parameters take no argument; defaults, *args and **kwargs parse.
+    let ok = Service::builder("s", || ())
+        .method("f(a, b=1, *args, **kw)", |a: i64, b: Option<i64>, _c: rpyc::Ctx, rest: rpyc::Args| {
+            Ok(a + b.unwrap_or(1) + rest.positional.len() as i64)
+        })
+        .method("g(x: int)", |x: i64| Ok(x))
+        .method("h", || Ok(0))
+        .try_build();
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let panicked =
+        std::panic::catch_unwind(|| Service::builder("s", || ()).method("add(x)", |x: i64, y: i64| Ok(x + y)).build());
+    assert!(panicked.is_err(), "build() must refuse a wrong signature");
+}
