@@ -118,7 +118,8 @@ impl SrvResolver {
     }
 
     /// Asks these nameservers (over UDP, and TCP for long answers) instead,
-    /// in the order given, 2 s per attempt, two attempts. No search domains:
+    /// in the order given: 2 s per query and one retry, so a server that
+    /// does not answer is reported within about 4 s. No search domains:
     /// names are looked up as written.
     pub fn with_nameservers(ns: &[SocketAddr]) -> SrvResolver {
         let mut config = ResolverConfig::from_parts(None, vec![], vec![]);
@@ -133,7 +134,7 @@ impl SrvResolver {
         let opts = builder.options_mut();
         tune(opts);
         opts.timeout = Duration::from_secs(2);
-        opts.attempts = 2;
+        opts.attempts = 1;
         opts.server_ordering_strategy = ServerOrderingStrategy::UserProvidedOrder;
         let inner = match builder.build() {
             Ok(r) => Ok(Arc::new(r)),
@@ -284,8 +285,8 @@ impl SrvResolver {
             NetError::Dns(DnsError::NoRecordsFound(nr)) if what == "SRV" => {
                 if nr.response_code == ResponseCode::NXDomain {
                     Error::Transport(format!(
-                        "no SRV records for {name}: {who} says the name does not exist; check the name \
-                         (_service._proto.domain, e.g. _rpyc._tcp.example.com)"
+                        "no SRV records for {name}: {who} answered that the name does not exist; check the \
+                         name (_service._proto.domain, e.g. _rpyc._tcp.example.com)"
                     ))
                 } else {
                     self.no_records(name)

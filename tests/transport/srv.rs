@@ -228,7 +228,7 @@ async fn tls_to_the_target_checks_its_host_name() {
         certs::init_dir(dir.path(), &["secure.rpyc.test".to_string()]).unwrap();
         certs::client_cert(dir.path(), "alice").unwrap();
         let arg = |f: &str| dir.path().join(f).display().to_string();
-        let args = vec![
+        let args = [
             "--kind".to_string(),
             "service".into(),
             "--ssl-key".into(),

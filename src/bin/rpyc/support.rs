@@ -162,7 +162,8 @@ impl ConnectArgs {
         let scheme = addr.split_once("://").map(|(s, _)| s).unwrap_or("tcp");
         if tls_opts && scheme != "tls" && scheme != "srv" {
             return Err(usage(format!(
-                "--ca, --cert, --key and --server-name apply to tls:// and srv:// addresses, not {addr:?}"
+                "--ca, --cert, --key and --server-name apply to tls:// addresses (and srv://, for TLS to \
+                 its targets), not {addr:?}"
             )));
         }
         if ssh_opts && scheme != "ssh" {
