@@ -145,7 +145,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to an address string: see [`connect`](crate::connect) for
+    /// Connects to an address string: see [`crate::connect`] for
     /// the forms. With [`tls`](Self::tls), `tls://host:port`, `host:port`,
     /// or `srv://…` (TLS to each target, checked against the target's
     /// host name).

@@ -437,4 +437,12 @@ mod tests {
         assert!(Endpoint::parse("http://x:1").is_err());
         assert!(Endpoint::parse("nohost").is_err());
     }
+
+    #[test]
+    fn srv_endpoints_compare_by_name_and_nameservers() {
+        let ns = |port| srv::SrvResolver::with_nameservers(&[SocketAddr::from(([127, 0, 0, 1], port))]);
+        assert_eq!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.a", ns(53)));
+        assert_ne!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.a", ns(5353)));
+        assert_ne!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.b", ns(53)));
+    }
 }

@@ -207,8 +207,11 @@ impl SrvResolver {
                  live instance"
             )));
         }
+        // Lowest priority first (stable), each host:port once (its first,
+        // i.e. best, record wins).
         records.sort_by_key(|r| r.0);
-        records.dedup_by(|a, b| a.2 == b.2 && a.3 == b.3);
+        let mut seen = std::collections::HashSet::new();
+        records.retain(|r| seen.insert((r.2, r.3.clone())));
         if records.len() > MAX_TARGETS {
             tracing::warn!(name, records = records.len(), "SRV answer truncated to {MAX_TARGETS} targets");
             records.truncate(MAX_TARGETS);
@@ -357,7 +360,7 @@ pub struct SrvAnswer {
     /// The targets, in the order of the answer.
     pub targets: Vec<SrvTarget>,
     /// When to ask again: the smallest TTL of the SRV and address records,
-    /// clamped to [[`MIN_TTL`], [`MAX_TTL`]].
+    /// clamped to [`MIN_TTL`]..=[`MAX_TTL`].
     pub valid_until: Instant,
 }
 
