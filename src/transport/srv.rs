@@ -158,7 +158,7 @@ impl SrvResolver {
     }
 
     /// Looks the name up: every target with its host's addresses resolved,
-    /// in the order of the answer (use [`SrvAnswer::ordered`] to dial).
+    /// lowest priority first (use [`SrvAnswer::ordered`] to dial).
     ///
     /// Targets whose host has no address are left out (and logged); if none
     /// is left, or there are no records, it is an error that says what to
@@ -357,7 +357,7 @@ pub struct SrvTarget {
 /// What [`SrvResolver::lookup`] found.
 #[derive(Clone, Debug)]
 pub struct SrvAnswer {
-    /// The targets, in the order of the answer.
+    /// The targets, lowest priority first (within one, as the answer listed them).
     pub targets: Vec<SrvTarget>,
     /// When to ask again: the smallest TTL of the SRV and address records,
     /// clamped to [`MIN_TTL`]..=[`MAX_TTL`].
