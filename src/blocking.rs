@@ -570,7 +570,7 @@ impl AsyncResult {
 #[derive(Clone, Debug)]
 pub struct Connection(crate::Connection);
 
-/// Connects to `addr` (`host:port`, `tcp://…`, `unix://…`) with default
+/// Connects to `addr` (`host:port`, `tcp://…`, `unix://…`, `srv://…`) with default
 /// settings: Python's `rpyc.connect(host, port)`.
 pub fn connect(addr: &str) -> Result<Connection> {
     Connection::connect(addr)

@@ -124,7 +124,8 @@ impl fmt::Debug for Classic {
 }
 
 impl Classic {
-    /// Connects to a classic server (`host:port`, `tcp://…`, `unix://…`).
+    /// Connects to a classic server (`host:port`, `tcp://…`, `unix://…`,
+    /// `srv://…` — the forms of [`crate::connect`]).
     /// Python: `rpyc.classic.connect(host, port)`.
     pub async fn connect(addr: &str) -> Result<Classic> {
         Classic::connect_with(ClientBuilder::new(), addr).await

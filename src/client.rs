@@ -9,12 +9,16 @@ use crate::error::Result;
 use crate::identity::Credentials;
 use crate::policy::AccessPolicy;
 use crate::service::Service;
+use crate::transport::srv::{parse_srv_url, SrvResolver};
 use crate::transport::{connect_endpoint, Endpoint, Stream, TcpOptions};
 use crate::wire::Dialect;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Connects to `addr` (`host:port`, `tcp://host:port`, `unix:///path`) with
-/// a void local service and default settings.
+/// Connects to `addr` (`host:port`, `tcp://host:port`, `unix:///path`,
+/// `ssh://…`, or `srv://_rpyc._tcp.example.com` to dial the targets of a
+/// DNS SRV name with the system resolver) with a void local service and
+/// default settings.
 pub async fn connect(addr: &str) -> Result<Connection> {
     ClientBuilder::new().connect(addr).await
 }
@@ -37,6 +41,7 @@ pub struct ClientBuilder {
     tcp: TcpOptions,
     tls: Option<crate::transport::tls::TlsClientConfig>,
     challenge: Option<(String, Vec<u8>)>,
+    srv: Option<SrvResolver>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -46,6 +51,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("service", &self.service)
             .field("config", &self.config)
             .field("tls", &self.tls)
+            .field("srv", &self.srv)
             .field("challenge_identity", &self.challenge.as_ref().map(|c| &c.0))
             .finish_non_exhaustive()
     }
@@ -68,6 +74,7 @@ impl ClientBuilder {
             tcp: TcpOptions::default(),
             tls: None,
             challenge: None,
+            srv: None,
         }
     }
 
@@ -125,8 +132,33 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects to an address string.
+    /// The DNS servers that answer `srv://` lookups (UDP and TCP, in this
+    /// order). Default: the system resolver (`/etc/resolv.conf`).
+    pub fn dns(self, nameservers: Vec<SocketAddr>) -> Self {
+        self.srv_resolver(SrvResolver::with_nameservers(&nameservers))
+    }
+
+    /// The resolver for `srv://` addresses; share one between builders to
+    /// share its cache. Default: [`SrvResolver::system`].
+    pub fn srv_resolver(mut self, resolver: SrvResolver) -> Self {
+        self.srv = Some(resolver);
+        self
+    }
+
+    /// Connects to an address string: see [`crate::connect`] for
+    /// the forms. With [`tls`](Self::tls), `tls://host:port`, `host:port`,
+    /// or `srv://…` (TLS to each target, checked against the target's
+    /// host name).
     pub async fn connect(self, addr: &str) -> Result<Connection> {
+        if let Some(name) = parse_srv_url(addr) {
+            let resolver = match &self.srv {
+                Some(r) => r.clone(),
+                None => SrvResolver::system()?,
+            };
+            let tls = self.tls.clone().map(std::sync::Arc::new);
+            let ep = Endpoint::Srv { name: name.to_string(), resolver, tls };
+            return self.connect_endpoint(&ep).await;
+        }
         let ep = match &self.tls {
             Some(tls) => Endpoint::parse_tls(addr, tls.clone())?,
             None => Endpoint::parse(addr)?,

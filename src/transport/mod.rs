@@ -68,10 +68,29 @@ pub enum Endpoint {
         /// The SSH server, login and host key checking.
         config: std::sync::Arc<ssh::SshConfig>,
     },
+    /// The targets of a DNS SRV name (see [`srv`]), tried in RFC 2782
+    /// order until one accepts; parsed from `srv://_rpyc._tcp.example.com`
+    /// (system resolver) or built with [`Endpoint::srv`].
+    Srv {
+        /// The SRV name, e.g. `_rpyc._tcp.example.com`.
+        name: String,
+        /// Who answers the lookup.
+        resolver: srv::SrvResolver,
+        /// TLS to the targets (each checked against its own host name), or
+        /// `None` for plain TCP.
+        tls: Option<std::sync::Arc<tls::TlsClientConfig>>,
+    },
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port`, `unix:///path`, or a bare `host:port`.
+    /// The targets of the SRV name `name`, asked of `resolver`, over TCP.
+    pub fn srv(name: impl Into<String>, resolver: srv::SrvResolver) -> Endpoint {
+        Endpoint::Srv { name: name.into(), resolver, tls: None }
+    }
+
+    /// Parses `tcp://host:port`, `unix:///path`, `ssh://…`,
+    /// `srv://_service._proto.domain` (asking the system resolver) or a bare
+    /// `host:port`.
     pub fn parse(s: &str) -> Result<Endpoint> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             return Ok(Endpoint::Tcp(rest.trim_end_matches('/').to_string()));
@@ -83,6 +102,9 @@ impl Endpoint {
             let (config, target) = ssh::parse_url(s)?;
             return Ok(Endpoint::Ssh { target, config: std::sync::Arc::new(config) });
         }
+        if let Some(name) = srv::parse_srv_url(s) {
+            return Ok(Endpoint::srv(name, srv::SrvResolver::system()?));
+        }
         if s.starts_with("tls://") {
             return Err(Error::Transport(format!(
                 "'{s}' needs a TLS client configuration (CA, client certificate): use \
@@ -90,7 +112,9 @@ impl Endpoint {
             )));
         }
         if s.contains("://") {
-            return Err(Error::Transport(format!("unsupported address '{s}': use tcp://host:port or unix:///path")));
+            return Err(Error::Transport(format!(
+                "unsupported address '{s}': use tcp://host:port, unix:///path or srv://_service._proto.domain"
+            )));
         }
         if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             return Ok(Endpoint::Tcp(s.to_string()));
@@ -230,6 +254,7 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
         Endpoint::Unix(_) => Err(Error::Transport("unix sockets are not available on this platform".into())),
         Endpoint::Tls { addr, config } => tls::connect_tls_with(addr, config, opts).await,
         Endpoint::Ssh { target, config } => ssh::connect(config, target).await,
+        Endpoint::Srv { name, resolver, tls } => srv::connect(name, resolver, tls.as_deref(), opts).await,
     }
 }
 
@@ -411,5 +436,13 @@ mod tests {
         assert_eq!(Endpoint::parse("unix:///tmp/x").ok(), Some(Endpoint::Unix("/tmp/x".into())));
         assert!(Endpoint::parse("http://x:1").is_err());
         assert!(Endpoint::parse("nohost").is_err());
+    }
+
+    #[test]
+    fn srv_endpoints_compare_by_name_and_nameservers() {
+        let ns = |port| srv::SrvResolver::with_nameservers(&[SocketAddr::from(([127, 0, 0, 1], port))]);
+        assert_eq!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.a", ns(53)));
+        assert_ne!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.a", ns(5353)));
+        assert_ne!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.b", ns(53)));
     }
 }

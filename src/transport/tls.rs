@@ -774,6 +774,22 @@ pub async fn connect_tls_with(
     client_handshake(QuickAck::new(stream), name, rustls_config, config.handshake_timeout, addr, creds.peer).await
 }
 
+/// Connects to an already resolved address over TLS, checking the server
+/// certificate against `host` (unless `config.server_name` overrides it):
+/// for addresses found through DNS SRV records.
+pub(crate) async fn connect_tls_to(
+    addr: std::net::SocketAddr,
+    host: &str,
+    config: &TlsClientConfig,
+    tcp: &TcpOptions,
+) -> Result<(BoxStream, Credentials)> {
+    let rustls_config = config.to_rustls()?;
+    let name = config.server_name_for(host)?;
+    let shown = format!("{host} ({addr})");
+    let (stream, creds) = connect_tcp(&addr.to_string(), tcp).await?;
+    client_handshake(QuickAck::new(stream), name, rustls_config, config.handshake_timeout, &shown, creds.peer).await
+}
+
 /// Runs the TLS client handshake over a stream you opened (a tunnel, a
 /// proxy). `server_name` is what the certificate must name, unless
 /// `config.server_name` overrides it.

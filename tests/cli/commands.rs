@@ -435,3 +435,47 @@ async fn the_cli_and_python_share_registries() {
     })
     .await;
 }
+
+/// `srv://` addresses: the DNS server is in-process (common::DnsServer, its
+/// own thread), the RPyC servers are Python rpyc 6.0.2.
+#[test]
+fn call_and_ping_through_dns_srv() {
+    let dns = crate::common::DnsServer::start_blocking();
+    let dns_addr = dns.addr().to_string();
+    let (_py, port) = crate::common::python_server(&python6(), &["--kind", "service"]);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    dns.set_a("py", local, 60);
+    dns.set_a("gone", local, 60);
+    // The priority-0 target is dead: the CLI goes on to the next one.
+    dns.set_srv("_rpyc._tcp.py", 60, &[(0, 1, dead, "gone"), (5, 1, port, "py")]);
+    let addr = "srv://_rpyc._tcp.py.rpyc.test";
+
+    assert_eq!(ok(&["call", addr, "add", "2", "40", "--dns", &dns_addr]), "42\n");
+    let json = ok(&["call", addr, "echo", "'srv'", "--dns", &dns_addr, "--json"]);
+    assert!(json.contains("\"value\": \"srv\""), "{json}");
+    let pong = ok(&["ping", addr, "--dns", &dns_addr, "-c", "2"]);
+    assert_eq!(pong.matches("pong from srv://_rpyc._tcp.py.rpyc.test").count(), 2, "{pong}");
+    // A second --dns that is dead first: the resolver falls back to the next.
+    let gone_dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    assert_eq!(ok(&["call", addr, "get_answer", "--dns", &gone_dns, "--dns", &dns_addr]), "42\n");
+
+    // An unknown name: exit 1, and the message says what to check.
+    let r = fails(&["call", "srv://_rpyc._tcp.nope.rpyc.test", "get_answer", "--dns", &dns_addr], 1, "no SRV records");
+    assert!(r.stderr.contains("_rpyc._tcp.nope.rpyc.test") && r.stderr.contains("check the name"), "{}", r.stderr);
+    // Every target dead: each named with its error.
+    dns.set_srv("_rpyc._tcp.dead", 60, &[(0, 1, dead, "gone")]);
+    let r = fails(&["ping", "srv://_rpyc._tcp.dead.rpyc.test", "--dns", &dns_addr], 1, "accepted a connection");
+    assert!(r.stderr.contains(&format!("gone.rpyc.test:{dead}")), "{}", r.stderr);
+    // A DNS server that does not answer.
+    let r = fails(&["ping", addr, "--dns", &gone_dns], 1, "did not answer");
+    assert!(r.stderr.contains(&format!("DNS server {gone_dns}")), "{}", r.stderr);
+
+    // Usage errors (exit 2).
+    fails(&["call", addr, "x", "--dns", "nonsense"], 2, "invalid --dns");
+    fails(&["call", addr, "x", "--dns", "127.0.0.1:http"], 2, "expected HOST:PORT");
+    fails(&["ping", "127.0.0.1:1", "--dns", &dns_addr], 2, "--dns applies to srv://");
+    fails(&["ping", "srv://", "--dns", &dns_addr], 2, "names no service");
+    let help = ok(&["call", "--help"]);
+    assert!(help.contains("--dns") && help.contains("srv://"), "{help}");
+}

@@ -197,3 +197,151 @@ pub fn compressed_frame(payload: &[u8]) -> Vec<u8> {
     assert_eq!(frame[4], 1, "compressed");
     frame
 }
+
+/// An authoritative DNS server for the zone `rpyc.test.`, in-process on
+/// 127.0.0.1 (UDP and TCP on the same port 0-picked port), whose records
+/// the test replaces while it runs. It has its own thread and runtime, so
+/// sync and async tests alike can use it; dropping it stops the server.
+pub struct DnsServer {
+    addr: SocketAddr,
+    zone: std::sync::Arc<hickory_server::store::in_memory::InMemoryZoneHandler>,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The zone [`DnsServer`] serves.
+pub const DNS_ZONE: &str = "rpyc.test.";
+
+impl DnsServer {
+    /// Starts the server (the zone holds only its SOA record, minimum TTL 1 s).
+    pub async fn start() -> DnsServer {
+        DnsServer::start_blocking()
+    }
+
+    /// [`DnsServer::start`] for sync tests (blocks for the bind only).
+    pub fn start_blocking() -> DnsServer {
+        use hickory_server::proto::rr::rdata::SOA;
+        use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+        use std::sync::Arc;
+
+        let origin = Name::from_ascii(DNS_ZONE).unwrap();
+        let soa = SOA::new(
+            Name::from_ascii("ns.rpyc.test.").unwrap(),
+            Name::from_ascii("admin.rpyc.test.").unwrap(),
+            1,
+            60,
+            60,
+            600,
+            1,
+        );
+        let mut soa_set = RecordSet::with_ttl(origin.clone(), RecordType::SOA, 1);
+        soa_set.insert(Record::from_rdata(origin.clone(), 1, RData::SOA(soa)), 1);
+        let mut records = std::collections::BTreeMap::new();
+        records.insert(RrKey::new(LowerName::new(&origin), RecordType::SOA), soa_set);
+        let zone =
+            Arc::new(InMemoryZoneHandler::new(origin.clone(), records, ZoneType::Primary, AxfrPolicy::Deny).unwrap());
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = Arc::clone(&zone);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let addr = udp.local_addr().unwrap();
+                let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+                let mut catalog = Catalog::new();
+                catalog.upsert(LowerName::new(&origin), vec![served as Arc<dyn ZoneHandler>]);
+                let mut server = hickory_server::Server::new(catalog);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 64);
+                ready_tx.send((addr, tokio::runtime::Handle::current())).unwrap();
+                let _ = stop_rx.await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown_gracefully()).await;
+            });
+        });
+        let (addr, handle) = ready_rx.recv_timeout(Duration::from_secs(10)).expect("DNS server started");
+        DnsServer { addr, zone, handle, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    /// Where it listens (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the SRV records of `name` (relative names are in
+    /// [`DNS_ZONE`]) with `targets`: `(priority, weight, port, host)`; no
+    /// targets removes them.
+    pub fn set_srv(&self, name: &str, ttl: u32, targets: &[(u16, u16, u16, &str)]) {
+        use hickory_server::proto::rr::rdata::SRV;
+        use hickory_server::proto::rr::{RData, RecordType};
+        let records =
+            targets.iter().map(|&(p, w, port, host)| RData::SRV(SRV::new(p, w, port, dns_name(host)))).collect();
+        self.replace(name, RecordType::SRV, ttl, records);
+    }
+
+    /// Replaces the address records of `host` with `ip` (A or AAAA).
+    pub fn set_a(&self, host: &str, ip: std::net::IpAddr, ttl: u32) {
+        use hickory_server::proto::rr::rdata::{A, AAAA};
+        use hickory_server::proto::rr::{RData, RecordType};
+        match ip {
+            std::net::IpAddr::V4(v4) => self.replace(host, RecordType::A, ttl, vec![RData::A(A(v4))]),
+            std::net::IpAddr::V6(v6) => self.replace(host, RecordType::AAAA, ttl, vec![RData::AAAA(AAAA(v6))]),
+        }
+    }
+
+    fn replace(
+        &self,
+        name: &str,
+        rtype: hickory_server::proto::rr::RecordType,
+        ttl: u32,
+        rdata: Vec<hickory_server::proto::rr::RData>,
+    ) {
+        use hickory_server::proto::rr::{LowerName, Record, RecordSet, RrKey};
+        let name = dns_name(name);
+        let key = RrKey::new(LowerName::new(&name), rtype);
+        let mut set = RecordSet::with_ttl(name.clone(), rtype, ttl);
+        for data in rdata {
+            set.insert(Record::from_rdata(name.clone(), ttl, data), 1);
+        }
+        let zone = std::sync::Arc::clone(&self.zone);
+        let (tx, rx) = mpsc::channel();
+        self.handle.spawn(async move {
+            let mut records = zone.records_mut().await;
+            if set.is_empty() {
+                records.remove(&key);
+            } else {
+                records.insert(key, std::sync::Arc::new(set));
+            }
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("DNS zone updated");
+    }
+}
+
+/// `host` as an absolute name: as is if it ends with a dot or with the
+/// zone's name, else inside [`DNS_ZONE`].
+fn dns_name(host: &str) -> hickory_server::proto::rr::Name {
+    let full = if host.ends_with('.') {
+        host.to_string()
+    } else if format!("{host}.").ends_with(DNS_ZONE) {
+        format!("{host}.")
+    } else {
+        format!("{host}.{DNS_ZONE}")
+    };
+    hickory_server::proto::rr::Name::from_ascii(&full).unwrap_or_else(|e| panic!("bad DNS name {full:?}: {e}"))
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! Transport integration tests: TLS (rustls) and SSH (russh), against the
-//! real Python rpyc and a real OpenSSH server.
+//! Transport integration tests: TLS (rustls), SSH (russh) and DNS SRV
+//! discovery (hickory), against the real Python rpyc, a real OpenSSH server
+//! and a real DNS server.
 
 // Tests may unwrap: a failure should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -7,5 +8,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod srv;
 mod ssh;
 mod tls;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug)]
 pub struct PingArgs {
     /// The server: tcp://host:port (or host:port), unix:///path,
-    /// tls://host:port (with --ca), ssh://user@sshhost[:port]/host:port.
+    /// tls://host:port (with --ca), ssh://user@sshhost[:port]/host:port,
+    /// srv://_service._proto.domain (DNS SRV; --dns names the DNS server).
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// How many pings to send over the one connection.
@@ -29,7 +30,8 @@ pub struct PingArgs {
 #[derive(Args, Debug)]
 pub struct CallArgs {
     /// The server: tcp://host:port (or host:port), unix:///path,
-    /// tls://host:port (with --ca), ssh://user@sshhost[:port]/host:port.
+    /// tls://host:port (with --ca), ssh://user@sshhost[:port]/host:port,
+    /// srv://_service._proto.domain (DNS SRV; --dns names the DNS server).
     #[arg(value_name = "ADDR")]
     pub addr: String,
     /// The method of the server's root object (Python's conn.root.METHOD);

@@ -3,12 +3,14 @@
 
 use clap::Args;
 use rpyc::registry::{RegistryClient, REGISTRY_PORT};
+use rpyc::transport::srv::{parse_srv_url, SrvResolver};
 use rpyc::transport::ssh::{self, SshConfig};
 use rpyc::transport::tls::TlsClientConfig;
 use rpyc::transport::{Endpoint, TcpOptions};
 use rpyc::{ClientBuilder, Connection, Dialect, Value};
 use std::error::Error;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +75,28 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a `--dns` nameserver: `IP:PORT`, `[IPv6]:PORT`, a bare IP
+/// (port 53) or `HOST:PORT` (looked up once, by the system).
+pub fn parse_dns(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    let bad = |why: &str| format!("invalid --dns {s:?}: expected HOST:PORT, e.g. 127.0.0.1:53 ({why})");
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => s
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| bad(&format!("{host} has no address"))),
+        Some((_, port)) if !port.is_empty() && port.parse::<u16>().is_err() => Err(bad("bad port")),
+        _ => Err(bad("no port")),
+    }
+}
+
 /// Waits for Ctrl-C or (on Unix) SIGTERM.
 pub async fn wait_for_signal() {
     #[cfg(unix)]
@@ -117,6 +141,11 @@ pub struct ConnectArgs {
     /// and record it (trust on first use).
     #[arg(long, help_heading = "SSH (ssh://)")]
     pub accept_new_host_key: bool,
+    /// srv:// — the DNS server (HOST:PORT) that answers the SRV lookup and
+    /// the targets' addresses; repeat it for fallbacks. Default: the system
+    /// resolver (/etc/resolv.conf).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_dns, help_heading = "DNS SRV (srv://)")]
+    pub dns: Vec<SocketAddr>,
     /// Seconds to wait for the connection and for each reply.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
@@ -131,9 +160,10 @@ impl ConnectArgs {
         let tls_opts = self.ca.is_some() || self.cert.is_some() || self.server_name.is_some();
         let ssh_opts = self.identity.is_some() || self.known_hosts.is_some() || self.accept_new_host_key;
         let scheme = addr.split_once("://").map(|(s, _)| s).unwrap_or("tcp");
-        if tls_opts && scheme != "tls" {
+        if tls_opts && scheme != "tls" && scheme != "srv" {
             return Err(usage(format!(
-                "--ca, --cert, --key and --server-name apply to tls:// addresses, not {addr:?}"
+                "--ca, --cert, --key and --server-name apply to tls:// addresses (and srv://, for TLS to \
+                 its targets), not {addr:?}"
             )));
         }
         if ssh_opts && scheme != "ssh" {
@@ -141,23 +171,24 @@ impl ConnectArgs {
                 "--identity, --known-hosts and --accept-new-host-key apply to ssh:// addresses, not {addr:?}"
             )));
         }
+        if !self.dns.is_empty() && scheme != "srv" {
+            return Err(usage(format!("--dns applies to srv:// addresses, not {addr:?}")));
+        }
         match scheme {
-            "tls" => {
-                let Some(ca) = &self.ca else {
-                    return Err(usage(format!(
-                        "{addr} needs --ca FILE, the CA certificate that signed the server's \
-                         certificate (add --cert/--key if the server wants a client certificate)"
-                    )));
+            "tls" => Ok(Endpoint::parse_tls(addr, self.tls_config(addr)?).map_err(|e| usage(e.to_string()))?),
+            "srv" => {
+                let name = parse_srv_url(addr).unwrap_or_default();
+                if name.is_empty() {
+                    return Err(usage(format!("{addr:?} names no service: use srv://_service._proto.domain")));
+                }
+                let resolver = if self.dns.is_empty() {
+                    SrvResolver::system().map_err(|e| usage(e.to_string()))?
+                } else {
+                    SrvResolver::with_nameservers(&self.dns)
                 };
-                let mut config = TlsClientConfig::new().with_ca_file(ca)?;
-                if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-                    config = config.with_identity_files(cert, key)?;
-                }
-                if let Some(name) = &self.server_name {
-                    config = config.with_server_name(name.clone());
-                }
-                config.handshake_timeout = self.timeout;
-                Ok(Endpoint::parse_tls(addr, config).map_err(|e| usage(e.to_string()))?)
+                // With --ca, TLS to each target, checked against its host name.
+                let tls = if tls_opts { Some(Arc::new(self.tls_config(addr)?)) } else { None };
+                Ok(Endpoint::Srv { name: name.to_string(), resolver, tls })
             }
             "ssh" => {
                 let (mut config, target): (SshConfig, String) =
@@ -177,9 +208,29 @@ impl ConnectArgs {
             "tcp" | "unix" => Ok(Endpoint::parse(addr).map_err(|e| usage(e.to_string()))?),
             other => Err(usage(format!(
                 "unsupported address scheme {other}:// in {addr:?}: use tcp://host:port, \
-                 unix:///path, tls://host:port or ssh://user@sshhost[:port]/host:port"
+                 unix:///path, tls://host:port, ssh://user@sshhost[:port]/host:port or \
+                 srv://_service._proto.domain"
             ))),
         }
+    }
+
+    /// The TLS client configuration the options give (tls:// and srv://).
+    fn tls_config(&self, addr: &str) -> Result<TlsClientConfig, Box<dyn Error>> {
+        let Some(ca) = &self.ca else {
+            return Err(usage(format!(
+                "{addr} needs --ca FILE, the CA certificate that signed the server's \
+                 certificate (add --cert/--key if the server wants a client certificate)"
+            )));
+        };
+        let mut config = TlsClientConfig::new().with_ca_file(ca)?;
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.with_identity_files(cert, key)?;
+        }
+        if let Some(name) = &self.server_name {
+            config = config.with_server_name(name.clone());
+        }
+        config.handshake_timeout = self.timeout;
+        Ok(config)
     }
 
     /// Connects to ADDR.
@@ -291,5 +342,16 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("x").is_err());
         assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn dns_servers() {
+        assert_eq!(parse_dns("127.0.0.1:5353"), Ok(SocketAddr::from(([127, 0, 0, 1], 5353))));
+        assert_eq!(parse_dns("10.0.0.2"), Ok(SocketAddr::from(([10, 0, 0, 2], 53))));
+        assert_eq!(parse_dns("[::1]:53").map(|a| a.port()), Ok(53));
+        for bad in ["", "x", "1.2.3.4:99999", "h:port", ":53"] {
+            let e = parse_dns(bad).unwrap_err();
+            assert!(e.starts_with("invalid --dns") && e.contains("expected HOST:PORT"), "{bad}: {e}");
+        }
     }
 }
