@@ -594,6 +594,18 @@ impl Connection {
         run(builder.connect(addr)).map(Connection)
     }
 
+    /// Starts `program` and connects over its stdin/stdout (see
+    /// [`crate::connect_command`]); the program ends with the connection.
+    pub fn connect_command<I, S>(program: &str, args: I) -> Result<Connection>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        run(ClientBuilder::new().connect_command(command)).map(Connection)
+    }
+
     /// The async connection.
     pub fn as_async(&self) -> &crate::Connection {
         &self.0
@@ -650,6 +662,19 @@ impl Classic {
     /// `rpyc.classic.ssl_connect`).
     pub fn connect_with(builder: ClientBuilder, addr: &str) -> Result<Classic> {
         run(classic::Classic::connect_with(builder, addr)).map(Classic)
+    }
+
+    /// Starts a classic server as a child process and connects over its
+    /// stdin/stdout: `rpyc.classic.connect_subproc()` (see
+    /// [`classic::Classic::connect_command`]).
+    pub fn connect_command<I, S>(program: &str, args: I) -> Result<Classic>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        run(classic::Classic::connect_command_with(ClientBuilder::new(), command)).map(Classic)
     }
 
     /// Wraps a connection to a classic server.

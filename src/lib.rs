@@ -75,7 +75,7 @@ pub mod service;
 pub mod transport;
 pub mod wire;
 
-pub use client::{connect, connect_stream, ClientBuilder};
+pub use client::{connect, connect_command, connect_stream, ClientBuilder};
 pub use connection::builtin as objects;
 pub use connection::{
     Args, AsyncResult, Class, Connection, ConnectionConfig, Ctx, IntoObject, Kwargs, Netref, Object, SelfObject, This,
