@@ -95,7 +95,7 @@ async fn a_child_exit_status_ends_the_connection_and_a_stubborn_child_is_killed(
     bounded(async {
         // The program exits: pending and later calls fail with its status.
         let conn = rpyc::connect_command("sh", ["-c", "head -c 1 >/dev/null; exit 3"]).await.unwrap();
-        let err = conn.root().await.err().expect("the peer exited");
+        let err = conn.root().await.expect_err("the peer exited");
         tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("connection ended");
         let reason = conn.close_reason().unwrap_or_default();
         assert!(reason.contains("exit status: 3"), "reason: {reason}; error: {err}");
@@ -111,7 +111,7 @@ async fn a_child_exit_status_ends_the_connection_and_a_stubborn_child_is_killed(
         assert!(started.elapsed() >= Duration::from_secs(1), "killed before the grace time");
 
         // A program that does not exist: a clear error.
-        let e = rpyc::connect_command("/nonexistent/rpyc-server", ["--stdio"]).await.err().expect("no such program");
+        let e = rpyc::connect_command("/nonexistent/rpyc-server", ["--stdio"]).await.expect_err("no such program");
         assert!(e.to_string().contains("cannot start /nonexistent/rpyc-server"), "{e}");
     })
     .await;
