@@ -930,3 +930,99 @@ impl Drop for RemoteContext {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Zero-deploy
+// ---------------------------------------------------------------------------
+
+/// A blocking [`crate::deploy::DeployedServer`]: a Python RPyC server
+/// started over SSH for the life of this handle (Python:
+/// `DeployedServer(SshMachine(host))`).
+///
+/// ```no_run
+/// # fn demo() -> rpyc::Result<()> {
+/// use rpyc::deploy::DeployOptions;
+/// use rpyc::transport::ssh::SshConfig;
+/// let ssh = SshConfig::new("build-box", 22, "bob").with_key_file("/home/bob/.ssh/id_ed25519");
+/// let server = rpyc::blocking::DeployedServer::start(ssh, DeployOptions::new())?;
+/// let c = server.classic()?;
+/// let two: i64 = c.eval_as("1+1")?;
+/// server.close()?; // or drop it: the remote process and directory go either way
+/// # let _ = two; Ok(()) }
+/// ```
+pub struct DeployedServer {
+    inner: Option<crate::deploy::DeployedServer>,
+    info: crate::deploy::RemoteInfo,
+}
+
+impl fmt::Debug for DeployedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeployedServer").field("info", &self.info).finish()
+    }
+}
+
+impl DeployedServer {
+    /// Logs in, starts the remote server and connects (see
+    /// [`crate::deploy::DeployedServer::start`]).
+    pub fn start(
+        ssh: crate::transport::ssh::SshConfig,
+        options: crate::deploy::DeployOptions,
+    ) -> Result<DeployedServer> {
+        let inner = run(crate::deploy::DeployedServer::start(ssh, options))?;
+        let info = inner.info().clone();
+        Ok(DeployedServer { inner: Some(inner), info })
+    }
+
+    fn inner(&self) -> Result<&crate::deploy::DeployedServer> {
+        self.inner.as_ref().ok_or_else(|| Error::Closed("the deployed server was closed".into()))
+    }
+
+    /// The classic helpers over the connection (`classic_connect()`).
+    pub fn classic(&self) -> Result<Classic> {
+        let inner = self.inner()?;
+        run(inner.classic()).map(Classic)
+    }
+
+    /// The connection (`connect()`).
+    pub fn connect(&self) -> Result<Connection> {
+        Ok(Connection(self.inner()?.connect()))
+    }
+
+    /// Where and what the server is.
+    pub fn info(&self) -> &crate::deploy::RemoteInfo {
+        &self.info
+    }
+
+    /// The remote temporary directory.
+    pub fn remote_dir(&self) -> &str {
+        &self.info.dir
+    }
+
+    /// The remote Python's process id.
+    pub fn remote_pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    /// The async handle.
+    pub fn as_async(&self) -> Option<&crate::deploy::DeployedServer> {
+        self.inner.as_ref()
+    }
+
+    /// Closes the connection, waits (bounded) for the remote side to exit
+    /// and clean up; returns how the remote command ended.
+    pub fn close(mut self) -> Result<Option<String>> {
+        match self.inner.take() {
+            Some(inner) => block_on(inner.close()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for DeployedServer {
+    fn drop(&mut self) {
+        // Its clean-up task needs a runtime to run on.
+        if let Some(inner) = self.inner.take() {
+            drop_in_runtime(inner);
+        }
+    }
+}

@@ -259,6 +259,22 @@ async fn deploy_uploads_rpyc_when_the_remote_python_lacks_it() {
         drop(c);
         drop(server);
         setup.wait_cleaned_up(info.pid, &info.dir, Duration::from_secs(15)).await;
+
+        // The blocking facade.
+        let (config, python) = (setup.config(), pythons.python(true));
+        let (info, ended) = tokio::task::spawn_blocking(move || {
+            let options = DeployOptions::new().python(python.to_string_lossy());
+            let server = rpyc::blocking::DeployedServer::start(config, options)?;
+            let c = server.classic()?;
+            assert_eq!(c.eval_as::<i64>("2**10")?, 1024);
+            let info = server.info().clone();
+            Ok::<_, rpyc::Error>((info, server.close()?.unwrap_or_default()))
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("blocking deploy: {e}"));
+        assert!(ended.contains("exited with status 0"), "{ended}");
+        setup.wait_cleaned_up(info.pid, &info.dir, Duration::from_secs(15)).await;
     })
     .await;
 }
