@@ -38,9 +38,11 @@
 //!   is dropped, the SSH session ends or this process is killed (its TCP
 //!   connection drops, sshd closes the channel), the server reads end of
 //!   file on stdin, `serve_all()` returns, Python exits, and the wrapper
-//!   shell removes the temporary directory. Nothing polls, nothing needs a
-//!   timeout. (A call still running on the server — a long `eval` — runs
-//!   to its end first.)
+//!   shell removes the temporary directory. A server busy in a long call
+//!   does not read its stdin: a watchdog thread notices the closed channel
+//!   on its stdout (`POLLERR`) and exits at once. After end of file the
+//!   client closes the channel itself if the server has not exited within
+//!   3 s, so even a dropped handle never leaves a server behind.
 //!
 //! # The remote side
 //!
@@ -270,6 +272,21 @@ def _rpyc_deploy():
         import importlib
         mod, _, cls = svc.partition(":")
         service = getattr(importlib.import_module(mod), cls)
+    def watchdog():
+        # The channel closed under a long call: do not wait for it to end.
+        # A write end reports POLLERR/POLLHUP once its reader is gone.
+        import select
+        try:
+            p = select.poll()
+            p.register(cout, 0)
+            while True:
+                for _fd, ev in p.poll():
+                    if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                        os._exit(0)
+        except Exception:
+            pass
+    import threading
+    threading.Thread(target=watchdog, daemon=True).start()
     from rpyc.core.stream import PipeStream
     from rpyc.utils.factory import connect_stream
     stream = PipeStream(os.fdopen(cin, "rb", 0), os.fdopen(cout, "wb", 0))

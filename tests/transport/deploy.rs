@@ -201,11 +201,16 @@ async fn deployed_classic_server_works_listens_nowhere_and_leaves_nothing() {
         assert!(!listening && held == 0, "the remote server holds {held} TCP socket(s), listening: {listening}");
         assert_eq!(setup.remains(info.pid, &info.dir).await, "alive dir");
 
-        // Dropping the handle ends the remote process and removes its directory.
+        // Dropping the handle ends the remote process and removes its
+        // directory, even while the server is busy in a long call.
+        let busy = c.module("time").await.unwrap().getattr("sleep").await.unwrap().into_netref().unwrap();
+        let sleeping = busy.async_call((600,)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!sleeping.ready());
         drop(c);
         drop(server);
         let took = setup.wait_cleaned_up(info.pid, &info.dir, Duration::from_secs(15)).await;
-        eprintln!("cleaned up {took:?} after drop");
+        eprintln!("cleaned up {took:?} after drop (server busy in a call)");
     })
     .await;
 }

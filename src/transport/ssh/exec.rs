@@ -8,7 +8,8 @@
 //! messages. When the command ends, reading the stream fails with how it
 //! ended ("exited with status 127: sh: 1: python9: not found") instead of a
 //! bare end of file. Dropping the stream sends end of file to the
-//! command's stdin.
+//! command's stdin, and closes the channel 3 s later if the command is
+//! still running.
 
 use super::SshSession;
 use crate::error::{Error, Result};
@@ -34,6 +35,10 @@ pub enum RemoteStderr {
     /// Dropped (its tail is still kept for error messages).
     Discard,
 }
+
+/// How long a command may run on after its stdin ended before the channel
+/// is closed under it.
+const EOF_GRACE: Duration = Duration::from_secs(3);
 
 /// The most stderr kept for error messages.
 const STDERR_TAIL: usize = 4096;
@@ -173,7 +178,13 @@ impl SshSession {
             let _ = tokio::io::copy(&mut from_engine, &mut writer).await;
             let _ = writer.shutdown().await;
             let _ = write_half.eof().await;
-            // Keep the write half (and so the channel) until the pump ends.
+            // A command that has not ended a while after its end of file
+            // (busy, or ignoring stdin) gets the channel closed under it;
+            // sshd then closes its pipes. The pump aborts this task first
+            // when the command ends in time, so its exit status is kept.
+            tokio::time::sleep(EOF_GRACE).await;
+            let _ = write_half.close().await;
+            // Keep the write half until the pump ends.
             std::future::pending::<()>().await;
         });
         let session = self.clone();
