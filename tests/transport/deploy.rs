@@ -312,24 +312,29 @@ async fn the_deploy_command_evaluates_and_a_killed_client_leaves_nothing() {
         let python6 = common::python6().to_str().unwrap().to_string();
         let base = [url.as_str(), "--key", &key, "--known-hosts", &kh];
 
-        let args: Vec<&str> = base.iter().copied().chain(["--python", &with, "--eval", "1+1"]).collect();
-        let (ok, out, err) = tokio::task::spawn_blocking({
-            let mut v = vec!["deploy"];
-            v.extend(args);
-            let v: Vec<String> = v.into_iter().map(String::from).collect();
-            move || rpyc_cli(&v.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
+        // `rpyc deploy BASE… EXTRA…`, off the async workers.
+        let deploy = |extra: &[&str]| {
+            let args: Vec<String> =
+                ["deploy"].iter().chain(base.iter()).chain(extra.iter()).map(|s| s.to_string()).collect();
+            tokio::task::spawn_blocking(move || rpyc_cli(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        };
+
+        let (ok, out, err) = deploy(&["--python", &with, "--eval", "1+1"]).await.unwrap();
         assert!(ok && out == "2\n", "stdout: {out}\nstderr: {err}");
 
-        let mut v: Vec<String> = ["deploy"].iter().chain(base.iter()).map(|s| s.to_string()).collect();
-        v.extend(
-            ["--python", &bare, "--upload-from", &python6, "--json", "--eval", "__import__('sys').version_info[0]"]
-                .map(String::from),
-        );
+        // --execute: the remote print()s come out on stderr, stdout stays empty.
         let (ok, out, err) =
-            tokio::task::spawn_blocking(move || rpyc_cli(&v.iter().map(String::as_str).collect::<Vec<_>>()))
+            deploy(&["--python", &with, "--execute", "print('hello from', 'the remote side')"]).await.unwrap();
+        assert!(ok && out.is_empty() && err.contains("hello from the remote side"), "stdout: {out}\nstderr: {err}");
+
+        // A remote exception: exit status 1, its type in the message and the JSON.
+        let (ok, out, err) = deploy(&["--python", &with, "--json", "--eval", "1/0"]).await.unwrap();
+        assert!(!ok && out.contains(r#""ok": false"#) && out.contains("ZeroDivisionError"), "{out}\n{err}");
+        assert!(err.contains("ZeroDivisionError"), "{err}");
+
+        let eval = ["--json", "--eval", "__import__('sys').version_info[0]"];
+        let (ok, out, err) =
+            deploy(&[&["--python", bare.as_str(), "--upload-from", python6.as_str()][..], &eval[..]].concat())
                 .await
                 .unwrap();
         assert!(ok, "stdout: {out}\nstderr: {err}");
