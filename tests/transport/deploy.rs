@@ -50,6 +50,11 @@ impl RemotePythons {
         cmd.arg("-r").arg(local_rpyc_package()).arg(purelib.trim());
         let (ok, out) = common::run_with_timeout(cmd, Duration::from_secs(60));
         assert!(ok, "copying rpyc failed: {out}");
+        // Readable by the test user whatever this process's umask is.
+        let mut cmd = Command::new("chmod");
+        cmd.arg("-R").arg("a+rX").arg(with.dir.path());
+        let (ok, out) = common::run_with_timeout(cmd, Duration::from_secs(60));
+        assert!(ok, "chmod failed: {out}");
         with
     }
 
