@@ -41,6 +41,17 @@ if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1 || ! command -v s
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
 fi
+# The deploy tests run the system Python 3 as rpyctest over SSH (that user
+# cannot reach a Python installed under /root): they make venvs of it.
+if [ ! -x /usr/bin/python3 ] || ! /usr/bin/python3 -c "import venv" 2>/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "the deploy tests need /usr/bin/python3 with its venv module: install python3 and python3-venv (as root) and rerun"
+        exit 1
+    fi
+    log "installing python3 for the deploy tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
 if ! id rpyctest >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then
         log "the SSH tests log in as user 'rpyctest': create it (useradd -m rpyctest) and rerun"

@@ -594,6 +594,18 @@ impl Connection {
         run(builder.connect(addr)).map(Connection)
     }
 
+    /// Starts `program` and connects over its stdin/stdout (see
+    /// [`crate::connect_command`]); the program ends with the connection.
+    pub fn connect_command<I, S>(program: &str, args: I) -> Result<Connection>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        run(ClientBuilder::new().connect_command(command)).map(Connection)
+    }
+
     /// The async connection.
     pub fn as_async(&self) -> &crate::Connection {
         &self.0
@@ -650,6 +662,19 @@ impl Classic {
     /// `rpyc.classic.ssl_connect`).
     pub fn connect_with(builder: ClientBuilder, addr: &str) -> Result<Classic> {
         run(classic::Classic::connect_with(builder, addr)).map(Classic)
+    }
+
+    /// Starts a classic server as a child process and connects over its
+    /// stdin/stdout: `rpyc.classic.connect_subproc()` (see
+    /// [`classic::Classic::connect_command`]).
+    pub fn connect_command<I, S>(program: &str, args: I) -> Result<Classic>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        run(classic::Classic::connect_command_with(ClientBuilder::new(), command)).map(Classic)
     }
 
     /// Wraps a connection to a classic server.
@@ -902,6 +927,102 @@ impl Drop for RemoteContext {
             if exited.is_err() {
                 drop_in_runtime(slot);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Zero-deploy
+// ---------------------------------------------------------------------------
+
+/// A blocking [`crate::deploy::DeployedServer`]: a Python RPyC server
+/// started over SSH for the life of this handle (Python:
+/// `DeployedServer(SshMachine(host))`).
+///
+/// ```no_run
+/// # fn demo() -> rpyc::Result<()> {
+/// use rpyc::deploy::DeployOptions;
+/// use rpyc::transport::ssh::SshConfig;
+/// let ssh = SshConfig::new("build-box", 22, "bob").with_key_file("/home/bob/.ssh/id_ed25519");
+/// let server = rpyc::blocking::DeployedServer::start(ssh, DeployOptions::new())?;
+/// let c = server.classic()?;
+/// let two: i64 = c.eval_as("1+1")?;
+/// server.close()?; // or drop it: the remote process and directory go either way
+/// # let _ = two; Ok(()) }
+/// ```
+pub struct DeployedServer {
+    inner: Option<crate::deploy::DeployedServer>,
+    info: crate::deploy::RemoteInfo,
+}
+
+impl fmt::Debug for DeployedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeployedServer").field("info", &self.info).finish()
+    }
+}
+
+impl DeployedServer {
+    /// Logs in, starts the remote server and connects (see
+    /// [`crate::deploy::DeployedServer::start`]).
+    pub fn start(
+        ssh: crate::transport::ssh::SshConfig,
+        options: crate::deploy::DeployOptions,
+    ) -> Result<DeployedServer> {
+        let inner = run(crate::deploy::DeployedServer::start(ssh, options))?;
+        let info = inner.info().clone();
+        Ok(DeployedServer { inner: Some(inner), info })
+    }
+
+    fn inner(&self) -> Result<&crate::deploy::DeployedServer> {
+        self.inner.as_ref().ok_or_else(|| Error::Closed("the deployed server was closed".into()))
+    }
+
+    /// The classic helpers over the connection (`classic_connect()`).
+    pub fn classic(&self) -> Result<Classic> {
+        let inner = self.inner()?;
+        run(inner.classic()).map(Classic)
+    }
+
+    /// The connection (`connect()`).
+    pub fn connect(&self) -> Result<Connection> {
+        Ok(Connection(self.inner()?.connect()))
+    }
+
+    /// Where and what the server is.
+    pub fn info(&self) -> &crate::deploy::RemoteInfo {
+        &self.info
+    }
+
+    /// The remote temporary directory.
+    pub fn remote_dir(&self) -> &str {
+        &self.info.dir
+    }
+
+    /// The remote Python's process id.
+    pub fn remote_pid(&self) -> u32 {
+        self.info.pid
+    }
+
+    /// The async handle.
+    pub fn as_async(&self) -> Option<&crate::deploy::DeployedServer> {
+        self.inner.as_ref()
+    }
+
+    /// Closes the connection, waits (bounded) for the remote side to exit
+    /// and clean up; returns how the remote command ended.
+    pub fn close(mut self) -> Result<Option<String>> {
+        match self.inner.take() {
+            Some(inner) => block_on(inner.close()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for DeployedServer {
+    fn drop(&mut self) {
+        // Its clean-up task needs a runtime to run on.
+        if let Some(inner) = self.inner.take() {
+            drop_in_runtime(inner);
         }
     }
 }

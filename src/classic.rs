@@ -138,6 +138,27 @@ impl Classic {
         Classic::from_connection(builder.connect(addr).await?).await
     }
 
+    /// Starts a classic server as a child process and connects over its
+    /// stdin/stdout (Python: `rpyc.classic.connect_subproc()`, which runs
+    /// `rpyc_classic.py -m stdio`):
+    /// `Classic::connect_command("python3", ["/path/to/rpyc_classic.py", "-q", "-m", "stdio"])`.
+    /// The process ends with the connection (see [`crate::transport::pipe`]).
+    pub async fn connect_command<I, S>(program: &str, args: I) -> Result<Classic>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = std::process::Command::new(program);
+        command.args(args);
+        Classic::connect_command_with(ClientBuilder::new(), command).await
+    }
+
+    /// [`Classic::connect_command`] with client settings and a command of
+    /// your choice (environment, working directory).
+    pub async fn connect_command_with(builder: ClientBuilder, command: std::process::Command) -> Result<Classic> {
+        Classic::from_connection(builder.connect_command(command).await?).await
+    }
+
     /// Wraps an existing connection to a classic server: any transport
     /// ([`crate::connect_stream`] over a stream you opened, SSH, TLS…).
     pub async fn from_connection(conn: Connection) -> Result<Classic> {

@@ -2,7 +2,8 @@
 //!
 //! [`connect`] is the one-liner; [`ClientBuilder`] chooses the local service
 //! (what the server may call back into), the configuration and the dialect.
-//! [`connect_stream`] runs a connection over any stream you opened yourself.
+//! [`connect_stream`] runs a connection over any stream you opened yourself;
+//! [`connect_command`] over the stdin/stdout of a program it starts.
 
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::Result;
@@ -21,6 +22,22 @@ use std::time::Duration;
 /// default settings.
 pub async fn connect(addr: &str) -> Result<Connection> {
     ClientBuilder::new().connect(addr).await
+}
+
+/// Starts `program` with `args` and speaks RPyC over its stdin/stdout
+/// (Python: `rpyc.utils.factory.connect_subproc([program, *args])`), e.g.
+/// `connect_command("rpyc", ["serve", "--stdio"])`. The program's stderr
+/// is passed through; its exit ends the connection (the close reason
+/// carries the exit status), and closing the connection ends the program
+/// (see [`crate::transport::pipe`]).
+pub async fn connect_command<I, S>(program: &str, args: I) -> Result<Connection>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    ClientBuilder::new().connect_command(command).await
 }
 
 /// Runs a client connection over an already open stream.
@@ -179,6 +196,23 @@ impl ClientBuilder {
                 .await
                 .map_err(|_| crate::Error::Transport(format!("challenge-response: no answer within {deadline:?}")))??;
         }
+        Ok(self.start(stream, creds))
+    }
+
+    /// Starts `command` and connects over its stdin/stdout (see
+    /// [`connect_command`]); [`PipeOptions`](crate::transport::pipe::PipeOptions)
+    /// defaults.
+    pub async fn connect_command(self, command: std::process::Command) -> Result<Connection> {
+        self.connect_command_with(command, &crate::transport::pipe::PipeOptions::default()).await
+    }
+
+    /// [`connect_command`](Self::connect_command) with explicit pipe options.
+    pub async fn connect_command_with(
+        self,
+        command: std::process::Command,
+        options: &crate::transport::pipe::PipeOptions,
+    ) -> Result<Connection> {
+        let (stream, creds) = crate::transport::pipe::spawn(command, options)?;
         Ok(self.start(stream, creds))
     }
 

@@ -52,7 +52,7 @@
 //! | access | [`auth`], [`policy`] |
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
-//! | applications | [`server`], [`classic`], [`registry`] |
+//! | applications | [`server`], [`classic`], [`registry`], [`deploy`] (a Python server started over SSH, zero-deploy) |
 //! | tools | [`blocking`] (a synchronous facade), [`gateway`] (a protocol-aware TLS/SSH gateway in front of existing servers) |
 
 #![forbid(unsafe_code)]
@@ -65,6 +65,7 @@ pub mod classic;
 pub mod client;
 pub mod conformance;
 pub mod connection;
+pub mod deploy;
 mod error;
 pub mod gateway;
 pub mod identity;
@@ -75,7 +76,7 @@ pub mod service;
 pub mod transport;
 pub mod wire;
 
-pub use client::{connect, connect_stream, ClientBuilder};
+pub use client::{connect, connect_command, connect_stream, ClientBuilder};
 pub use connection::builtin as objects;
 pub use connection::{
     Args, AsyncResult, Class, Connection, ConnectionConfig, Ctx, IntoObject, Kwargs, Netref, Object, SelfObject, This,

@@ -159,6 +159,16 @@ impl Server {
         self.run().await
     }
 
+    /// Serves one stream that is already open — e.g. stdin/stdout
+    /// ([`crate::transport::pipe::stdio`], `rpyc serve --stdio`) — with this
+    /// server's authenticator, policy and connection limits, and returns
+    /// when that connection ends (or the shutdown handle fires). Listeners
+    /// are not used. Returns why the connection ended (or was refused).
+    pub async fn serve_connection(self, stream: crate::transport::BoxStream, creds: Credentials) -> String {
+        let incoming = Incoming::ready(stream, creds);
+        serve_stream(incoming, self.service, self.config, self.shutdown.subscribe()).await
+    }
+
     /// Starts serving in the background and returns the shutdown handle.
     pub fn spawn(self) -> ShutdownHandle {
         let h = self.shutdown_handle();
@@ -265,7 +275,7 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
-            serve_stream(incoming, service, config, shutdown).await;
+            let _ = serve_stream(incoming, service, config, shutdown).await;
         });
     }
 }
@@ -275,7 +285,7 @@ async fn serve_stream(
     service: Service,
     config: Arc<ServerConfig>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> String {
     let peer = incoming.peer.clone();
     let auth = config.authenticator.clone();
     // The transport handshake and the authenticator share one deadline.
@@ -289,11 +299,11 @@ async fn serve_stream(
         Ok(Ok(x)) => x,
         Ok(Err(reason)) => {
             tracing::warn!(%peer, %reason, "connection refused: authentication failed");
-            return;
+            return format!("refused: authentication failed: {reason}");
         }
         Err(_) => {
             tracing::warn!(%peer, timeout = ?config.auth_timeout, "connection refused: authentication timed out");
-            return;
+            return format!("refused: authentication timed out after {:?}", config.auth_timeout);
         }
     };
     let transport = creds.transport;
@@ -307,5 +317,7 @@ async fn serve_stream(
             conn.closed().await;
         }
     }
-    tracing::debug!(%peer, reason = conn.close_reason().unwrap_or_default(), "connection ended");
+    let reason = conn.close_reason().unwrap_or_default();
+    tracing::debug!(%peer, %reason, "connection ended");
+    reason
 }

@@ -9,6 +9,8 @@
 //! rpyc list --registry 127.0.0.1                # what a registry knows
 //! rpyc ping tcp://127.0.0.1:18861               # round-trip time, any transport
 //! rpyc call 127.0.0.1:18861 add 1 2             # arguments as Python literals
+//! rpyc serve --stdio                            # one connection on stdin/stdout (connect_subproc)
+//! rpyc deploy ssh://bob@host --eval "1+1"       # zero-deploy: a Python server over SSH, no port
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812
 //!                                               # mutual TLS + per-identity policy in front of a server
 //! ```
@@ -28,6 +30,8 @@ use std::process::ExitCode;
 
 // The crate root is this file, so its modules live beside it under rpyc/
 // (a file directly in src/bin/ would be a binary of its own).
+#[path = "rpyc/deploy.rs"]
+mod deploy;
 #[path = "rpyc/discovery.rs"]
 mod discovery;
 #[path = "rpyc/gateway.rs"]
@@ -85,6 +89,10 @@ enum Command {
     /// Secure existing RPyC servers: a TLS/SSH gateway that authenticates
     /// clients and checks every request against a per-identity policy.
     Gateway(gateway::GatewayArgs),
+    /// Zero-deploy: start a Python classic server on an SSH host (over the
+    /// SSH channel, no port), evaluate or execute there, and clean up.
+    #[command(arg_required_else_help = true)]
+    Deploy(deploy::DeployArgs),
 }
 
 #[derive(Subcommand)]
@@ -147,6 +155,7 @@ fn main() -> ExitCode {
         Command::Call(args) => remote::run_call(&args),
         Command::Serve(args) => serve::run_serve(&args),
         Command::Gateway(args) => gateway::run_gateway(&args),
+        Command::Deploy(args) => deploy::run_deploy(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

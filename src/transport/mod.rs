@@ -4,7 +4,8 @@
 //! [`Stream`] trait); this module only opens and accepts such streams. An
 //! [`Endpoint`] says where to connect, a [`Listener`] accepts. TCP and Unix
 //! sockets live here; TLS and SSH wrap the same two traits, so switching
-//! transport never touches the engine.
+//! transport never touches the engine. [`pipe`] runs a connection over a
+//! child process's stdin/stdout (or our own).
 
 use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod pipe;
 pub mod srv;
 pub mod ssh;
 pub mod tls;

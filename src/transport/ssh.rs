@@ -52,12 +52,20 @@
 //! [`SshServerConfig::authorized_keys`]).
 //! A stock `ssh -N -L 18861:localhost:18861 -p 2222 user@server` works with it.
 //!
+//! # Commands
+//!
+//! [`SshSession::exec_stream`] runs a command on the SSH server and returns
+//! its stdin/stdout as a stream (an SSH exec channel); [`crate::deploy`]
+//! runs a Python RPyC server that way, with no port at all.
+//!
 //! Only ed25519 and ECDSA keys are supported: russh is built on `ring`
 //! without its (non-constant-time) RSA implementation.
 
+mod exec;
 mod known_hosts;
 mod server;
 
+pub use exec::{ExecHandle, ExecOutput, ExecStream, RemoteStderr};
 pub use server::{SshAcceptor, SshServerConfig};
 
 use super::BoxStream;

@@ -88,7 +88,7 @@ fn interrupt(child: &mut ChildGuard) {
 #[test]
 fn every_subcommand_explains_itself() {
     let top = ok(&["--help"]);
-    for sub in ["certs", "registry", "discover", "list", "ping", "call", "serve"] {
+    for sub in ["certs", "registry", "discover", "list", "ping", "call", "serve", "deploy"] {
         assert!(top.contains(sub), "{sub} missing from --help:\n{top}");
         let help = ok(&[sub, "--help"]);
         assert!(help.contains(&format!("Usage: rpyc {sub}")), "{help}");
@@ -108,6 +108,13 @@ fn every_subcommand_explains_itself() {
         assert!(r.stderr.contains("Usage:"), "{}", r.stderr);
     }
     assert_eq!(run(&["frobnicate"]).code, Some(2));
+    let deploy = ok(&["deploy", "--help"]);
+    for word in ["--upload-from", "--python", "--eval", "--execute", "--known-hosts", "--accept-new", "--json"] {
+        assert!(deploy.contains(word), "deploy --help lacks {word}:\n{deploy}");
+    }
+    fails(&["deploy", "tcp://127.0.0.1:1"], 2, "bad SSH address");
+    fails(&["deploy", "ssh://bob@127.0.0.1/localhost:18861"], 2, "deploy needs only the host");
+    fails(&["deploy", "ssh://bob@127.0.0.1", "--eval", "1", "--execute", "x=1"], 2, "cannot be used with");
 }
 
 #[test]

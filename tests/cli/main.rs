@@ -6,6 +6,8 @@
 //!   each role, over UDP and TCP; pruning; hostile datagrams and floods.
 //! - `commands`: every `rpyc` subcommand run as a process (assert_cmd),
 //!   happy paths and error cases, over TCP, Unix sockets, TLS and SSH.
+//! - `pipes`: `rpyc serve --stdio` from Python's `connect_subproc` and from
+//!   `rpyc::connect_command`; child processes under a connection.
 //!
 //! Everything talks to 127.0.0.1 only: no test sends a broadcast (the CLI's
 //! discovery commands are always given `--registry`).
@@ -17,6 +19,7 @@
 mod common;
 
 mod commands;
+mod pipes;
 mod registry;
 
 use common::{python6, run_with_timeout, spawn, ChildGuard};

@@ -25,11 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SSHD: &str = "/usr/sbin/sshd";
-const USER: &str = "rpyctest";
+pub(crate) const USER: &str = "rpyctest";
 const DEADLINE: Duration = Duration::from_secs(180);
 
 /// Runs a test body under one overall deadline.
-async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
+pub(crate) async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
     // RUST_LOG=rpyc=debug shows the library's logs with a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -48,7 +48,7 @@ fn closed_port() -> u16 {
 }
 
 /// `ssh-keygen -t ed25519` into `dir/name` (mode 0600), optionally with a passphrase.
-fn keygen(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
+pub(crate) fn keygen(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
     let path = dir.join(name);
     let mut cmd = Command::new("ssh-keygen");
     cmd.args(["-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f"]).arg(&path);
@@ -57,7 +57,7 @@ fn keygen(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
     path
 }
 
-fn public_key(private: &Path) -> String {
+pub(crate) fn public_key(private: &Path) -> String {
     fs::read_to_string(format!("{}.pub", private.display())).unwrap().trim().to_string()
 }
 
@@ -91,9 +91,9 @@ fn require_sshd_prerequisites() {
 }
 
 /// A real OpenSSH server on a loopback port, killed on drop.
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     log: PathBuf,
 }
@@ -142,7 +142,7 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 impl Sshd {
     /// Starts sshd accepting `authorized` public keys for every user.
-    fn start(authorized: &[String]) -> Sshd {
+    pub(crate) fn start(authorized: &[String]) -> Sshd {
         require_sshd_prerequisites();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().unwrap();
@@ -201,7 +201,7 @@ impl Sshd {
         panic!("sshd did not listen on port {} within 15 s:\n{}", self.port, self.log_text());
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -213,7 +213,7 @@ impl Sshd {
 
     /// A known_hosts file written by `ssh-keyscan -H` (hashed host names, as
     /// OpenSSH writes them with HashKnownHosts).
-    fn known_hosts(&self, dir: &Path) -> PathBuf {
+    pub(crate) fn known_hosts(&self, dir: &Path) -> PathBuf {
         let mut cmd = Command::new("ssh-keyscan");
         cmd.args(["-H", "-t", "ed25519", "-p", &self.port.to_string(), "127.0.0.1"]);
         let out_file = dir.join("known_hosts");

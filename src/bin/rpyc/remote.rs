@@ -159,9 +159,15 @@ async fn call(args: &CallArgs, positional: Vec<Object>, keywords: Vec<(String, O
         Err(e) => Err(e),
     };
     conn.close().await;
+    print_outcome(args.json, &args.method, shown)
+}
+
+/// Prints a call's result as `rpyc call` does (the repr, or JSON) and turns
+/// a failure into the command's error.
+pub fn print_outcome(json: bool, what: &str, shown: rpyc::Result<(String, (String, Option<Value>))>) -> CmdResult {
     match shown {
         Ok((type_name, (repr, value))) => {
-            if args.json {
+            if json {
                 let value = value.as_ref().map(json_value).unwrap_or_else(|| "null".into());
                 println!(
                     "{{\"ok\": true, \"type\": {}, \"repr\": {}, \"value\": {value}}}",
@@ -174,7 +180,7 @@ async fn call(args: &CallArgs, positional: Vec<Object>, keywords: Vec<(String, O
             Ok(())
         }
         Err(rpyc::Error::Exception(exc)) => {
-            if args.json {
+            if json {
                 println!(
                     "{{\"ok\": false, \"error\": {{\"type\": {}, \"message\": {}, \"traceback\": {}}}}}",
                     json_str(&exc.qualified_name()),
@@ -182,16 +188,16 @@ async fn call(args: &CallArgs, positional: Vec<Object>, keywords: Vec<(String, O
                     json_str(&exc.traceback)
                 );
             }
-            Err(format!("{} raised {exc}", args.method).into())
+            Err(format!("{what} raised {exc}").into())
         }
         Err(e) => {
-            if args.json {
+            if json {
                 println!(
                     "{{\"ok\": false, \"error\": {{\"type\": null, \"message\": {}, \"traceback\": \"\"}}}}",
                     json_str(&e.to_string())
                 );
             }
-            Err(format!("calling {} failed: {e}", args.method).into())
+            Err(format!("calling {what} failed: {e}").into())
         }
     }
 }
@@ -217,7 +223,7 @@ async fn invoke(
 
 /// The Python repr of a result, and the value if it is one (references are
 /// shown by asking the server for their repr).
-fn show(obj: Object) -> Pin<Box<dyn Future<Output = (String, Option<Value>)> + Send>> {
+pub fn show(obj: Object) -> Pin<Box<dyn Future<Output = (String, Option<Value>)> + Send>> {
     Box::pin(async move {
         match obj.into_value() {
             Ok(v) => (v.repr(), Some(v)),

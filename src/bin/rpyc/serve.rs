@@ -1,4 +1,5 @@
-//! `rpyc serve`: the CONFORMANCE service on TCP, TLS or a Unix socket,
+//! `rpyc serve`: the CONFORMANCE service on TCP, TLS, a Unix socket or
+//! stdin/stdout (`--stdio`, for `connect_subproc`-style parents),
 //! optionally kept registered with a registry.
 
 use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
@@ -37,12 +38,25 @@ pub struct ServeArgs {
     /// Seconds between re-registrations.
     #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
     pub register_interval: Duration,
+    /// Serve one connection on stdin/stdout instead of listening (Python's
+    /// PipeStream: `rpyc.utils.factory.connect_subproc(["rpyc", "serve",
+    /// "--stdio"])`); exits when stdin ends. Logs stay on stderr.
+    #[arg(long, conflicts_with_all = ["unix", "tls", "register", "registry", "json"])]
+    pub stdio: bool,
     /// Print the listening address as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run_serve(args: &ServeArgs) -> CmdResult {
+    if args.stdio {
+        let rt = runtime()?;
+        let result = rt.block_on(serve_stdio());
+        // A read of stdin may still be parked on a blocking thread (after a
+        // signal): do not wait for it.
+        rt.shutdown_timeout(Duration::from_millis(100));
+        return result;
+    }
     let register = args.register || args.registry.registry.is_some();
     let registry = if register { Some(args.registry.client()?) } else { None };
     let host_ip: Option<IpAddr> = args.host.trim_matches(['[', ']']).parse().ok();
@@ -50,6 +64,21 @@ pub fn run_serve(args: &ServeArgs) -> CmdResult {
         return Err(usage(format!("--host {:?} is not a host name or IP address", args.host)));
     }
     runtime()?.block_on(serve(args, registry, host_ip))
+}
+
+/// One connection on stdin/stdout: nothing but RPyC may reach stdout.
+async fn serve_stdio() -> CmdResult {
+    let service = rpyc::conformance::service();
+    eprintln!("rpyc serve: {} on stdin/stdout", service.name());
+    let (stream, creds) = rpyc::transport::pipe::stdio();
+    let server = Server::new(service, ServerConfig::default());
+    tokio::select! {
+        reason = server.serve_connection(Box::new(stream), creds) => {
+            eprintln!("rpyc serve: connection ended: {reason}");
+        }
+        _ = wait_for_signal() => eprintln!("rpyc serve: stopping"),
+    }
+    Ok(())
 }
 
 async fn serve(
