@@ -61,9 +61,9 @@ pub use config::{ConfigError, GatewayConfig, ListenerConfig, RouteConfig, Upstre
 pub use policy::{GatewayPolicy, GatewayPolicySet};
 
 use crate::auth::{Authenticator, ChallengeResponse, SshPublicKey, TlsClientCert};
-use crate::server::{Admission, Refused};
+use crate::server::{Admission, Admitted, Refused};
 use crate::transport::tls::{TlsAcceptor, TlsClientConfig, TlsReloadHandle, TlsServerConfig};
-use crate::transport::{connect_endpoint, ssh, BoxStream, Endpoint, Incoming, Listener, TcpOptions};
+use crate::transport::{connect_endpoint, ssh, BoxStream, Endpoint, Incoming, Listener, TcpAcceptor, TcpOptions};
 use config::{secs, AuditFormat};
 use metrics::{AuditSink, Metrics};
 use std::collections::HashMap;
@@ -191,6 +191,7 @@ struct ListenerRt {
     auth: RwLock<Arc<dyn Authenticator>>,
     allow: RwLock<Option<Vec<String>>>,
     tls: Option<TlsReloadHandle>,
+    proxy_protocol: bool,
 }
 
 /// A running gateway: its listeners and shared state. Start it with
@@ -240,7 +241,7 @@ fn tls_server_config(l: &ListenerConfig) -> Result<TlsServerConfig, GatewayError
 /// The authenticator for a listener (what it proves is the identity).
 fn authenticator(l: &ListenerConfig) -> Result<Arc<dyn Authenticator>, GatewayError> {
     Ok(match l.url.split_once("://").map(|(s, _)| s) {
-        Some("tls") => Arc::new(TlsClientCert::new()),
+        Some("tls") => Arc::new(TlsClientCert::new().identity_from(l.identity_from)),
         Some("ssh") => Arc::new(SshPublicKey::new()),
         _ => {
             let path = l.secrets.as_deref().ok_or_else(|| setup("challenge-response needs a secrets file"))?;
@@ -255,7 +256,10 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
     let mut tls = None;
     let listener = match scheme {
         "tls" => {
-            let acceptor = TlsAcceptor::bind(addr, &tls_server_config(l)?).await.map_err(setup)?;
+            let acceptor = TlsAcceptor::bind(addr, &tls_server_config(l)?)
+                .await
+                .map_err(setup)?
+                .with_proxy_protocol(l.proxy_protocol);
             tls = Some(acceptor.reload_handle());
             Listener::new(acceptor)
         }
@@ -269,7 +273,7 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
             config.login_grace_time = auth_timeout;
             Listener::ssh(addr, config).await.map_err(setup)?
         }
-        "tcp" => Listener::tcp(addr).await.map_err(setup)?,
+        "tcp" => Listener::new(TcpAcceptor::bind(addr).await.map_err(setup)?.with_proxy_protocol(l.proxy_protocol)),
         #[cfg(unix)]
         "unix" => Listener::unix(addr).await.map_err(setup)?,
         other => return Err(setup(format!("unsupported listener scheme {other}://"))),
@@ -281,6 +285,7 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
         auth: RwLock::new(authenticator(l)?),
         allow: RwLock::new(l.allow.clone()),
         tls,
+        proxy_protocol: l.proxy_protocol,
     })
 }
 
@@ -466,6 +471,9 @@ impl GatewayHandle {
                 report.needs_restart.push(format!("listener {:?} moved to {}", l.name, new.url));
                 continue;
             }
+            if new.proxy_protocol != l.proxy_protocol {
+                report.needs_restart.push(format!("listener {:?} changed proxy_protocol", l.name));
+            }
             let tls = match &l.tls {
                 Some(h) => Some((h.clone(), tls_server_config(new)?)),
                 None => None,
@@ -533,7 +541,13 @@ async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<Admissi
             }
         };
         let max_per_peer = shared.rules().config.limits.max_connections_per_peer;
-        let admitted = match state.admit(&incoming.peer, max_per_peer) {
+        // Behind a proxy the socket's peer is the proxy: the connection's
+        // task counts the client's address once it has read the header.
+        let admitted = match incoming.awaits_proxy_header() {
+            true => state.admit_slot(),
+            false => state.admit(&incoming.peer, max_per_peer),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(refused) => {
                 shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -551,21 +565,43 @@ async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<Admissi
         let active = ActiveGuard(shared.clone());
         let (shared, l) = (shared.clone(), l.clone());
         tokio::spawn(async move {
-            let _admitted = admitted;
             let _active = active;
-            serve_incoming(incoming, l, shared).await;
+            serve_incoming(incoming, admitted, l, shared).await;
         });
     }
 }
 
-async fn serve_incoming(incoming: Incoming, l: Arc<ListenerRt>, shared: Arc<Shared>) {
-    let peer = incoming.peer.clone();
+async fn serve_incoming(mut incoming: Incoming, mut admitted: Admitted, l: Arc<ListenerRt>, shared: Arc<Shared>) {
     let rules = shared.rules();
     let auth_timeout = secs(rules.config.limits.auth_timeout_secs);
+    let max_per_peer = rules.config.limits.max_connections_per_peer;
     drop(rules);
+    // The PROXY header, the transport handshake and authentication share
+    // one deadline.
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    if incoming.awaits_proxy_header() {
+        let proxy = incoming.peer.clone();
+        let read = tokio::time::timeout_at(deadline, incoming.read_proxy_header()).await;
+        let refused = match read {
+            Ok(Ok(())) => match admitted.count_peer(&incoming.peer, max_per_peer) {
+                Ok(()) => None,
+                Err(_) => Some("too many connections from this address".to_string()),
+            },
+            Ok(Err(e)) => Some(format!("no valid PROXY header: {e}")),
+            Err(_) => Some(format!("no PROXY header within {auth_timeout:?}")),
+        };
+        if let Some(why) = refused {
+            shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %l.name, peer = %incoming.peer, via = %proxy, "connection refused: {why}");
+            return;
+        }
+        tracing::debug!(listener = %l.name, peer = %incoming.peer, via = %proxy, "PROXY header read");
+    }
+    let _admitted = admitted;
+    let peer = incoming.peer.clone();
     let auth = l.auth.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let authed = tokio::time::timeout(auth_timeout, async move {
-        let (stream, creds) = incoming.handshake.await.map_err(|e| e.to_string())?;
+    let authed = tokio::time::timeout_at(deadline, async move {
+        let (stream, creds) = incoming.handshake().await.map_err(|e| e.to_string())?;
         auth.authenticate(stream, creds).await.map_err(|e| e.to_string())
     })
     .await

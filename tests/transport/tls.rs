@@ -338,7 +338,7 @@ where
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(bad_client(addr));
     let incoming = step("accept", listener.accept()).await.unwrap();
-    let server_err = match step("server handshake", incoming.handshake).await {
+    let server_err = match step("server handshake", incoming.handshake()).await {
         Ok((_, creds)) => panic!("server accepted the bad client as {creds:?}"),
         Err(e) => e.to_string(),
     };
@@ -654,7 +654,7 @@ async fn refuses_certificate_with_two_common_names() {
         let config = pki.client_with(&forged);
         let client = tokio::spawn(async move { tls_conn(addr, config).await.map(|c| c.credentials().clone()) });
         let incoming = step("accept", listener.accept()).await.unwrap();
-        let (stream, creds) = step("server handshake", incoming.handshake).await.unwrap();
+        let (stream, creds) = step("server handshake", incoming.handshake()).await.unwrap();
         assert_eq!(creds.identity, None);
         let refused = match TlsClientCert::new().authenticate(stream, creds).await {
             Ok((_, c)) => panic!("two-CN certificate accepted as {:?}", c.identity),

@@ -3,6 +3,7 @@
 //! ```text
 //! rpyc gateway --config gateway.toml
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812 [--policy policy.toml]
+//!              [--proxy-protocol] [--identity-from cn|uri-san|dns-san]
 //! ```
 //!
 //! SIGHUP reloads the configuration (policies, routes, upstreams,
@@ -12,7 +13,7 @@
 use super::support::usage;
 use super::CmdResult;
 use clap::Args;
-use rpyc::gateway::config::{AuditConfig, AuditFormat, MetricsConfig};
+use rpyc::gateway::config::{AuditConfig, AuditFormat, IdentityFrom, MetricsConfig};
 use rpyc::gateway::{Gateway, GatewayConfig, GatewayPolicySet, ListenerConfig, UpstreamConfig};
 use std::path::PathBuf;
 
@@ -20,7 +21,12 @@ use std::path::PathBuf;
 pub struct GatewayArgs {
     /// The gateway configuration file (TOML: [[listen]], [upstream.NAME],
     /// [[route]], [policy], [limits], [audit], [metrics]).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "tls", "upstream", "policy"])]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        conflicts_with_all = ["listen", "tls", "upstream", "policy", "proxy_protocol", "identity_from"]
+    )]
     pub config: Option<PathBuf>,
     /// Where clients connect: tls://HOST:PORT (with --tls).
     #[arg(long, value_name = "URL", requires_all = ["tls", "upstream"])]
@@ -38,6 +44,17 @@ pub struct GatewayArgs {
     /// need [objects] grants, callbacks need callbacks = true.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// --listen sits behind a proxy (HAProxy `send-proxy`/`send-proxy-v2`,
+    /// AWS NLB, Envoy): every connection must start with a PROXY protocol
+    /// header, whose client address the audit trail, logs and per-address
+    /// limits use. Only where nothing but the proxy reaches the port.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Which part of the client certificate is the identity on --listen:
+    /// cn (the common name), uri-san (its one URI SAN, e.g. a SPIFFE ID
+    /// spiffe://example.org/billing) or dns-san (its one DNS SAN).
+    #[arg(long, value_name = "SOURCE", default_value = "cn")]
+    pub identity_from: IdentityFrom,
     /// Serve GET /metrics (Prometheus) and GET /healthz on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<String>,
@@ -73,6 +90,8 @@ fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>>
         let mut l = ListenerConfig::default();
         l.url = listen.clone();
         l.tls = Some(tls.clone());
+        l.proxy_protocol = args.proxy_protocol;
+        l.identity_from = args.identity_from;
         let config = GatewayConfig::simple(l, UpstreamConfig::url(upstream.clone()), policy);
         config.validate()?;
         config
