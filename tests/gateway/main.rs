@@ -14,6 +14,7 @@ mod common;
 mod attack;
 mod hostile;
 mod ops;
+mod proxy;
 mod python;
 mod rust;
 
