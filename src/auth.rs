@@ -626,3 +626,47 @@ impl Authenticator for AllOf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::CertificateInfo;
+
+    fn cert(cns: &[&str], dns: &[&str], uris: &[&str]) -> CertificateInfo {
+        CertificateInfo {
+            common_name: match cns {
+                [one] => Some(one.to_string()),
+                _ => None,
+            },
+            common_name_count: cns.len(),
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            ..CertificateInfo::default()
+        }
+    }
+
+    #[test]
+    fn identity_comes_from_exactly_one_value() {
+        let spiffe = "spiffe://example.org/ns/prod/sa/billing";
+        let c = cert(&["alice"], &["billing.prod.svc"], &[spiffe]);
+        assert_eq!(certificate_identity(&c, IdentityFrom::Cn).as_deref(), Ok("alice"));
+        assert_eq!(certificate_identity(&c, IdentityFrom::UriSan).as_deref(), Ok(spiffe));
+        assert_eq!(certificate_identity(&c, IdentityFrom::DnsSan).as_deref(), Ok("billing.prod.svc"));
+        for (c, from, want) in [
+            (cert(&["a", "b"], &[], &[]), IdentityFrom::Cn, "2 common names"),
+            (cert(&[], &[], &[]), IdentityFrom::Cn, "no common name"),
+            (cert(&["alice"], &[], &[]), IdentityFrom::UriSan, "no URI subject alternative name"),
+            (cert(&["alice"], &["x"], &[]), IdentityFrom::UriSan, "exactly one URI SAN"),
+            (cert(&[], &[], &[spiffe, "spiffe://example.org/admin"]), IdentityFrom::UriSan, "2 URI subject alternative names (spiffe://example.org/ns/prod/sa/billing, spiffe://example.org/admin), so its identity is ambiguous"),
+            (cert(&[], &["a", "b", "c"], &[]), IdentityFrom::DnsSan, "3 DNS subject alternative names"),
+            (cert(&["alice"], &[], &[spiffe]), IdentityFrom::DnsSan, "no DNS subject alternative name"),
+        ] {
+            let e = certificate_identity(&c, from).err().unwrap_or_default();
+            assert!(e.contains(want), "{from}: {e}");
+        }
+        for s in ["cn", "uri-san", "dns-san"] {
+            assert_eq!(s.parse::<IdentityFrom>().map(|f| f.to_string()).as_deref(), Ok(s));
+        }
+        assert!("email".parse::<IdentityFrom>().unwrap_err().contains("cn, uri-san or dns-san"));
+    }
+}

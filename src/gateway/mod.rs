@@ -396,12 +396,14 @@ impl Gateway {
         let state = Admission::new(self.shared.rules().config.limits.max_connections.max(1));
         let mut tasks = Vec::new();
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let watcher = tokio::spawn(watch_certificates(listeners.clone(), self.shared.clone()));
         for l in &listeners {
             tracing::info!(listener = %l.name, address = %l.listener.describe(), "gateway listening");
             tasks.push(tokio::spawn(accept_loop(l.clone(), self.shared.clone(), state.clone())));
         }
         let mut rx = self.shared.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
+        watcher.abort();
         for t in tasks {
             let _ = t.await;
         }
@@ -513,6 +515,71 @@ impl GatewayHandle {
         }
         tracing::info!(generation, "gateway configuration reloaded");
         Ok(report)
+    }
+}
+
+/// How often the certificate, key and CA files of TLS listeners are
+/// checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// The certificate, key and client CA files a TLS listener reads.
+fn certificate_files(l: &ListenerConfig) -> Vec<std::path::PathBuf> {
+    use crate::transport::tls::{CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
+    match (&l.tls, &l.cert, &l.key, &l.client_ca) {
+        (Some(dir), _, _, _) => vec![dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE), dir.join(CA_FILE)],
+        (None, Some(cert), Some(key), Some(ca)) => vec![cert.clone(), key.clone(), ca.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// What identifies a file's current content without reading it: its
+/// modification time, size and (on Unix) inode, following symlinks — so
+/// cert-manager's and Kubernetes' symlink swaps count as changes too.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &std::path::Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
+}
+
+/// Reloads a TLS listener's certificates when their files change on disk,
+/// so short-lived certificates renewed by cert-manager or spiffe-helper,
+/// and a rotated CA, take effect without SIGHUP or a restart. New
+/// connections get the new files; established ones keep what they
+/// negotiated. Files caught half-written (a certificate whose new key is
+/// not there yet) change nothing; the next change is tried again.
+async fn watch_certificates(listeners: Vec<Arc<ListenerRt>>, shared: Arc<Shared>) {
+    let mut seen: HashMap<String, Vec<FileStamp>> = HashMap::new();
+    loop {
+        let rules = shared.rules();
+        for l in &listeners {
+            let (Some(handle), Some(config)) =
+                (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
+            else {
+                continue;
+            };
+            let now: Vec<FileStamp> = certificate_files(config).iter().map(|p| stamp(p)).collect();
+            match seen.insert(l.name.clone(), now.clone()) {
+                Some(before) if before != now => {
+                    match tls_server_config(config).and_then(|c| handle.reload(&c).map_err(setup)) {
+                        Ok(()) => tracing::info!(listener = %l.name, "certificate files changed: reloaded"),
+                        Err(e) => tracing::warn!(
+                            listener = %l.name,
+                            error = %e,
+                            "certificate files changed but cannot be used; the previous certificates stay in force \
+                             until the files change again"
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(rules);
+        tokio::time::sleep(CERT_POLL).await;
     }
 }
 

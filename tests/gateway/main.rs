@@ -13,6 +13,7 @@ mod common;
 
 mod attack;
 mod hostile;
+mod identity;
 mod ops;
 mod proxy;
 mod python;

@@ -733,7 +733,8 @@ async fn server_behind_a_proxy_sees_the_client_and_limits_it() {
         // refused while the first is open; another client is not.
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.write_all(v1).await.unwrap();
-        let (stream, creds) = step("held", rpyc::transport::tls::connect_tls_stream(tcp, "localhost", &alice)).await.unwrap();
+        let (stream, creds) =
+            step("held", rpyc::transport::tls::connect_tls_stream(tcp, "localhost", &alice)).await.unwrap();
         let held = ClientBuilder::new().timeout(STEP).start(stream, creds);
         let _: String = step("held call", async { held.root().await?.call_method("peer", ()).await }).await.unwrap();
         let again = b"PROXY TCP4 203.0.113.7 127.0.0.1 56325 443\r\n";
