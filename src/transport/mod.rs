@@ -5,6 +5,10 @@
 //! [`Endpoint`] says where to connect, a [`Listener`] accepts. TCP and Unix
 //! sockets live here; TLS and SSH wrap the same two traits, so switching
 //! transport never touches the engine.
+//!
+//! Behind a load balancer, TCP and TLS listeners can read a PROXY protocol
+//! header first ([`proxy`]) so the client's real address is the one logged
+//! and limited.
 
 use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};

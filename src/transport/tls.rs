@@ -11,8 +11,12 @@
 //!   server's authentication deadline, so a peer that stalls mid-handshake
 //!   never holds up the accept loop. A verified client certificate becomes
 //!   the connection's [`Credentials`]: `identity` is its subject common name
-//!   (what `whoami()` returns), `certificate` holds CN, SANs, SHA-256
-//!   fingerprint and DER.
+//!   (what `whoami()` returns), `certificate` holds CN, SANs (DNS, IP,
+//!   URI), SHA-256 fingerprint and DER; an authenticator may take the
+//!   identity from a SAN instead
+//!   ([`TlsClientCert::identity_from`](crate::auth::TlsClientCert::identity_from)).
+//! - Behind a proxy, [`TlsAcceptor::with_proxy_protocol`] reads a PROXY
+//!   protocol header before the ClientHello (see [`super::proxy`]).
 //! - Certificates are reloadable without a restart: [`TlsReloadHandle`]
 //!   swaps the configuration that *new* connections use; established
 //!   connections keep the keys they negotiated.
