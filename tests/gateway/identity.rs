@@ -265,3 +265,89 @@ async fn certificates_and_ca_rotated_on_disk_without_a_restart() {
     })
     .await;
 }
+
+/// `rpyc gateway` and `rpyc serve` with `--proxy-protocol --identity-from
+/// uri-san`: a SPIFFE ID behind a PROXY v2 header is the identity, the
+/// header's address the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_flags() {
+    use rpyc::transport::tls::connect_tls_stream;
+    use tokio::io::AsyncWriteExt;
+    bounded(async {
+        let pki = Pki::new();
+        let ca = DevCa::load(pki.dir.path()).unwrap();
+        let cert = workload_cert(&ca, Some("alice"), &[BILLING], &[], YEAR);
+        let config = client_config(&ca, &cert);
+        let (_server, port) = python_server("classic").await;
+        let audit = pki.path("audit.jsonl");
+        let dir = pki.dir.path().display().to_string();
+        let rpyc = |args: Vec<String>| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_rpyc"));
+            cmd.args(args);
+            common::spawn(cmd)
+        };
+        let proxied = |url: String, config: TlsClientConfig| async move {
+            let addr = url.trim_start_matches("tls://").trim_end_matches('/').to_string();
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let mut header = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+            header.extend([198, 51, 100, 20, 127, 0, 0, 1, 0xee, 0x48, 0x01, 0xbb]);
+            tcp.write_all(&header).await?;
+            let (stream, creds) = connect_tls_stream(tcp, "localhost", &config).await?;
+            Ok::<_, rpyc::Error>(ClientBuilder::new().timeout(STEP).start(stream, creds))
+        };
+
+        let gateway = rpyc(
+            [
+                "-q",
+                "gateway",
+                "--listen",
+                "tls://127.0.0.1:0",
+                "--tls",
+                &dir,
+                "--proxy-protocol",
+                "--identity-from",
+                "uri-san",
+                "--audit-file",
+                &audit.display().to_string(),
+                "--upstream",
+                &format!("tcp://127.0.0.1:{port}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let (gateway, url) = blocking(move || {
+            let l = gateway.wait_line("listening ", STEP);
+            (gateway, l)
+        })
+        .await;
+        let conn = step("through rpyc gateway", proxied(url, config.clone())).await.unwrap();
+        let name: String =
+            step("call", async { conn.root().await?.call_method("get_service_name", ()).await }).await.unwrap();
+        assert_eq!(name, "SLAVE");
+        conn.close().await;
+        let text = std::fs::read_to_string(&audit).unwrap();
+        assert!(
+            text.lines().any(|l| l.contains(&format!("\"identity\":\"{BILLING}\""))
+                && l.contains("\"peer\":\"198.51.100.20:61000\"")),
+            "{text}"
+        );
+        drop(gateway);
+
+        let serve = rpyc(
+            ["serve", "--port", "0", "--tls", &dir, "--proxy-protocol", "--identity-from", "uri-san"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let (_serve, url) = blocking(move || {
+            let l = serve.wait_line("listening on ", STEP);
+            (serve, l)
+        })
+        .await;
+        let conn = step("through rpyc serve", proxied(url, config)).await.unwrap();
+        let who: Option<String> =
+            step("whoami", async { conn.root().await?.call_method("whoami", ()).await }).await.unwrap();
+        assert_eq!(who.as_deref(), Some(BILLING));
+        conn.close().await;
+    })
+    .await;
+}
