@@ -63,7 +63,7 @@
 //! Relative paths are relative to the configuration file's directory.
 
 use super::policy::GatewayPolicySet;
-pub use crate::auth::IdentityFrom;
+use crate::auth::IdentityFrom;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -30,8 +30,15 @@
 //! Operations: an audit record per request ([`config::AuditConfig`]),
 //! Prometheus metrics and `/healthz` ([`config::MetricsConfig`]), reload of
 //! policies, routes, upstreams and certificates ([`GatewayHandle::reload`],
-//! SIGHUP in `rpyc gateway`), and graceful shutdown that lets calls in
-//! flight finish ([`GatewayHandle::shutdown`]).
+//! SIGHUP in `rpyc gateway`; certificate, key and CA files are also
+//! re-read by themselves when they change on disk), and graceful shutdown
+//! that lets calls in flight finish ([`GatewayHandle::shutdown`]).
+//!
+//! Listeners may sit behind a proxy that sends PROXY protocol headers
+//! ([`ListenerConfig::proxy_protocol`]): the client's address is then the
+//! one audited, logged and limited per address. A TLS listener's identity
+//! is the client certificate's CN, URI SAN (SPIFFE) or DNS SAN
+//! ([`ListenerConfig::identity_from`]).
 //!
 //! The gateway uses only the wire, channel, transport, auth, policy and
 //! identity layers — not the connection engine: it never unboxes objects,

@@ -13,7 +13,8 @@
 use super::support::usage;
 use super::CmdResult;
 use clap::Args;
-use rpyc::gateway::config::{AuditConfig, AuditFormat, IdentityFrom, MetricsConfig};
+use rpyc::auth::IdentityFrom;
+use rpyc::gateway::config::{AuditConfig, AuditFormat, MetricsConfig};
 use rpyc::gateway::{Gateway, GatewayConfig, GatewayPolicySet, ListenerConfig, UpstreamConfig};
 use std::path::PathBuf;
 
