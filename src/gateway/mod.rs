@@ -661,7 +661,7 @@ async fn serve_incoming(mut incoming: Incoming, mut admitted: Admitted, l: Arc<L
                 Ok(()) => None,
                 Err(_) => Some("too many connections from this address".to_string()),
             },
-            Ok(Err(e)) => Some(format!("no valid PROXY header: {e}")),
+            Ok(Err(e)) => Some(format!("no valid PROXY header {e}")),
             Err(_) => Some(format!("no PROXY header within {auth_timeout:?}")),
         };
         if let Some(why) = refused {

@@ -459,7 +459,7 @@ pub(crate) async fn read_proxy_header(mut tcp: TcpStream, proxy: SocketAddr) -> 
     match proxy::read_header(&mut tcp).await {
         Ok(proxy::ProxySource::Client(client)) => Ok((tcp, client)),
         Ok(proxy::ProxySource::Local) => Ok((tcp, proxy)),
-        Err(e) => Err(Error::Transport(format!("refused the connection from {proxy}: {e}"))),
+        Err(e) => Err(Error::Transport(format!("from {proxy}: {e}"))),
     }
 }
 
