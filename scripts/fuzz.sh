@@ -11,7 +11,7 @@ export RUSTC_BOOTSTRAP=1
 cd fuzz
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in brine_decode frame_decode dispatch; do
+for target in brine_decode frame_decode dispatch proxy_header; do
     echo "==> fuzzing $target for ${secs}s" >&2
     if ! cargo fuzz run --sanitizer none "$target" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then

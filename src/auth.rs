@@ -111,12 +111,66 @@ fn add_groups(creds: &mut Credentials, groups: &BTreeMap<String, Vec<String>>) {
     }
 }
 
+/// Which part of a client certificate is the identity.
+///
+/// Whatever the source, exactly one value must be there: a certificate
+/// with two CNs, or two SANs of the chosen kind, has no identity (readers
+/// disagree on which one counts; SPIFFE allows exactly one URI SAN) and is
+/// refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum IdentityFrom {
+    /// The subject's common name (`CN=alice`). The default, and what
+    /// Python's `SSLAuthenticator` users know.
+    #[default]
+    Cn,
+    /// The URI subject alternative name: a workload identity such as the
+    /// SPIFFE ID `spiffe://example.org/ns/prod/sa/billing` (what SPIRE,
+    /// Istio and cert-manager's CSI driver issue).
+    UriSan,
+    /// The DNS subject alternative name (`billing.prod.svc`).
+    DnsSan,
+}
+
+impl IdentityFrom {
+    /// The spelling in configuration files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityFrom::Cn => "cn",
+            IdentityFrom::UriSan => "uri-san",
+            IdentityFrom::DnsSan => "dns-san",
+        }
+    }
+}
+
+impl fmt::Display for IdentityFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for IdentityFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cn" => Ok(IdentityFrom::Cn),
+            "uri-san" => Ok(IdentityFrom::UriSan),
+            "dns-san" => Ok(IdentityFrom::DnsSan),
+            other => Err(format!("unknown identity source {other:?}: use cn, uri-san or dns-san")),
+        }
+    }
+}
+
 /// Accepts connections that presented a client certificate the TLS layer
-/// verified; the identity is the certificate's common name.
+/// verified; the identity is the certificate's common name, or its one URI
+/// or DNS subject alternative name ([`TlsClientCert::identity_from`]).
 #[derive(Clone, Debug, Default)]
 pub struct TlsClientCert {
     allowed: Option<BTreeSet<String>>,
     groups: BTreeMap<String, Vec<String>>,
+    from: IdentityFrom,
 }
 
 impl TlsClientCert {
@@ -125,7 +179,15 @@ impl TlsClientCert {
         TlsClientCert::default()
     }
 
-    /// Only these common names.
+    /// Takes the identity from the common name (the default), the URI SAN
+    /// or the DNS SAN.
+    pub fn identity_from(mut self, from: IdentityFrom) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Only these identities (common names, or SANs with
+    /// [`TlsClientCert::identity_from`]).
     pub fn allow(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.allowed = Some(names.into_iter().map(Into::into).collect());
         self
@@ -147,26 +209,60 @@ impl Authenticator for TlsClientCert {
             let Some(cert) = &creds.certificate else {
                 return Err(AuthError::refused("no client certificate was presented"));
             };
-            if cert.common_name_count > 1 {
-                return Err(AuthError::refused(format!(
-                    "the client certificate has {} common names, so its identity is ambiguous; \
-                     issue certificates with exactly one CN",
-                    cert.common_name_count
-                )));
-            }
-            let Some(cn) = cert.common_name.clone() else {
-                return Err(AuthError::refused("the client certificate has no common name"));
-            };
+            let id = certificate_identity(cert, self.from).map_err(AuthError::refused)?;
             if let Some(allowed) = &self.allowed {
-                if !allowed.contains(&cn) {
-                    return Err(AuthError::refused(format!("certificate CN {cn:?} is not allowed")));
+                if !allowed.contains(&id) {
+                    let what = match self.from {
+                        IdentityFrom::Cn => "certificate CN",
+                        IdentityFrom::UriSan => "certificate URI SAN",
+                        IdentityFrom::DnsSan => "certificate DNS SAN",
+                    };
+                    return Err(AuthError::refused(format!("{what} {id:?} is not allowed")));
                 }
             }
-            creds.identity = Some(cn);
+            creds.identity = Some(id);
             add_groups(&mut creds, &self.groups);
             Ok((stream, creds))
         })();
         Box::pin(std::future::ready(result))
+    }
+}
+
+/// The identity a verified certificate carries in `from`, or why it has none.
+/// One decision for every caller: exactly one value, or no identity.
+fn certificate_identity(cert: &crate::identity::CertificateInfo, from: IdentityFrom) -> Result<String, String> {
+    let (kind, values, hint) = match from {
+        IdentityFrom::Cn => {
+            if cert.common_name_count > 1 {
+                return Err(format!(
+                    "the client certificate has {} common names, so its identity is ambiguous; \
+                     issue certificates with exactly one CN",
+                    cert.common_name_count
+                ));
+            }
+            return cert.common_name.clone().ok_or_else(|| "the client certificate has no common name".to_string());
+        }
+        IdentityFrom::UriSan => (
+            "URI",
+            &cert.uris,
+            "issue it with exactly one URI SAN (a SPIFFE ID, spiffe://trust-domain/path), or choose \
+             identity_from = \"cn\" or \"dns-san\"",
+        ),
+        IdentityFrom::DnsSan => (
+            "DNS",
+            &cert.dns_names,
+            "issue it with exactly one DNS SAN, or choose identity_from = \"cn\" or \"uri-san\"",
+        ),
+    };
+    match values.as_slice() {
+        [one] if !one.is_empty() => Ok(one.clone()),
+        [] | [_] => Err(format!("the client certificate has no {kind} subject alternative name: {hint}")),
+        many => Err(format!(
+            "the client certificate has {} {kind} subject alternative names ({}), so its identity is \
+             ambiguous: {hint}",
+            many.len(),
+            many.join(", ")
+        )),
     }
 }
 
@@ -528,5 +624,49 @@ impl Authenticator for AllOf {
             }
             Ok(cur)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::CertificateInfo;
+
+    fn cert(cns: &[&str], dns: &[&str], uris: &[&str]) -> CertificateInfo {
+        CertificateInfo {
+            common_name: match cns {
+                [one] => Some(one.to_string()),
+                _ => None,
+            },
+            common_name_count: cns.len(),
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            uris: uris.iter().map(|s| s.to_string()).collect(),
+            ..CertificateInfo::default()
+        }
+    }
+
+    #[test]
+    fn identity_comes_from_exactly_one_value() {
+        let spiffe = "spiffe://example.org/ns/prod/sa/billing";
+        let c = cert(&["alice"], &["billing.prod.svc"], &[spiffe]);
+        assert_eq!(certificate_identity(&c, IdentityFrom::Cn).as_deref(), Ok("alice"));
+        assert_eq!(certificate_identity(&c, IdentityFrom::UriSan).as_deref(), Ok(spiffe));
+        assert_eq!(certificate_identity(&c, IdentityFrom::DnsSan).as_deref(), Ok("billing.prod.svc"));
+        for (c, from, want) in [
+            (cert(&["a", "b"], &[], &[]), IdentityFrom::Cn, "2 common names"),
+            (cert(&[], &[], &[]), IdentityFrom::Cn, "no common name"),
+            (cert(&["alice"], &[], &[]), IdentityFrom::UriSan, "no URI subject alternative name"),
+            (cert(&["alice"], &["x"], &[]), IdentityFrom::UriSan, "exactly one URI SAN"),
+            (cert(&[], &[], &[spiffe, "spiffe://example.org/admin"]), IdentityFrom::UriSan, "2 URI subject alternative names (spiffe://example.org/ns/prod/sa/billing, spiffe://example.org/admin), so its identity is ambiguous"),
+            (cert(&[], &["a", "b", "c"], &[]), IdentityFrom::DnsSan, "3 DNS subject alternative names"),
+            (cert(&["alice"], &[], &[spiffe]), IdentityFrom::DnsSan, "no DNS subject alternative name"),
+        ] {
+            let e = certificate_identity(&c, from).err().unwrap_or_default();
+            assert!(e.contains(want), "{from}: {e}");
+        }
+        for s in ["cn", "uri-san", "dns-san"] {
+            assert_eq!(s.parse::<IdentityFrom>().map(|f| f.to_string()).as_deref(), Ok(s));
+        }
+        assert!("email".parse::<IdentityFrom>().unwrap_err().contains("cn, uri-san or dns-san"));
     }
 }

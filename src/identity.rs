@@ -74,6 +74,11 @@ pub struct CertificateInfo {
     pub common_name_count: usize,
     /// DNS names and IP addresses from the subjectAltName extension.
     pub subject_alt_names: Vec<String>,
+    /// The DNS names alone from the subjectAltName extension.
+    pub dns_names: Vec<String>,
+    /// The URIs from the subjectAltName extension (a SPIFFE ID is one:
+    /// `spiffe://trust-domain/path`).
+    pub uris: Vec<String>,
     /// SHA-256 of the DER certificate, lower-case hex.
     pub sha256_fingerprint: String,
     /// The DER bytes of the certificate.

@@ -5,6 +5,9 @@
 //! chosen from its credentials, and served as its own connection. Limits on
 //! the total number of connections and on connections per peer address are
 //! enforced at accept time; a refused peer is dropped before a byte is read.
+//! Behind a proxy (a listener that reads PROXY protocol headers) the limit
+//! per address counts the client's address, once the connection's own task
+//! has read the header, before the TLS handshake.
 
 use crate::auth::{AllowAll, Authenticator};
 use crate::connection::{Connection, ConnectionConfig};
@@ -166,7 +169,7 @@ impl Server {
     /// are not used. Returns why the connection ended (or was refused).
     pub async fn serve_connection(self, stream: crate::transport::BoxStream, creds: Credentials) -> String {
         let incoming = Incoming::ready(stream, creds);
-        serve_stream(incoming, self.service, self.config, self.shutdown.subscribe()).await
+        serve_stream(incoming, None, self.service, self.config, self.shutdown.subscribe()).await
     }
 
     /// Starts serving in the background and returns the shutdown handle.
@@ -206,20 +209,40 @@ impl Admission {
 
     /// Takes a slot for a connection from `peer`, or says why not.
     pub(crate) fn admit(self: &Arc<Self>, peer: &PeerAddr, max_per_peer: usize) -> Result<Admitted, Refused> {
+        let mut admitted = self.admit_slot()?;
+        admitted.count_peer(peer, max_per_peer)?;
+        Ok(admitted)
+    }
+
+    /// Takes a slot without counting an address yet (the address is the
+    /// proxy's until the PROXY header is read): follow with
+    /// [`Admitted::count_peer`].
+    pub(crate) fn admit_slot(self: &Arc<Self>) -> Result<Admitted, Refused> {
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| Refused::Full)?;
-        let ip = match peer {
-            PeerAddr::Ip(a) => Some(a.ip()),
-            _ => None,
+        Ok(Admitted { _permit: permit, state: self.clone(), ip: None })
+    }
+}
+
+impl Admitted {
+    /// Counts this connection against `peer`'s address (once; IP peers only).
+    pub(crate) fn count_peer(&mut self, peer: &PeerAddr, max_per_peer: usize) -> Result<(), Refused> {
+        let PeerAddr::Ip(addr) = peer else {
+            return Ok(());
         };
-        if let Some(ip) = ip {
-            let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= max_per_peer {
-                return Err(Refused::PerPeer);
-            }
-            *n += 1;
+        if self.ip.is_some() {
+            return Ok(());
         }
-        Ok(Admitted { _permit: permit, state: self.clone(), ip })
+        let mut m = self.state.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(addr.ip()).or_insert(0);
+        if *n >= max_per_peer {
+            if *n == 0 {
+                m.remove(&addr.ip());
+            }
+            return Err(Refused::PerPeer);
+        }
+        *n += 1;
+        self.ip = Some(addr.ip());
+        Ok(())
     }
 }
 
@@ -258,7 +281,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let admitted = match state.admit(&incoming.peer, config.max_connections_per_peer) {
+        // Behind a proxy the address is the proxy's: the connection's task
+        // counts the client's once it has read the PROXY header.
+        let admitted = match incoming.awaits_proxy_header() {
+            true => state.admit_slot(),
+            false => state.admit(&incoming.peer, config.max_connections_per_peer),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(Refused::Full) => {
                 tracing::warn!(peer = %incoming.peer, limit = config.max_connections, "connection refused: server is at max_connections");
@@ -274,23 +303,46 @@ async fn accept_loop(
         let config = config.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _admitted = admitted;
-            let _ = serve_stream(incoming, service, config, shutdown).await;
+            let _ = serve_stream(incoming, Some(admitted), service, config, shutdown).await;
         });
     }
 }
 
 async fn serve_stream(
-    incoming: Incoming,
+    mut incoming: Incoming,
+    mut admitted: Option<Admitted>,
     service: Service,
     config: Arc<ServerConfig>,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
+    // The PROXY header, the transport handshake and the authenticator
+    // share one deadline.
+    let deadline = tokio::time::Instant::now() + config.auth_timeout;
+    if incoming.awaits_proxy_header() {
+        let proxy = incoming.peer.clone();
+        match tokio::time::timeout_at(deadline, incoming.read_proxy_header()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %proxy, reason = %e, "connection refused: no valid PROXY header");
+                return format!("refused: no valid PROXY header: {e}");
+            }
+            Err(_) => {
+                tracing::warn!(peer = %proxy, timeout = ?config.auth_timeout, "connection refused: no PROXY header in time");
+                return format!("refused: no PROXY header within {:?}", config.auth_timeout);
+            }
+        }
+        if let Some(a) = admitted.as_mut() {
+            if a.count_peer(&incoming.peer, config.max_connections_per_peer).is_err() {
+                tracing::warn!(peer = %incoming.peer, via = %proxy, limit = config.max_connections_per_peer, "connection refused: too many connections from this address");
+                return "refused: too many connections from this address".into();
+            }
+        }
+    }
+    let _admitted = admitted;
     let peer = incoming.peer.clone();
     let auth = config.authenticator.clone();
-    // The transport handshake and the authenticator share one deadline.
-    let authed = tokio::time::timeout(config.auth_timeout, async move {
-        let (stream, creds) = incoming.handshake.await.map_err(|e| e.to_string())?;
+    let authed = tokio::time::timeout_at(deadline, async move {
+        let (stream, creds) = incoming.handshake().await.map_err(|e| e.to_string())?;
         let transport = creds.transport;
         auth.authenticate(stream, creds).await.map_err(|e| format!("{} ({})", e, transport.as_str()))
     })

@@ -4,6 +4,16 @@
 //! [[listen]]                          # mutual TLS: the certificate CN is the identity
 //! url = "tls://0.0.0.0:18821"
 //! tls = "certs"                       # ca.pem (client CA), server.pem, server.key
+//!                                     # (files rewritten on disk are picked up by themselves)
+//!
+//! [[listen]]                          # behind HAProxy (`send-proxy-v2`): workload identities
+//! name = "mesh"
+//! url = "tls://127.0.0.1:18822"       # reachable by the proxy only
+//! cert = "/run/spiffe/svid.pem"       # e.g. written by spiffe-helper
+//! key = "/run/spiffe/svid_key.pem"
+//! client_ca = "/run/spiffe/bundle.pem"
+//! proxy_protocol = true               # the client address comes from the PROXY header
+//! identity_from = "uri-san"           # spiffe://example.org/billing is the identity
 //!
 //! [[listen]]                          # embedded SSH: the identity the key is bound to
 //! url = "ssh://0.0.0.0:2222"
@@ -48,6 +58,7 @@
 //!
 //! [groups]                            # identity -> groups
 //! alice = ["admins"]
+//! "spiffe://example.org/billing" = ["admins"]
 //!
 //! [policy]                            # or policy_file = "policy.toml"
 //! [policy.policies.admin]
@@ -69,6 +80,7 @@
 //! Relative paths are relative to the configuration file's directory.
 
 use super::policy::GatewayPolicySet;
+use crate::auth::IdentityFrom;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -205,6 +217,25 @@ pub struct ListenerConfig {
     /// Only these identities may connect here. Default: every authenticated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<String>>,
+    /// tls/tcp: every connection starts with a PROXY protocol header (v1
+    /// or v2, as HAProxy's `send-proxy` / `send-proxy-v2`, AWS NLB or Envoy
+    /// write it), and the client's address is taken from it for the audit
+    /// trail, logs and `max_connections_per_peer`; a connection without a
+    /// valid header is refused. Default: false — whoever connects writes
+    /// the header, so enable it only where nothing but the proxy can reach
+    /// the port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
+    /// tls: which part of the client certificate is the identity: `"cn"`
+    /// (the subject's common name), `"uri-san"` (its one URI SAN, e.g. a
+    /// SPIFFE ID) or `"dns-san"` (its one DNS SAN). A certificate with none
+    /// or several is refused. Default: `"cn"`.
+    #[serde(default, skip_serializing_if = "is_cn")]
+    pub identity_from: IdentityFrom,
+}
+
+fn is_cn(f: &IdentityFrom) -> bool {
+    *f == IdentityFrom::Cn
 }
 
 impl ListenerConfig {
@@ -523,6 +554,16 @@ impl GatewayConfig {
             }
             let scheme = l.url.split_once("://").map(|(s, _)| s).unwrap_or("");
             let what = format!("listener {:?}", l.display_name());
+            if l.proxy_protocol && !matches!(scheme, "tls" | "tcp") {
+                return err(format!(
+                    "{what}: proxy_protocol is supported on tls:// and tcp:// listeners, not {scheme}://"
+                ));
+            }
+            if l.identity_from != IdentityFrom::Cn && scheme != "tls" {
+                return err(format!(
+                    "{what}: identity_from applies to tls:// listeners (client certificates), not {scheme}://"
+                ));
+            }
             match scheme {
                 "tls" => {
                     if l.tls.is_none() && (l.cert.is_none() || l.key.is_none() || l.client_ca.is_none()) {
@@ -678,8 +719,15 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = GatewayConfig::from_toml(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners.len(), 4);
         assert_eq!(c.listeners[0].tls.as_deref(), Some(dir.path().join("certs").as_path()));
+        assert!(c.listeners[1].proxy_protocol && !c.listeners[0].proxy_protocol);
+        assert_eq!(
+            (c.listeners[1].identity_from, c.listeners[0].identity_from),
+            (IdentityFrom::UriSan, IdentityFrom::Cn)
+        );
+        let spiffe = "spiffe://example.org/billing";
+        assert_eq!(c.route(spiffe, &c.groups[spiffe], "mesh"), Some("classic"));
         assert_eq!(c.route("alice", &["admins".to_string()], "x"), Some("classic"));
         assert_eq!(c.route("bob", &[], "x"), Some("calc"));
         assert!(c.policy.resolve(Some("alice"), &["admins".to_string()]).1.classic);
@@ -736,6 +784,15 @@ mod tests {
             (
                 "[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\n[upstream.a]\nurl = \"tcp://x:1\"\n[health]\ninterval_secs = 0\n",
                 "health.interval_secs",
+            ),
+            ("[[listen]]\nurl = \"tls://x:1\"\ntls = \"c\"\nidentity_from = \"email\"\n", "unknown variant `email`"),
+            (
+                "[[listen]]\nurl = \"ssh://x:1\"\nhost_key = \"k\"\nauthorized_keys = \"a\"\nproxy_protocol = true\n",
+                "proxy_protocol is supported on tls:// and tcp://",
+            ),
+            (
+                "[[listen]]\nurl = \"unix:///x\"\nsecrets = \"s\"\nidentity_from = \"uri-san\"\n",
+                "identity_from applies to tls://",
             ),
         ] {
             let e = GatewayConfig::from_toml(text, base).err().map(|e| e.to_string()).unwrap_or_default();

@@ -30,8 +30,15 @@
 //! Operations: an audit record per request ([`config::AuditConfig`]),
 //! Prometheus metrics and `/healthz` ([`config::MetricsConfig`]), reload of
 //! policies, routes, upstreams and certificates ([`GatewayHandle::reload`],
-//! SIGHUP in `rpyc gateway`), and graceful shutdown that lets calls in
-//! flight finish ([`GatewayHandle::shutdown`]).
+//! SIGHUP in `rpyc gateway`; certificate, key and CA files are also
+//! re-read by themselves when they change on disk), and graceful shutdown
+//! that lets calls in flight finish ([`GatewayHandle::shutdown`]).
+//!
+//! Listeners may sit behind a proxy that sends PROXY protocol headers
+//! ([`ListenerConfig::proxy_protocol`]): the client's address is then the
+//! one audited, logged and limited per address. A TLS listener's identity
+//! is the client certificate's CN, URI SAN (SPIFFE) or DNS SAN
+//! ([`ListenerConfig::identity_from`]).
 //!
 //! The gateway uses only the wire, channel, transport, auth, policy and
 //! identity layers — not the connection engine: it never unboxes objects,
@@ -62,9 +69,9 @@ pub use config::{ConfigError, GatewayConfig, ListenerConfig, RouteConfig, Upstre
 pub use policy::{GatewayPolicy, GatewayPolicySet};
 
 use crate::auth::{Authenticator, ChallengeResponse, SshPublicKey, TlsClientCert};
-use crate::server::{Admission, Refused};
+use crate::server::{Admission, Admitted, Refused};
 use crate::transport::tls::{TlsAcceptor, TlsReloadHandle, TlsServerConfig};
-use crate::transport::{ssh, Incoming, Listener};
+use crate::transport::{ssh, Incoming, Listener, TcpAcceptor};
 use config::{secs, AuditFormat};
 use metrics::{AuditSink, Metrics};
 use std::collections::HashMap;
@@ -212,6 +219,7 @@ struct ListenerRt {
     auth: RwLock<Arc<dyn Authenticator>>,
     allow: RwLock<Option<Vec<String>>>,
     tls: Option<TlsReloadHandle>,
+    proxy_protocol: bool,
 }
 
 /// A running gateway: its listeners and shared state. Start it with
@@ -261,7 +269,7 @@ fn tls_server_config(l: &ListenerConfig) -> Result<TlsServerConfig, GatewayError
 /// The authenticator for a listener (what it proves is the identity).
 fn authenticator(l: &ListenerConfig) -> Result<Arc<dyn Authenticator>, GatewayError> {
     Ok(match l.url.split_once("://").map(|(s, _)| s) {
-        Some("tls") => Arc::new(TlsClientCert::new()),
+        Some("tls") => Arc::new(TlsClientCert::new().identity_from(l.identity_from)),
         Some("ssh") => Arc::new(SshPublicKey::new()),
         _ => {
             let path = l.secrets.as_deref().ok_or_else(|| setup("challenge-response needs a secrets file"))?;
@@ -276,7 +284,10 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
     let mut tls = None;
     let listener = match scheme {
         "tls" => {
-            let acceptor = TlsAcceptor::bind(addr, &tls_server_config(l)?).await.map_err(setup)?;
+            let acceptor = TlsAcceptor::bind(addr, &tls_server_config(l)?)
+                .await
+                .map_err(setup)?
+                .with_proxy_protocol(l.proxy_protocol);
             tls = Some(acceptor.reload_handle());
             Listener::new(acceptor)
         }
@@ -290,7 +301,7 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
             config.login_grace_time = auth_timeout;
             Listener::ssh(addr, config).await.map_err(setup)?
         }
-        "tcp" => Listener::tcp(addr).await.map_err(setup)?,
+        "tcp" => Listener::new(TcpAcceptor::bind(addr).await.map_err(setup)?.with_proxy_protocol(l.proxy_protocol)),
         #[cfg(unix)]
         "unix" => Listener::unix(addr).await.map_err(setup)?,
         other => return Err(setup(format!("unsupported listener scheme {other}://"))),
@@ -302,6 +313,7 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
         auth: RwLock::new(authenticator(l)?),
         allow: RwLock::new(l.allow.clone()),
         tls,
+        proxy_protocol: l.proxy_protocol,
     })
 }
 
@@ -423,12 +435,14 @@ impl Gateway {
         let state = Admission::new(self.shared.rules().config.limits.max_connections.max(1));
         let mut tasks = Vec::new();
         let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let watcher = tokio::spawn(watch_certificates(listeners.clone(), self.shared.clone()));
         for l in &listeners {
             tracing::info!(listener = %l.name, address = %l.listener.describe(), "gateway listening");
             tasks.push(tokio::spawn(accept_loop(l.clone(), self.shared.clone(), state.clone())));
         }
         let mut rx = self.shared.draining.subscribe();
         let _ = rx.wait_for(|d| *d).await;
+        watcher.abort();
         for t in tasks {
             let _ = t.await;
         }
@@ -505,6 +519,9 @@ impl GatewayHandle {
                 report.needs_restart.push(format!("listener {:?} moved to {}", l.name, new.url));
                 continue;
             }
+            if new.proxy_protocol != l.proxy_protocol {
+                report.needs_restart.push(format!("listener {:?} changed proxy_protocol", l.name));
+            }
             let tls = match &l.tls {
                 Some(h) => Some((h.clone(), tls_server_config(new)?)),
                 None => None,
@@ -548,6 +565,71 @@ impl GatewayHandle {
     }
 }
 
+/// How often the certificate, key and CA files of TLS listeners are
+/// checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// The certificate, key and client CA files a TLS listener reads.
+fn certificate_files(l: &ListenerConfig) -> Vec<std::path::PathBuf> {
+    use crate::transport::tls::{CA_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
+    match (&l.tls, &l.cert, &l.key, &l.client_ca) {
+        (Some(dir), _, _, _) => vec![dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE), dir.join(CA_FILE)],
+        (None, Some(cert), Some(key), Some(ca)) => vec![cert.clone(), key.clone(), ca.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// What identifies a file's current content without reading it: its
+/// modification time, size and (on Unix) inode, following symlinks — so
+/// cert-manager's and Kubernetes' symlink swaps count as changes too.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &std::path::Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((m.modified().ok()?, m.len(), ino))
+}
+
+/// Reloads a TLS listener's certificates when their files change on disk,
+/// so short-lived certificates renewed by cert-manager or spiffe-helper,
+/// and a rotated CA, take effect without SIGHUP or a restart. New
+/// connections get the new files; established ones keep what they
+/// negotiated. Files caught half-written (a certificate whose new key is
+/// not there yet) change nothing; the next change is tried again.
+async fn watch_certificates(listeners: Vec<Arc<ListenerRt>>, shared: Arc<Shared>) {
+    let mut seen: HashMap<String, Vec<FileStamp>> = HashMap::new();
+    loop {
+        let rules = shared.rules();
+        for l in &listeners {
+            let (Some(handle), Some(config)) =
+                (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
+            else {
+                continue;
+            };
+            let now: Vec<FileStamp> = certificate_files(config).iter().map(|p| stamp(p)).collect();
+            match seen.insert(l.name.clone(), now.clone()) {
+                Some(before) if before != now => {
+                    match tls_server_config(config).and_then(|c| handle.reload(&c).map_err(setup)) {
+                        Ok(()) => tracing::info!(listener = %l.name, "certificate files changed: reloaded"),
+                        Err(e) => tracing::warn!(
+                            listener = %l.name,
+                            error = %e,
+                            "certificate files changed but cannot be used; the previous certificates stay in force \
+                             until the files change again"
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(rules);
+        tokio::time::sleep(CERT_POLL).await;
+    }
+}
+
 struct ActiveGuard(Arc<Shared>);
 
 impl Drop for ActiveGuard {
@@ -573,7 +655,13 @@ async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<Admissi
             }
         };
         let max_per_peer = shared.rules().config.limits.max_connections_per_peer;
-        let admitted = match state.admit(&incoming.peer, max_per_peer) {
+        // Behind a proxy the socket's peer is the proxy: the connection's
+        // task counts the client's address once it has read the header.
+        let admitted = match incoming.awaits_proxy_header() {
+            true => state.admit_slot(),
+            false => state.admit(&incoming.peer, max_per_peer),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(refused) => {
                 shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -591,21 +679,43 @@ async fn accept_loop(l: Arc<ListenerRt>, shared: Arc<Shared>, state: Arc<Admissi
         let active = ActiveGuard(shared.clone());
         let (shared, l) = (shared.clone(), l.clone());
         tokio::spawn(async move {
-            let _admitted = admitted;
             let _active = active;
-            serve_incoming(incoming, l, shared).await;
+            serve_incoming(incoming, admitted, l, shared).await;
         });
     }
 }
 
-async fn serve_incoming(incoming: Incoming, l: Arc<ListenerRt>, shared: Arc<Shared>) {
-    let peer = incoming.peer.clone();
+async fn serve_incoming(mut incoming: Incoming, mut admitted: Admitted, l: Arc<ListenerRt>, shared: Arc<Shared>) {
     let rules = shared.rules();
     let auth_timeout = secs(rules.config.limits.auth_timeout_secs);
+    let max_per_peer = rules.config.limits.max_connections_per_peer;
     drop(rules);
+    // The PROXY header, the transport handshake and authentication share
+    // one deadline.
+    let deadline = tokio::time::Instant::now() + auth_timeout;
+    if incoming.awaits_proxy_header() {
+        let proxy = incoming.peer.clone();
+        let read = tokio::time::timeout_at(deadline, incoming.read_proxy_header()).await;
+        let refused = match read {
+            Ok(Ok(())) => match admitted.count_peer(&incoming.peer, max_per_peer) {
+                Ok(()) => None,
+                Err(_) => Some("too many connections from this address".to_string()),
+            },
+            Ok(Err(e)) => Some(format!("no valid PROXY header {e}")),
+            Err(_) => Some(format!("no PROXY header within {auth_timeout:?}")),
+        };
+        if let Some(why) = refused {
+            shared.metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %l.name, peer = %incoming.peer, via = %proxy, "connection refused: {why}");
+            return;
+        }
+        tracing::debug!(listener = %l.name, peer = %incoming.peer, via = %proxy, "PROXY header read");
+    }
+    let _admitted = admitted;
+    let peer = incoming.peer.clone();
     let auth = l.auth.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let authed = tokio::time::timeout(auth_timeout, async move {
-        let (stream, creds) = incoming.handshake.await.map_err(|e| e.to_string())?;
+    let authed = tokio::time::timeout_at(deadline, async move {
+        let (stream, creds) = incoming.handshake().await.map_err(|e| e.to_string())?;
         auth.authenticate(stream, creds).await.map_err(|e| e.to_string())
     })
     .await

@@ -6,6 +6,10 @@
 //! sockets live here; TLS and SSH wrap the same two traits, so switching
 //! transport never touches the engine. [`pipe`] runs a connection over a
 //! child process's stdin/stdout (or our own).
+//!
+//! Behind a load balancer, TCP and TLS listeners can read a PROXY protocol
+//! header first ([`proxy`]) so the client's real address is the one logged
+//! and limited.
 
 use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};
@@ -16,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod pipe;
+pub mod proxy;
 pub mod srv;
 pub mod ssh;
 pub mod tls;
@@ -263,22 +268,84 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
 /// A boxed future borrowing from `'a`.
 pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// The transport handshake still to run (TLS, nothing for TCP): it yields
+/// the stream and the credentials the transport establishes (e.g. the
+/// client certificate).
+pub type Handshake = BoxFut<'static, Result<(BoxStream, Credentials)>>;
+
 /// A freshly accepted peer whose transport handshake (TLS, nothing for TCP)
-/// has not run yet. The server runs `handshake` in the connection's own task
-/// under the authentication deadline, so one slow peer never holds up the
-/// accept loop.
+/// has not run yet. The server runs [`Incoming::handshake`] in the
+/// connection's own task under the authentication deadline, so one slow
+/// peer never holds up the accept loop.
+///
+/// On a listener that expects a PROXY protocol header (see [`proxy`]),
+/// the handshake starts by reading it; a server that limits connections
+/// per client address calls [`Incoming::read_proxy_header`] first, checks
+/// the real address in [`Incoming::peer`], then completes the handshake.
 pub struct Incoming {
-    /// Where the peer connected from.
+    /// Where the peer connected from. On a PROXY-protocol listener: the
+    /// proxy, until [`Incoming::read_proxy_header`] has read the client's
+    /// address.
     pub peer: PeerAddr,
-    /// Completes the transport handshake and yields the stream with the
-    /// credentials the transport establishes (e.g. the client certificate).
-    pub handshake: BoxFut<'static, Result<(BoxStream, Credentials)>>,
+    stage: Stage,
+}
+
+enum Stage {
+    Handshake(Handshake),
+    /// Reads the PROXY header: the client's address and the handshake.
+    ProxyHeader(BoxFut<'static, Result<(PeerAddr, Handshake)>>),
+    /// A header read that was cancelled (its deadline passed).
+    Interrupted,
 }
 
 impl Incoming {
+    /// A peer whose stream `handshake` completes.
+    pub fn new(peer: PeerAddr, handshake: Handshake) -> Incoming {
+        Incoming { peer, stage: Stage::Handshake(handshake) }
+    }
+
     /// An incoming stream that needs no handshake.
     pub fn ready(stream: BoxStream, creds: Credentials) -> Incoming {
-        Incoming { peer: creds.peer.clone(), handshake: Box::pin(std::future::ready(Ok((stream, creds)))) }
+        Incoming::new(creds.peer.clone(), Box::pin(std::future::ready(Ok((stream, creds)))))
+    }
+
+    /// A peer behind a proxy: `proxy` is the socket's peer; `header` reads
+    /// the PROXY header and yields the client's address and the rest of the
+    /// handshake.
+    pub fn behind_proxy(proxy: PeerAddr, header: BoxFut<'static, Result<(PeerAddr, Handshake)>>) -> Incoming {
+        Incoming { peer: proxy, stage: Stage::ProxyHeader(header) }
+    }
+
+    /// True until the PROXY header this peer must send has been read.
+    pub fn awaits_proxy_header(&self) -> bool {
+        matches!(self.stage, Stage::ProxyHeader(_))
+    }
+
+    /// Reads the PROXY header, if the listener expects one; afterwards
+    /// [`Incoming::peer`] is the client's address. Does nothing otherwise.
+    pub async fn read_proxy_header(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.stage, Stage::Interrupted) {
+            Stage::ProxyHeader(header) => {
+                let (peer, handshake) = header.await?;
+                self.peer = peer;
+                self.stage = Stage::Handshake(handshake);
+            }
+            other => self.stage = other,
+        }
+        Ok(())
+    }
+
+    /// Completes the transport handshake (reading the PROXY header first
+    /// if it has not been read) and yields the stream with its credentials.
+    pub async fn handshake(mut self) -> Result<(BoxStream, Credentials)> {
+        self.read_proxy_header().await?;
+        match self.stage {
+            Stage::Handshake(handshake) => handshake.await,
+            _ => Err(Error::Transport(format!(
+                "the connection from {} was abandoned while its PROXY header was read",
+                self.peer
+            ))),
+        }
     }
 }
 
@@ -341,6 +408,7 @@ impl Listener {
 pub struct TcpAcceptor {
     listener: TcpListener,
     opts: TcpOptions,
+    proxy_protocol: bool,
 }
 
 impl TcpAcceptor {
@@ -348,7 +416,21 @@ impl TcpAcceptor {
     pub async fn bind(addr: &str) -> Result<TcpAcceptor> {
         let listener =
             TcpListener::bind(addr).await.map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
-        Ok(TcpAcceptor { listener, opts: TcpOptions::default() })
+        Ok(TcpAcceptor { listener, opts: TcpOptions::default(), proxy_protocol: false })
+    }
+
+    /// Requires a PROXY protocol header (v1 or v2, see [`proxy`]) at the
+    /// start of every connection, and takes the client's address from it.
+    /// Default: off — only turn it on where nothing but the proxy can reach
+    /// the port, since whoever connects writes the header.
+    pub fn with_proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
+    }
+
+    /// True if connections must start with a PROXY header.
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy_protocol
     }
 
     /// Accepts one TCP stream (used by TLS and other layers on top of TCP).
@@ -370,9 +452,20 @@ impl Accept for TcpAcceptor {
     fn accept(&self) -> BoxFut<'_, std::io::Result<Incoming>> {
         Box::pin(async move {
             let (s, peer) = self.accept_tcp().await?;
-            Ok(Incoming::ready(
-                Box::new(QuickAck::new(s)),
-                Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer)),
+            let ready = |s: TcpStream, peer: SocketAddr| -> (BoxStream, Credentials) {
+                (Box::new(QuickAck::new(s)), Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer)))
+            };
+            if !self.proxy_protocol {
+                let (stream, creds) = ready(s, peer);
+                return Ok(Incoming::ready(stream, creds));
+            }
+            Ok(Incoming::behind_proxy(
+                PeerAddr::Ip(peer),
+                Box::pin(async move {
+                    let (s, client) = read_proxy_header(s, peer).await?;
+                    let handshake: Handshake = Box::pin(std::future::ready(Ok(ready(s, client))));
+                    Ok((PeerAddr::Ip(client), handshake))
+                }),
             ))
         })
     }
@@ -384,6 +477,17 @@ impl Accept for TcpAcceptor {
     }
     fn local_addr(&self) -> Option<SocketAddr> {
         self.addr()
+    }
+}
+
+/// Reads the PROXY header at the start of `tcp` (from the proxy at
+/// `proxy`); returns the stream, positioned just after it, and the
+/// client's address (the proxy's own for `LOCAL` health checks).
+pub(crate) async fn read_proxy_header(mut tcp: TcpStream, proxy: SocketAddr) -> Result<(TcpStream, SocketAddr)> {
+    match proxy::read_header(&mut tcp).await {
+        Ok(proxy::ProxySource::Client(client)) => Ok((tcp, client)),
+        Ok(proxy::ProxySource::Local) => Ok((tcp, proxy)),
+        Err(e) => Err(Error::Transport(format!("from {proxy}: {e}"))),
     }
 }
 

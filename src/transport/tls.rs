@@ -11,8 +11,12 @@
 //!   server's authentication deadline, so a peer that stalls mid-handshake
 //!   never holds up the accept loop. A verified client certificate becomes
 //!   the connection's [`Credentials`]: `identity` is its subject common name
-//!   (what `whoami()` returns), `certificate` holds CN, SANs, SHA-256
-//!   fingerprint and DER.
+//!   (what `whoami()` returns), `certificate` holds CN, SANs (DNS, IP,
+//!   URI), SHA-256 fingerprint and DER; an authenticator may take the
+//!   identity from a SAN instead
+//!   ([`TlsClientCert::identity_from`](crate::auth::TlsClientCert::identity_from)).
+//! - Behind a proxy, [`TlsAcceptor::with_proxy_protocol`] reads a PROXY
+//!   protocol header before the ClientHello (see [`super::proxy`]).
 //! - Certificates are reloadable without a restart: [`TlsReloadHandle`]
 //!   swaps the configuration that *new* connections use; established
 //!   connections keep the keys they negotiated.
@@ -64,7 +68,8 @@
 use crate::error::{Error, Result};
 use crate::identity::{CertificateInfo, Credentials, PeerAddr, TransportKind};
 use crate::transport::{
-    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, QuickAck, Stream, TcpAcceptor, TcpOptions,
+    connect_tcp, read_proxy_header, Accept, BoxFut, BoxStream, Endpoint, Handshake, Incoming, Listener, QuickAck,
+    Stream, TcpAcceptor, TcpOptions,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -533,8 +538,8 @@ fn describe_config_error(e: &rustls::Error) -> String {
 // certificate details
 // ---------------------------------------------------------------------------
 
-/// Details of a DER certificate: subject CN, DNS/IP subject alternative
-/// names and the SHA-256 fingerprint. A certificate x509-parser cannot read
+/// Details of a DER certificate: subject CN, DNS/IP/URI subject
+/// alternative names and the SHA-256 fingerprint. A certificate x509-parser cannot read
 /// still gets its fingerprint.
 pub fn certificate_info(der: &[u8]) -> CertificateInfo {
     use sha2::{Digest, Sha256};
@@ -556,7 +561,11 @@ pub fn certificate_info(der: &[u8]) -> CertificateInfo {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
             match name {
-                GeneralName::DNSName(n) => info.subject_alt_names.push((*n).to_string()),
+                GeneralName::DNSName(n) => {
+                    info.subject_alt_names.push((*n).to_string());
+                    info.dns_names.push((*n).to_string());
+                }
+                GeneralName::URI(u) => info.uris.push((*u).to_string()),
                 GeneralName::IPAddress(b) => {
                     if let Ok(a) = <[u8; 4]>::try_from(*b) {
                         info.subject_alt_names.push(std::net::Ipv4Addr::from(a).to_string());
@@ -619,6 +628,14 @@ impl TlsAcceptor {
         Ok(TlsAcceptor { tcp, config: Arc::new(RwLock::new(config)) })
     }
 
+    /// Requires a PROXY protocol header in front of the TLS handshake (see
+    /// [`TcpAcceptor::with_proxy_protocol`]): the client's address comes
+    /// from it. Default: off.
+    pub fn with_proxy_protocol(mut self, on: bool) -> Self {
+        self.tcp = self.tcp.with_proxy_protocol(on);
+        self
+    }
+
     /// A handle that reloads the certificates while the server runs.
     pub fn reload_handle(&self) -> TlsReloadHandle {
         TlsReloadHandle(self.config.clone())
@@ -635,9 +652,19 @@ impl Accept for TlsAcceptor {
         Box::pin(async move {
             let (tcp, peer) = self.tcp.accept_tcp().await?;
             let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let handshake: BoxFut<'static, Result<(BoxStream, Credentials)>> =
-                Box::pin(server_handshake(tcp, peer, config));
-            Ok(Incoming { peer: PeerAddr::Ip(peer), handshake })
+            if !self.tcp.proxy_protocol() {
+                return Ok(Incoming::new(PeerAddr::Ip(peer), Box::pin(server_handshake(tcp, peer, config))));
+            }
+            // The header comes before the ClientHello, in this connection's
+            // own task (Incoming::read_proxy_header), never in the accept loop.
+            Ok(Incoming::behind_proxy(
+                PeerAddr::Ip(peer),
+                Box::pin(async move {
+                    let (tcp, client) = read_proxy_header(tcp, peer).await?;
+                    let handshake: Handshake = Box::pin(server_handshake(tcp, client, config));
+                    Ok((PeerAddr::Ip(client), handshake))
+                }),
+            ))
         })
     }
 

@@ -234,7 +234,7 @@ async fn challenge_response_relayed_over_tls_is_refused() {
     let upstream_config = tls_client(dir.path());
     let relay = tokio::spawn(async move {
         let incoming = mitm.accept().await.unwrap();
-        let (mut victim, _) = incoming.handshake.await.unwrap();
+        let (mut victim, _) = incoming.handshake().await.unwrap();
         let (mut upstream, _) = connect_tls(&server.to_string(), &upstream_config).await.unwrap();
         let _ = tokio::io::copy_bidirectional(&mut victim, &mut upstream).await;
     });

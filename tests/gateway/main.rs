@@ -13,8 +13,10 @@ mod common;
 
 mod attack;
 mod hostile;
+mod identity;
 mod ops;
 mod pools;
+mod proxy;
 mod python;
 mod rust;
 

@@ -338,7 +338,7 @@ where
     let addr = listener.local_addr().unwrap();
     let client = tokio::spawn(bad_client(addr));
     let incoming = step("accept", listener.accept()).await.unwrap();
-    let server_err = match step("server handshake", incoming.handshake).await {
+    let server_err = match step("server handshake", incoming.handshake()).await {
         Ok((_, creds)) => panic!("server accepted the bad client as {creds:?}"),
         Err(e) => e.to_string(),
     };
@@ -654,7 +654,7 @@ async fn refuses_certificate_with_two_common_names() {
         let config = pki.client_with(&forged);
         let client = tokio::spawn(async move { tls_conn(addr, config).await.map(|c| c.credentials().clone()) });
         let incoming = step("accept", listener.accept()).await.unwrap();
-        let (stream, creds) = step("server handshake", incoming.handshake).await.unwrap();
+        let (stream, creds) = step("server handshake", incoming.handshake()).await.unwrap();
         assert_eq!(creds.identity, None);
         let refused = match TlsClientCert::new().authenticate(stream, creds).await {
             Ok((_, c)) => panic!("two-CN certificate accepted as {:?}", c.identity),
@@ -684,4 +684,70 @@ async fn refuses_certificate_with_two_common_names() {
 fn pem_der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+// ---------------------------------------------------------------------------
+// behind a proxy: PROXY protocol headers (what `rpyc serve --proxy-protocol` runs)
+// ---------------------------------------------------------------------------
+
+/// A service that says where the connection came from.
+fn peer_service() -> rpyc::Service {
+    rpyc::Service::builder("peer", || ())
+        .method("peer()", |ctx: rpyc::Ctx| Ok(ctx.credentials().peer.to_string()))
+        .method("whoami()", |ctx: rpyc::Ctx| Ok(ctx.credentials().identity.clone()))
+        .build()
+}
+
+/// Sends `header`, then runs TLS and RPyC; returns what `peer()` says.
+async fn peer_via_proxy(addr: SocketAddr, header: &[u8], config: &TlsClientConfig) -> rpyc::Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(header).await?;
+    let (stream, creds) = rpyc::transport::tls::connect_tls_stream(tcp, "localhost", config).await?;
+    let conn = ClientBuilder::new().timeout(STEP).start(stream, creds);
+    let peer = conn.root().await?.call_method("peer", ()).await;
+    conn.close().await;
+    peer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_behind_a_proxy_sees_the_client_and_limits_it() {
+    bounded(async {
+        let pki = Pki::new();
+        let acceptor = TlsAcceptor::bind("127.0.0.1:0", &pki.server_config()).await.unwrap().with_proxy_protocol(true);
+        let addr = acceptor.addr().unwrap();
+        let mut config = ServerConfig::default();
+        config.max_connections_per_peer = 1;
+        config.auth_timeout = Duration::from_secs(1);
+        let stop = Server::new(peer_service(), config).listen(Listener::new(acceptor)).spawn();
+        let alice = pki.client("alice");
+
+        let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 56324 443\r\n";
+        assert_eq!(step("v1", peer_via_proxy(addr, v1, &alice)).await.unwrap(), "203.0.113.7:56324");
+        let mut v2 = b"\r\n\r\n\x00\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        v2.extend("2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v2.extend(std::net::Ipv6Addr::LOCALHOST.octets());
+        v2.extend([0x9c, 0x40, 0x01, 0xbb]);
+        assert_eq!(step("v2", peer_via_proxy(addr, &v2, &alice)).await.unwrap(), "[2001:db8::7]:40000");
+
+        // One connection per client address: a second from 203.0.113.7 is
+        // refused while the first is open; another client is not.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(v1).await.unwrap();
+        let (stream, creds) =
+            step("held", rpyc::transport::tls::connect_tls_stream(tcp, "localhost", &alice)).await.unwrap();
+        let held = ClientBuilder::new().timeout(STEP).start(stream, creds);
+        let _: String = step("held call", async { held.root().await?.call_method("peer", ()).await }).await.unwrap();
+        let again = b"PROXY TCP4 203.0.113.7 127.0.0.1 56325 443\r\n";
+        assert!(step("same client", peer_via_proxy(addr, again, &alice)).await.is_err());
+        let other = b"PROXY TCP4 198.51.100.1 127.0.0.1 1 443\r\n";
+        assert_eq!(step("other client", peer_via_proxy(addr, other, &alice)).await.unwrap(), "198.51.100.1:1");
+        held.close().await;
+
+        // No header: refused, and the server keeps serving.
+        let err = rust_client_error(addr, alice.clone()).await;
+        assert!(!err.is_empty());
+        assert_eq!(step("after", peer_via_proxy(addr, other, &alice)).await.unwrap(), "198.51.100.1:1");
+        stop.shutdown();
+    })
+    .await;
 }

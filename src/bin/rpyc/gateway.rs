@@ -3,6 +3,7 @@
 //! ```text
 //! rpyc gateway --config gateway.toml
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812 [--policy policy.toml]
+//!              [--proxy-protocol] [--identity-from cn|uri-san|dns-san]
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://10.0.0.5:18812 --upstream tcp://10.0.0.6:18812
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream srv://_rpyc._tcp.calc.example --dns 10.0.0.2:53
 //! rpyc gateway --config gateway.toml --check
@@ -15,6 +16,7 @@
 use super::support::usage;
 use super::CmdResult;
 use clap::Args;
+use rpyc::auth::IdentityFrom;
 use rpyc::gateway::config::{AuditConfig, AuditFormat, MetricsConfig};
 use rpyc::gateway::{Gateway, GatewayConfig, GatewayPolicySet, ListenerConfig, UpstreamConfig};
 use std::path::PathBuf;
@@ -23,7 +25,12 @@ use std::path::PathBuf;
 pub struct GatewayArgs {
     /// The gateway configuration file (TOML: [[listen]], [upstream.NAME],
     /// [[route]], [policy], [limits], [audit], [metrics]).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "tls", "upstream", "policy"])]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        conflicts_with_all = ["listen", "tls", "upstream", "policy", "proxy_protocol", "identity_from"]
+    )]
     pub config: Option<PathBuf>,
     /// Check the configuration and the files it names, print what the
     /// gateway would apply (listeners, upstreams, routes, policies), and
@@ -56,6 +63,17 @@ pub struct GatewayArgs {
     /// need [objects] grants, callbacks need callbacks = true.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// --listen sits behind a proxy (HAProxy `send-proxy`/`send-proxy-v2`,
+    /// AWS NLB, Envoy): every connection must start with a PROXY protocol
+    /// header, whose client address the audit trail, logs and per-address
+    /// limits use. Only where nothing but the proxy reaches the port.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Which part of the client certificate is the identity on --listen:
+    /// cn (the common name), uri-san (its one URI SAN, e.g. a SPIFFE ID
+    /// spiffe://example.org/billing) or dns-san (its one DNS SAN).
+    #[arg(long, value_name = "SOURCE", default_value = "cn")]
+    pub identity_from: IdentityFrom,
     /// Serve GET /metrics (Prometheus) and GET /healthz on HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<String>,
@@ -91,6 +109,8 @@ fn load(args: &GatewayArgs) -> Result<GatewayConfig, Box<dyn std::error::Error>>
         let mut l = ListenerConfig::default();
         l.url = listen.clone();
         l.tls = Some(tls.clone());
+        l.proxy_protocol = args.proxy_protocol;
+        l.identity_from = args.identity_from;
         let upstream = match args.upstream.as_slice() {
             [one] => UpstreamConfig::url(one.clone()),
             many => UpstreamConfig::urls(many.iter().cloned()),

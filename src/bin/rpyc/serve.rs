@@ -5,9 +5,10 @@
 use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
 use super::CmdResult;
 use clap::Args;
+use rpyc::auth::{IdentityFrom, TlsClientCert};
 use rpyc::registry::{Registrar, RegistrarConfig};
-use rpyc::transport::tls::TlsServerConfig;
-use rpyc::transport::Listener;
+use rpyc::transport::tls::{TlsAcceptor, TlsServerConfig};
+use rpyc::transport::{Listener, TcpAcceptor};
 use rpyc::{Server, ServerConfig};
 use std::io::Write;
 use std::net::IpAddr;
@@ -29,6 +30,17 @@ pub struct ServeArgs {
     /// and ca.pem for client certificates), as written by `rpyc certs init`.
     #[arg(long, value_name = "CERTDIR")]
     pub tls: Option<PathBuf>,
+    /// Every connection (TCP or TLS) must start with a PROXY protocol
+    /// header (HAProxy `send-proxy`/`send-proxy-v2`, AWS NLB, Envoy); the
+    /// client address in it is the one logged and limited. Only where
+    /// nothing but the proxy reaches the port.
+    #[arg(long, conflicts_with = "unix")]
+    pub proxy_protocol: bool,
+    /// With --tls: authenticate by client certificate and take the
+    /// identity (whoami) from its cn, its one uri-san (e.g. a SPIFFE ID) or
+    /// its one dns-san; certificates without exactly one are refused.
+    #[arg(long, value_name = "SOURCE", requires = "tls")]
+    pub identity_from: Option<IdentityFrom>,
     /// Keep the service registered with a registry (UDP broadcast unless
     /// --registry is given); unregisters on Ctrl-C/SIGTERM.
     #[arg(long)]
@@ -98,9 +110,12 @@ async fn serve(
         (Some(_), _) => return Err("unix sockets are not available on this platform".into()),
         (None, Some(dir)) => {
             let config = TlsServerConfig::from_dir(dir)?;
-            (Listener::tls(&addr, &config).await?, "tls")
+            let acceptor = TlsAcceptor::bind(&addr, &config).await?.with_proxy_protocol(args.proxy_protocol);
+            (Listener::new(acceptor), "tls")
         }
-        (None, None) => (Listener::tcp(&addr).await?, "tcp"),
+        (None, None) => {
+            (Listener::new(TcpAcceptor::bind(&addr).await?.with_proxy_protocol(args.proxy_protocol)), "tcp")
+        }
     };
     let listening = match (listener.local_addr(), &args.unix) {
         (_, Some(path)) => format!("unix://{}", path.display()),
@@ -108,7 +123,11 @@ async fn serve(
         (None, None) => listener.describe(),
     };
     let port = listener.local_addr().map(|a| a.port());
-    let server = Server::new(service.clone(), ServerConfig::default()).listen(listener);
+    let mut config = ServerConfig::default();
+    if let Some(from) = args.identity_from {
+        config = config.with_authenticator(TlsClientCert::new().identity_from(from));
+    }
+    let server = Server::new(service.clone(), config).listen(listener);
     if args.json {
         let port = port.map(|p| p.to_string()).unwrap_or_else(|| "null".into());
         println!("{{\"listening\": {}, \"port\": {port}}}", json_str(&listening));
