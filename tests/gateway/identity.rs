@@ -149,6 +149,13 @@ async fn spiffe_ids_choose_routes_policies_and_listeners() {
             let r = service_name(&gw, client_config(&ca, cert)).await;
             assert!(r.is_err(), "certificate {i} was served: {r:?}");
         }
+        // The gateway counts a refusal after the client has seen it (TLS 1.3
+        // checks the client certificate after the client's handshake ends).
+        eventually("auth failures counted", || {
+            let n = auth_failures(&gw);
+            async move { n == 3 }
+        })
+        .await;
         assert_eq!(auth_failures(&gw), 3);
         assert!(audit_identities(&audit).iter().all(|i| i == ADMIN || i == BILLING));
     })
@@ -183,6 +190,13 @@ async fn dns_san_identities() {
         ] {
             assert!(service_name(&gw, client_config(&ca, &cert)).await.is_err());
         }
+        // The gateway counts a refusal after the client has seen it (TLS 1.3
+        // checks the client certificate after the client's handshake ends).
+        eventually("auth failures counted", || {
+            let n = auth_failures(&gw);
+            async move { n == 2 }
+        })
+        .await;
         assert_eq!(auth_failures(&gw), 2);
     })
     .await;
