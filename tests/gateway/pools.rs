@@ -226,3 +226,72 @@ async fn the_command_line_takes_a_pool_and_checks_configurations() {
     })
     .await;
 }
+
+/// `srv://` upstreams: the gateway resolves the record on a real DNS
+/// server, sends clients only to the best priority's healthy targets,
+/// re-resolves at the TTL (a target added, one removed), and falls back to
+/// the next priority when the best one is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_upstreams_follow_the_dns_records() {
+    bounded(async {
+        let pki = Pki::new();
+        let dns = common::DnsServer::start().await;
+        let mut ports = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..4 {
+            let (s, p) = blocking(|| common::python_server(&common::python6(), &["--kind", "service"])).await;
+            servers.push(s);
+            ports.push(p);
+        }
+        for host in ["a", "b", "c", "d"] {
+            dns.set_a(host, "127.0.0.1".parse().unwrap(), 1);
+        }
+        // a and b at priority 10, c at priority 20 (a backup).
+        dns.set_srv("_rpyc._tcp.calc", 1, &[(10, 1, ports[0], "a"), (10, 1, ports[1], "b"), (20, 1, ports[2], "c")]);
+        let text = format!(
+            "[[listen]]\nurl = \"tls://127.0.0.1:0\"\ntls = {:?}\n[upstream.calc]\nurl = \"srv://_rpyc._tcp.calc.rpyc.test\"\n\
+             [health]\ninterval_secs = 0.3\ntimeout_secs = 1.0\n[dns]\nnameservers = [\"{}\"]\n",
+            pki.dir.path().display().to_string(),
+            dns.addr()
+        );
+        let gw = start_gateway(&text, pki.dir.path()).await;
+        let url = |i: usize| format!("tcp://127.0.0.1:{}", ports[i]);
+        let totals = |gw: &Gw| per_server(&gw.handle.metrics_text(), "rpyc_gateway_upstream_connections_total");
+        for _ in 0..8 {
+            assert_eq!(add_through(gw.addr, &pki).await.unwrap(), 42);
+        }
+        let t = totals(&gw);
+        let of = |t: &[(String, u64)], i: usize| t.iter().find(|(s, _)| *s == url(i)).map_or(0, |(_, n)| *n);
+        assert_eq!(of(&t, 0) + of(&t, 1), 8, "only priority 10 serves: {t:?}");
+        assert!(of(&t, 0) > 0 && of(&t, 1) > 0, "both priority-10 targets serve: {t:?}");
+        assert_eq!(of(&t, 2), 0, "{t:?}");
+
+        // The record changes: b leaves, d joins. Seen after the TTL (1 s).
+        dns.set_srv("_rpyc._tcp.calc", 1, &[(10, 1, ports[0], "a"), (10, 1, ports[3], "d"), (20, 1, ports[2], "c")]);
+        until("the gateway re-resolves the record", || {
+            let t = totals(&gw);
+            t.iter().any(|(s, _)| *s == url(3)) && !t.iter().any(|(s, _)| *s == url(1))
+        })
+        .await;
+        for _ in 0..8 {
+            assert_eq!(add_through(gw.addr, &pki).await.unwrap(), 42);
+        }
+        let t = totals(&gw);
+        assert!(of(&t, 3) > 0, "the new target serves: {t:?}");
+
+        // Priority 10 down (a and d killed): the backup at priority 20 serves.
+        for i in [3usize, 0] {
+            let mut s = servers.remove(i);
+            blocking(move || {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+            })
+            .await;
+        }
+        for _ in 0..4 {
+            assert_eq!(add_through(gw.addr, &pki).await.unwrap(), 42);
+        }
+        assert!(of(&totals(&gw), 2) >= 4, "the backup serves: {:?}", totals(&gw));
+    })
+    .await;
+}
