@@ -533,24 +533,24 @@ pub async fn challenge_response_client_bound(
     secret: &[u8],
     binding: Option<&crate::identity::ChannelBinding>,
 ) -> crate::Result<()> {
-    let fail = |what: &str, e: std::io::Error| crate::Error::Transport(format!("challenge-response: {what}: {e}"));
+    let fail = |what: &str, e: std::io::Error| crate::Error::Auth(format!("challenge-response: {what}: {e}"));
     let mut hello = [0u8; CR_MAGIC.len() + CR_NONCE_LEN];
     stream.read_exact(&mut hello).await.map_err(|e| fail("reading the challenge", e))?;
     if &hello[..CR_MAGIC.len()] != CR_MAGIC {
-        return Err(crate::Error::Transport(
+        return Err(crate::Error::Auth(
             "challenge-response: the server did not send a version-2 challenge (is it configured for \
              challenge-response, and running the same rpyc version?)"
                 .into(),
         ));
     }
     if identity.len() > 255 {
-        return Err(crate::Error::Transport("challenge-response: identity longer than 255 bytes".into()));
+        return Err(crate::Error::Auth("challenge-response: identity longer than 255 bytes".into()));
     }
     let server_nonce = &hello[CR_MAGIC.len()..];
     let mut client_nonce = [0u8; CR_NONCE_LEN];
     SystemRandom::new()
         .fill(&mut client_nonce)
-        .map_err(|_| crate::Error::Transport("challenge-response: the system random generator failed".into()))?;
+        .map_err(|_| crate::Error::Auth("challenge-response: the system random generator failed".into()))?;
     let binding = binding.map(|b| b.0.as_slice()).unwrap_or_default();
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let tag = hmac::sign(&key, &cr_message(Prover::Client, server_nonce, &client_nonce, binding, identity));
@@ -564,14 +564,14 @@ pub async fn challenge_response_client_bound(
     match stream.read_exact(&mut ok).await {
         Ok(_) if &ok[..CR_OK.len()] == CR_OK => {}
         _ => {
-            return Err(crate::Error::Transport(format!(
+            return Err(crate::Error::Auth(format!(
                 "challenge-response: the server refused identity {identity:?} (wrong secret or unknown identity)"
             )))
         }
     }
     let expected = cr_message(Prover::Server, server_nonce, &client_nonce, binding, identity);
     hmac::verify(&key, &expected, &ok[CR_OK.len()..]).map_err(|_| {
-        crate::Error::Transport(
+        crate::Error::Auth(
             "challenge-response: the server did not prove it knows the secret: it is not the server you share \
              it with, or someone is relaying the exchange; do not use this connection"
                 .into(),

@@ -192,9 +192,9 @@ impl ClientBuilder {
             // exporter), so it cannot be relayed to another one.
             let binding = creds.channel_binding.as_ref();
             let exchange = crate::auth::challenge_response_client_bound(&mut stream, identity, secret, binding);
-            tokio::time::timeout(deadline, exchange)
-                .await
-                .map_err(|_| crate::Error::Transport(format!("challenge-response: no answer within {deadline:?}")))??;
+            tokio::time::timeout(deadline, exchange).await.map_err(|_| {
+                crate::Error::ConnectTimeout(format!("challenge-response: no answer within {deadline:?}"))
+            })??;
         }
         Ok(self.start(stream, creds))
     }

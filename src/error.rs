@@ -9,7 +9,11 @@ use thiserror::Error;
 /// Everything that can go wrong with an RPyC call or connection.
 ///
 /// A failure on the other side is data: [`Error::Exception`] carries the
-/// Python class, args and remote traceback.
+/// Python class, args and remote traceback. Programs branch on kinds with
+/// [`Error::is_connect`], [`Error::is_timeout`], [`Error::is_tls`],
+/// [`Error::is_ssh`], [`Error::is_auth`], [`Error::is_closed`],
+/// [`Error::is_remote`] and [`Error::is_conversion`]; the text says what
+/// went wrong and what to do.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -36,12 +40,37 @@ pub enum Error {
     /// The peer sent something that is not valid RPyC.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// Connecting or another I/O operation failed.
+    /// An I/O operation failed outside connecting (see [`Error::Connect`]).
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
-    /// A transport or security layer failed (TLS, SSH, authentication).
+    /// A transport layer failed in another way (a malformed address, a
+    /// listener that cannot bind, a pipe or deploy step).
     #[error("{0}")]
     Transport(String),
+    /// The peer could not be reached: connection refused or reset, no
+    /// route, a name that does not resolve, a program that cannot start.
+    #[error("{0}")]
+    Connect(String),
+    /// Connecting (TCP, TLS or SSH handshake, authentication exchange) took
+    /// longer than its deadline.
+    #[error("{0}")]
+    ConnectTimeout(String),
+    /// TLS failed: a certificate file, the handshake, or the peer's
+    /// certificate.
+    #[error("{0}")]
+    Tls(String),
+    /// SSH failed: the session, host key checking, a channel.
+    #[error("{0}")]
+    Ssh(String),
+    /// Authentication was refused: a client certificate, an SSH key, a
+    /// challenge–response secret.
+    #[error("{0}")]
+    Auth(String),
+    /// A value received could not be converted to the Rust type asked for
+    /// (`call_method::<String>` on an `int`): a local error, not the
+    /// peer's.
+    #[error("cannot convert the result: {0}")]
+    Conversion(String),
     /// A service or class definition is wrong (a malformed method
     /// signature, or one that does not match its closure); found when it
     /// is built.
@@ -63,12 +92,70 @@ impl Error {
         self.exception().is_some_and(|e| e.is(class))
     }
 
+    /// True if the peer could not be reached (refused, unresolvable,
+    /// timed out while connecting) — worth retrying elsewhere.
+    pub fn is_connect(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::ConnectTimeout(_) => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::NotFound
+                    | io::ErrorKind::AddrNotAvailable
+                    | io::ErrorKind::TimedOut
+            ),
+            _ => false,
+        }
+    }
+
+    /// True if a deadline passed: a request without a reply in time, or a
+    /// connection attempt.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::ConnectTimeout(_) => true,
+            Error::Io(e) => e.kind() == io::ErrorKind::TimedOut,
+            _ => false,
+        }
+    }
+
+    /// True if TLS failed (certificates, handshake, verification).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::Tls(_))
+    }
+
+    /// True if SSH failed (session, host key, channel).
+    pub fn is_ssh(&self) -> bool {
+        matches!(self, Error::Ssh(_))
+    }
+
+    /// True if authentication was refused (by either side).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Error::Auth(_))
+    }
+
+    /// True if the connection is closed (locally, by the peer, or lost).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed(_))
+    }
+
+    /// True if the peer raised an exception (see [`Error::exception`]).
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Error::Exception(_))
+    }
+
+    /// True if a received value did not convert to the Rust type asked for.
+    pub fn is_conversion(&self) -> bool {
+        matches!(self, Error::Conversion(_))
+    }
+
     /// The error as the exception a peer should see when a handler fails.
     pub fn into_exception(self) -> Exception {
         match self {
             Error::Exception(e) => e,
             Error::Timeout { .. } => Exception::new("TimeoutError", self.to_string()),
             Error::Closed(_) => Exception::new("EOFError", self.to_string()),
+            Error::Conversion(m) => Exception::type_error(m),
             other => Exception::new("RuntimeError", other.to_string()),
         }
     }
@@ -103,7 +190,7 @@ impl From<Exception> for Error {
 
 impl From<ConvertError> for Error {
     fn from(e: ConvertError) -> Error {
-        Error::type_error(e.0)
+        Error::Conversion(e.0)
     }
 }
 

@@ -134,9 +134,12 @@ impl Endpoint {
 pub async fn connect_tcp(addr: &str, opts: &TcpOptions) -> Result<(TcpStream, Credentials)> {
     let stream = match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Error::Transport(format!("cannot connect to {addr}: {e}"))),
+        Ok(Err(e)) => return Err(Error::Connect(format!("cannot connect to {addr}: {e}"))),
         Err(_) => {
-            return Err(Error::Transport(format!("connecting to {addr} timed out after {:?}", opts.connect_timeout)))
+            return Err(Error::ConnectTimeout(format!(
+                "connecting to {addr} timed out after {:?}",
+                opts.connect_timeout
+            )))
         }
     };
     apply_tcp_options(&stream, opts)?;
@@ -254,7 +257,7 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
         Endpoint::Unix(path) => {
             let s = tokio::net::UnixStream::connect(path)
                 .await
-                .map_err(|e| Error::Transport(format!("cannot connect to unix socket {}: {e}", path.display())))?;
+                .map_err(|e| Error::Connect(format!("cannot connect to unix socket {}: {e}", path.display())))?;
             Ok((Box::new(s), Credentials::anonymous(TransportKind::Unix, PeerAddr::Unix(Some(path.clone())))))
         }
         #[cfg(not(unix))]

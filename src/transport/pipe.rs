@@ -99,13 +99,13 @@ pub fn spawn(command: std::process::Command, options: &PipeOptions) -> Result<(C
         // The last resort if the runtime ends before the reaper runs.
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| {
-        Error::Transport(format!(
+        Error::Connect(format!(
             "cannot start {program}: {e}{}",
             if e.kind() == io::ErrorKind::NotFound { " (is it installed and on PATH?)" } else { "" }
         ))
     })?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(Error::Transport(format!("cannot start {program}: its stdin/stdout were not piped")));
+        return Err(Error::Connect(format!("cannot start {program}: its stdin/stdout were not piped")));
     };
     let pid = child.id();
     let (status_tx, status_rx) = watch::channel(None);

@@ -106,14 +106,14 @@ impl SrvResolver {
     /// Windows), with its search domains, timeouts and attempts.
     pub fn system() -> Result<SrvResolver> {
         let mut builder = TokioResolver::builder_tokio().map_err(|e| {
-            Error::Transport(format!(
+            Error::Connect(format!(
                 "cannot read the system DNS configuration (/etc/resolv.conf): {e}: name the DNS \
                  servers instead (SrvResolver::with_nameservers, ClientBuilder::dns, rpyc --dns HOST:PORT)"
             ))
         })?;
         tune(builder.options_mut());
         let resolver =
-            builder.build().map_err(|e| Error::Transport(format!("cannot start the system DNS resolver: {e}")))?;
+            builder.build().map_err(|e| Error::Connect(format!("cannot start the system DNS resolver: {e}")))?;
         Ok(SrvResolver { inner: Ok(Arc::new(resolver)), servers: None })
     }
 
@@ -166,7 +166,7 @@ impl SrvResolver {
     pub async fn lookup(&self, name: &str) -> Result<SrvAnswer> {
         match tokio::time::timeout(LOOKUP_DEADLINE, self.lookup_inner(name)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Transport(format!(
+            Err(_) => Err(Error::Connect(format!(
                 "looking up SRV records for {name} took longer than {LOOKUP_DEADLINE:?}: check that {} \
                  answers",
                 self.describe()
@@ -177,10 +177,10 @@ impl SrvResolver {
     async fn lookup_inner(&self, name: &str) -> Result<SrvAnswer> {
         let resolver = match &self.inner {
             Ok(r) => r,
-            Err(why) => return Err(Error::Transport(why.to_string())),
+            Err(why) => return Err(Error::Connect(why.to_string())),
         };
         if self.servers.as_deref().is_some_and(|s| s.is_empty()) {
-            return Err(Error::Transport(format!(
+            return Err(Error::Connect(format!(
                 "cannot look up {name}: no DNS server was given (name one, e.g. --dns 10.0.0.2:53)"
             )));
         }
@@ -202,7 +202,7 @@ impl SrvResolver {
         // available here"; a "." among others is simply skipped.
         records.retain(|r| !r.3.is_root());
         if records.is_empty() {
-            return Err(Error::Transport(format!(
+            return Err(Error::Connect(format!(
                 "{name} says the service is not available (its SRV target is \".\"): the registry has no \
                  live instance"
             )));
@@ -239,7 +239,7 @@ impl SrvResolver {
                     resolved.push((host, Ok(ips.iter().collect::<Vec<_>>())));
                 }
                 Ok((host, Err(e))) => resolved.push((host, Err(e))),
-                Err(e) => return Err(Error::Transport(format!("resolving the targets of {name} failed: {e}"))),
+                Err(e) => return Err(Error::Connect(format!("resolving the targets of {name} failed: {e}"))),
             }
         }
 
@@ -264,7 +264,7 @@ impl SrvResolver {
             }
         }
         if targets.is_empty() {
-            return Err(Error::Transport(format!(
+            return Err(Error::Connect(format!(
                 "no target of {name} resolves to an address: {}; check the A/AAAA records of the target hosts",
                 failures.join("; ")
             )));
@@ -274,7 +274,7 @@ impl SrvResolver {
     }
 
     fn no_records(&self, name: &str) -> Error {
-        Error::Transport(format!(
+        Error::Connect(format!(
             "no SRV records for {name}: check the name (_service._proto.domain, e.g. _rpyc._tcp.example.com) \
              and that {} publishes it",
             self.describe()
@@ -287,7 +287,7 @@ impl SrvResolver {
         match e {
             NetError::Dns(DnsError::NoRecordsFound(nr)) if what == "SRV" => {
                 if nr.response_code == ResponseCode::NXDomain {
-                    Error::Transport(format!(
+                    Error::Connect(format!(
                         "no SRV records for {name}: {who} answered that the name does not exist; check the \
                          name (_service._proto.domain, e.g. _rpyc._tcp.example.com)"
                     ))
@@ -296,16 +296,16 @@ impl SrvResolver {
                 }
             }
             NetError::Dns(DnsError::NoRecordsFound(_)) => {
-                Error::Transport(format!("{name} has no {what} records at {who}"))
+                Error::Connect(format!("{name} has no {what} records at {who}"))
             }
-            NetError::Timeout | NetError::NoConnections | NetError::Io(_) => Error::Transport(format!(
+            NetError::Timeout | NetError::NoConnections | NetError::Io(_) => Error::Connect(format!(
                 "{who} did not answer the {what} query for {name} ({e}): check the DNS server address and \
                  that it is reachable"
             )),
-            NetError::Dns(DnsError::ResponseCode(code)) => Error::Transport(format!(
+            NetError::Dns(DnsError::ResponseCode(code)) => Error::Connect(format!(
                 "{who} refused the {what} query for {name} ({code}): check that it serves this domain"
             )),
-            other => Error::Transport(format!("{what} lookup of {name} at {who} failed: {other}")),
+            other => Error::Connect(format!("{what} lookup of {name} at {who} failed: {other}")),
         }
     }
 }
@@ -313,7 +313,7 @@ impl SrvResolver {
 /// Checks a name before it goes on the wire.
 fn check_name(name: &str) -> Result<Name> {
     let bad = |why: &str| {
-        Error::Transport(format!(
+        Error::Connect(format!(
             "'{name}' is not a DNS name ({why}): use srv://_service._proto.domain, e.g. srv://_rpyc._tcp.example.com"
         ))
     };
@@ -475,7 +475,7 @@ pub async fn connect(
             }
         }
     }
-    Err(Error::Transport(format!("no target of {name} accepted a connection: {}", failures.join("; "))))
+    Err(Error::Connect(format!("no target of {name} accepted a connection: {}", failures.join("; "))))
 }
 
 #[cfg(test)]

@@ -235,9 +235,7 @@ impl SshConfig {
 /// as seen from the SSH server. The user defaults to `$USER`.
 pub fn parse_url(url: &str) -> Result<(SshConfig, String)> {
     let bad = |why: &str| {
-        Error::Transport(format!(
-            "bad ssh address '{url}': {why} (expected ssh://user@host:port/target_host:target_port)"
-        ))
+        Error::Ssh(format!("bad ssh address '{url}': {why} (expected ssh://user@host:port/target_host:target_port)"))
     };
     let rest = url.strip_prefix("ssh://").ok_or_else(|| bad("it does not start with ssh://"))?;
     let (authority, target) = rest.split_once('/').ok_or_else(|| bad("no /target_host:target_port"))?;
@@ -262,11 +260,11 @@ pub fn parse_url(url: &str) -> Result<(SshConfig, String)> {
 
 /// Splits `host:port` / `[v6]:port`.
 fn split_host_port(s: &str) -> Result<(String, u16)> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| Error::Transport(format!("'{s}' has no port")))?;
-    let port = port.parse::<u16>().map_err(|_| Error::Transport(format!("'{s}' has no valid port")))?;
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| Error::Ssh(format!("'{s}' has no port")))?;
+    let port = port.parse::<u16>().map_err(|_| Error::Ssh(format!("'{s}' has no valid port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(Error::Transport(format!("'{s}' has no host")));
+        return Err(Error::Ssh(format!("'{s}' has no host")));
     }
     Ok((host.to_string(), port))
 }
@@ -337,7 +335,7 @@ impl SshSession {
         let server = config.server();
         match tokio::time::timeout(config.connect_timeout, connect_session(config, &server)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Transport(format!(
+            Err(_) => Err(Error::ConnectTimeout(format!(
                 "ssh: connecting to {server} timed out after {:?} (TCP connect, key exchange and login together)",
                 config.connect_timeout
             ))),
@@ -356,7 +354,7 @@ impl SshSession {
         let channel = match tokio::time::timeout(inner.open_timeout, open).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
-                return Err(Error::Transport(format!(
+                return Err(Error::Ssh(format!(
                     "ssh: channel to {target} refused by the server: {}",
                     describe_open_failure(&reason, &inner.server, &target, &inner.user)
                 )))
@@ -366,13 +364,10 @@ impl SshSession {
                 return Err(self.closed_error(&reason));
             }
             Ok(Err(e)) => {
-                return Err(Error::Transport(format!(
-                    "ssh: cannot open a channel to {target} through {}: {e}",
-                    inner.server
-                )))
+                return Err(Error::Ssh(format!("ssh: cannot open a channel to {target} through {}: {e}", inner.server)))
             }
             Err(_) => {
-                return Err(Error::Transport(format!(
+                return Err(Error::Ssh(format!(
                     "ssh: channel to {target} through {} not opened within {:?} (the SSH server may still be \
                      trying to connect to {target})",
                     inner.server, inner.open_timeout
@@ -429,10 +424,7 @@ impl SshSession {
     }
 
     fn closed_error(&self, reason: &str) -> Error {
-        Error::Transport(format!(
-            "ssh: the session to {} is closed ({reason}); connect a new SshSession",
-            self.inner.server
-        ))
+        Error::Ssh(format!("ssh: the session to {} is closed ({reason}); connect a new SshSession", self.inner.server))
     }
 }
 
@@ -441,13 +433,13 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
         Some(p) => p.clone(),
         None => home_dir()
             .map(|h| h.join(".ssh/known_hosts"))
-            .ok_or_else(|| Error::Transport("ssh: HOME is not set: give SshConfig::known_hosts".into()))?,
+            .ok_or_else(|| Error::Ssh("ssh: HOME is not set: give SshConfig::known_hosts".into()))?,
     };
     // Key files are read before connecting: a wrong path or passphrase fails
     // without a network round trip.
     let (methods, notes) = resolve_auth(config)?;
     if methods.is_empty() {
-        return Err(Error::Transport(format!(
+        return Err(Error::Ssh(format!(
             "ssh: no way to log in to {server} as {}: {}; add a key file, the agent or a password to SshConfig::auth",
             config.user,
             notes.join("; ")
@@ -456,7 +448,7 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
     let host = config.host.trim_start_matches('[').trim_end_matches(']');
     let tcp = tokio::net::TcpStream::connect((host, config.port))
         .await
-        .map_err(|e| Error::Transport(format!("ssh: cannot connect to {server}: {e}")))?;
+        .map_err(|e| Error::Connect(format!("ssh: cannot connect to {server}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let peer = tcp.peer_addr().ok();
 
@@ -489,10 +481,8 @@ async fn connect_session(config: &SshConfig, server: &str) -> Result<SshSession>
         keepalive: (config.keepalive_interval, config.keepalive_max),
     };
     let mut handle = client::connect_stream(Arc::new(rconfig), tcp, handler).await.map_err(|e| match e {
-        ClientError::HostKey(msg) => Error::Transport(msg),
-        ClientError::Ssh(e) => {
-            Error::Transport(format!("ssh: handshake with {server} failed: {}", describe_ssh_error(&e)))
-        }
+        ClientError::HostKey(msg) => Error::Ssh(msg),
+        ClientError::Ssh(e) => Error::Ssh(format!("ssh: handshake with {server} failed: {}", describe_ssh_error(&e))),
     })?;
     login(&mut handle, config, server, methods, notes).await?;
     let host_key = host_key.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -575,7 +565,7 @@ pub(crate) fn load_private_key(path: &Path, passphrase: Option<&str>) -> Result<
         use std::os::unix::fs::PermissionsExt;
         match std::fs::metadata(path) {
             Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                return Err(Error::Transport(format!(
+                return Err(Error::Ssh(format!(
                     "ssh: key file {p} can be read by other users (mode {:o}); like OpenSSH, refusing to use it: \
                      chmod 600 {p}",
                     m.permissions().mode() & 0o777
@@ -583,14 +573,14 @@ pub(crate) fn load_private_key(path: &Path, passphrase: Option<&str>) -> Result<
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::Transport(format!("ssh: key file {p} does not exist")))
+                return Err(Error::Ssh(format!("ssh: key file {p} does not exist")))
             }
-            Err(e) => return Err(Error::Transport(format!("ssh: cannot read key file {p}: {e}"))),
+            Err(e) => return Err(Error::Ssh(format!("ssh: cannot read key file {p}: {e}"))),
         }
     }
     russh::keys::load_secret_key(path, passphrase).map_err(|e| {
         use russh::keys::Error as K;
-        Error::Transport(match e {
+        Error::Ssh(match e {
             K::KeyIsEncrypted => format!(
                 "ssh: key file {p} is passphrase-protected: give its passphrase \
                  (SshAuth::KeyFile {{ passphrase: Some(..) }} / SshConfig::with_encrypted_key_file)"
@@ -641,8 +631,7 @@ async fn login(
     notes: Vec<String>,
 ) -> Result<()> {
     let user = config.user.as_str();
-    let gone =
-        |e: &dyn fmt::Display| Error::Transport(format!("ssh: {server} closed the connection during login: {e}"));
+    let gone = |e: &dyn fmt::Display| Error::Ssh(format!("ssh: {server} closed the connection during login: {e}"));
     // (what was tried, why it was refused)
     let mut refused: Vec<(String, String)> = Vec::new();
     let mut server_accepts: Option<MethodSet> = None;
@@ -739,7 +728,7 @@ async fn login(
     let accepts =
         server_accepts.map(|m| format!(" (the server accepts: {})", describe_methods(&m))).unwrap_or_default();
     let skipped = if notes.is_empty() { String::new() } else { format!("; also {}", notes.join("; ")) };
-    Err(Error::Transport(match refused.as_slice() {
+    Err(Error::Auth(match refused.as_slice() {
         [(what, why)] => {
             format!("ssh: {server} refused {what} for user {user}: {why}{accepts}{skipped}")
         }

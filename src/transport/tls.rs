@@ -258,7 +258,7 @@ impl TlsServerConfig {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::Transport(format!(
+            return Err(Error::Tls(format!(
                 "certificate directory {} does not exist: create development certificates with \
                  `rpyc certs init --dir {}`",
                 dir.display(),
@@ -294,12 +294,12 @@ impl TlsServerConfig {
         let provider = provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(self.min_version.versions())
-            .map_err(|e| Error::Transport(format!("TLS server configuration: {e}")))?;
+            .map_err(|e| Error::Tls(format!("TLS server configuration: {e}")))?;
         let builder = match self.client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             mode => {
                 if self.client_ca.is_empty() {
-                    return Err(Error::Transport(
+                    return Err(Error::Tls(
                         "TLS server configuration: client certificates are required but no CA \
                          to verify them was given (add one with with_client_ca_file, or set \
                          client_auth to ClientAuth::None)"
@@ -311,18 +311,17 @@ impl TlsServerConfig {
                 if mode == ClientAuth::Optional {
                     verifier = verifier.allow_unauthenticated();
                 }
-                let verifier = verifier
-                    .build()
-                    .map_err(|e| Error::Transport(format!("TLS server configuration: client CA: {e}")))?;
+                let verifier =
+                    verifier.build().map_err(|e| Error::Tls(format!("TLS server configuration: client CA: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         if self.identity.cert_chain.is_empty() {
-            return Err(Error::Transport("TLS server configuration: no server certificate was given".into()));
+            return Err(Error::Tls("TLS server configuration: no server certificate was given".into()));
         }
         let mut config = builder
             .with_single_cert(self.identity.cert_chain.clone(), self.identity.key.clone_key())
-            .map_err(|e| Error::Transport(format!("TLS server certificate or key: {}", describe_config_error(&e))))?;
+            .map_err(|e| Error::Tls(format!("TLS server certificate or key: {}", describe_config_error(&e))))?;
         config.send_tls13_tickets = self.send_tls13_tickets;
         Ok(Arc::new(config))
     }
@@ -406,7 +405,7 @@ impl TlsClientConfig {
         let found = from_env.or_else(|| BUNDLES.iter().map(std::path::PathBuf::from).find(|p| p.exists()));
         match found {
             Some(path) => self.with_ca_file(path),
-            None => Err(Error::Transport(
+            None => Err(Error::Tls(
                 "TLS: no system CA bundle found (set SSL_CERT_FILE to your bundle, or use with_ca_file)".into(),
             )),
         }
@@ -440,7 +439,7 @@ impl TlsClientConfig {
     /// Builds the rustls configuration.
     pub fn to_rustls(&self) -> Result<Arc<rustls::ClientConfig>> {
         if self.ca.is_empty() {
-            return Err(Error::Transport(
+            return Err(Error::Tls(
                 "TLS client configuration: no CA to verify the server certificate (add one with \
                  with_ca_file; for development certificates that is certs/ca.pem)"
                     .into(),
@@ -449,13 +448,13 @@ impl TlsClientConfig {
         let roots = root_store(&self.ca, "CA")?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(self.min_version.versions())
-            .map_err(|e| Error::Transport(format!("TLS client configuration: {e}")))?
+            .map_err(|e| Error::Tls(format!("TLS client configuration: {e}")))?
             .with_root_certificates(roots);
         let config = match &self.identity {
             None => builder.with_no_client_auth(),
-            Some(id) => builder.with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key()).map_err(|e| {
-                Error::Transport(format!("TLS client certificate or key: {}", describe_config_error(&e)))
-            })?,
+            Some(id) => builder
+                .with_client_auth_cert(id.cert_chain.clone(), id.key.clone_key())
+                .map_err(|e| Error::Tls(format!("TLS client certificate or key: {}", describe_config_error(&e))))?,
         };
         Ok(Arc::new(config))
     }
@@ -467,7 +466,7 @@ impl TlsClientConfig {
             None => host_of(addr).to_string(),
         };
         ServerName::try_from(name.clone()).map_err(|_| {
-            Error::Transport(format!(
+            Error::Tls(format!(
                 "'{name}' is not a DNS name or IP address a certificate can carry (set \
                  TlsClientConfig::server_name to the name in the server certificate)"
             ))
@@ -491,17 +490,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Transport(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
 fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Transport(format!("{what}: not valid PEM: {e}")))?;
+        .map_err(|e| Error::Tls(format!("{what}: not valid PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(Error::Transport(format!(
-            "{what}: no certificate found (expected a -----BEGIN CERTIFICATE----- block)"
-        )));
+        return Err(Error::Tls(format!("{what}: no certificate found (expected a -----BEGIN CERTIFICATE----- block)")));
     }
     Ok(certs)
 }
@@ -509,18 +506,18 @@ fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>
 fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
-            Error::Transport(format!("{what}: no private key found (expected a -----BEGIN PRIVATE KEY----- block)"))
+            Error::Tls(format!("{what}: no private key found (expected a -----BEGIN PRIVATE KEY----- block)"))
         }
-        e => Error::Transport(format!("{what}: not a valid PEM private key: {e}")),
+        e => Error::Tls(format!("{what}: not a valid PEM private key: {e}")),
     })
 }
 
 fn root_store(certs: &[CertificateDer<'static>], what: &str) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for (i, c) in certs.iter().enumerate() {
-        roots.add(c.clone()).map_err(|e| {
-            Error::Transport(format!("{what} certificate #{} is not usable as a trust anchor: {e}", i + 1))
-        })?;
+        roots
+            .add(c.clone())
+            .map_err(|e| Error::Tls(format!("{what} certificate #{} is not usable as a trust anchor: {e}", i + 1)))?;
     }
     Ok(roots)
 }
@@ -690,10 +687,7 @@ async fn server_handshake(
         Ok(s) => s,
         Err((e, tcp)) => {
             linger_close(tcp.into_inner()).await;
-            return Err(Error::Transport(format!(
-                "TLS handshake with {peer} failed: {}",
-                describe_io(&e, Side::Server)
-            )));
+            return Err(Error::Tls(format!("TLS handshake with {peer} failed: {}", describe_io(&e, Side::Server))));
         }
     };
     let mut creds = Credentials::anonymous(TransportKind::Tls, PeerAddr::Ip(peer));
@@ -767,12 +761,12 @@ impl Endpoint {
         let addr = match s.strip_prefix("tls://") {
             Some(rest) => rest.trim_end_matches('/'),
             None if s.contains("://") => {
-                return Err(Error::Transport(format!("'{s}' is not a TLS address: use tls://host:port or host:port")))
+                return Err(Error::Tls(format!("'{s}' is not a TLS address: use tls://host:port or host:port")))
             }
             None => s,
         };
         if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
-            return Err(Error::Transport(format!("TLS address '{s}' has no port: use tls://host:port")));
+            return Err(Error::Tls(format!("TLS address '{s}' has no port: use tls://host:port")));
         }
         Ok(Endpoint::tls(addr, config))
     }
@@ -842,13 +836,10 @@ async fn client_handshake<S: Stream>(
     let stream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            return Err(Error::Transport(format!(
-                "TLS handshake with {addr} failed: {}",
-                describe_io(&e, Side::Client)
-            )))
+            return Err(Error::Tls(format!("TLS handshake with {addr} failed: {}", describe_io(&e, Side::Client))))
         }
         Err(_) => {
-            return Err(Error::Transport(format!(
+            return Err(Error::ConnectTimeout(format!(
                 "TLS handshake with {addr} timed out after {timeout:?}: the server did not answer \
                  the TLS hello (is it a plain TCP server? then connect without TLS)"
             )))

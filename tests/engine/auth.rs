@@ -65,6 +65,7 @@ async fn challenge_response_identifies_the_caller() {
 
     let e = login(addr, "alice", "wrong").await.unwrap_err();
     assert!(e.to_string().contains("refused identity \"alice\""), "{e}");
+    assert!(e.is_auth() && !e.is_connect() && !e.is_remote(), "{e:?}");
     let e = login(addr, "mallory", "anything").await.unwrap_err();
     assert!(e.to_string().contains("refused"), "{e}");
     // A client that skips authentication never reaches the service.

@@ -345,3 +345,39 @@ fn signatures_are_checked_when_the_service_is_built() {
         std::panic::catch_unwind(|| Service::builder("s", || ()).method("add(x)", |x: i64, y: i64| Ok(x + y)).build());
     assert!(panicked.is_err(), "build() must refuse a wrong signature");
 }
+
+/// Errors have kinds a program can branch on, and keep their text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_kinds() {
+    // Nobody listens: a connect error, retryable elsewhere.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let e = rpyc::connect(&format!("127.0.0.1:{port}")).await.unwrap_err();
+    assert!(e.is_connect() && !e.is_timeout() && !e.is_tls(), "{e:?}");
+    assert!(e.to_string().contains("cannot connect to 127.0.0.1"), "{e}");
+
+    let (addr, stop) = serve(rpyc::conformance::service(), ServerConfig::default()).await;
+    // TLS to a plain server: a TLS error (the server hangs up on the hello).
+    let dir = tempfile::tempdir().unwrap();
+    rpyc::certs::init_dir(dir.path(), &[]).unwrap();
+    let tls = rpyc::transport::tls::TlsClientConfig::from_dir(dir.path(), "client").unwrap();
+    let e = ClientBuilder::new().tls(tls).connect(&addr.to_string()).await.unwrap_err();
+    assert!(e.is_tls() && !e.is_connect(), "{e:?}");
+
+    let conn = ClientBuilder::new().timeout(Duration::from_millis(300)).connect(&addr.to_string()).await.unwrap();
+    let root = conn.root().await.unwrap();
+    // The peer's exception is remote; a result of the wrong type is a local
+    // conversion error, not a TypeError from the peer.
+    let e = root.call_method::<i64>("fail", ("ValueError", "bad")).await.unwrap_err();
+    assert!(e.is_remote() && e.is_exception("ValueError") && !e.is_conversion(), "{e:?}");
+    let e = root.call_method::<String>("add", (1, 2)).await.unwrap_err();
+    assert!(e.is_conversion() && !e.is_remote() && e.exception().is_none(), "{e:?}");
+    assert!(e.to_string().starts_with("cannot convert the result:"), "{e}");
+    // No reply in time.
+    let e = root.call_method::<()>("sleep", (2,)).await.unwrap_err();
+    assert!(e.is_timeout() && !e.is_closed(), "{e:?}");
+    // Closed.
+    conn.close().await;
+    let e = root.call_method::<i64>("add", (1, 2)).await.unwrap_err();
+    assert!(e.is_closed(), "{e:?}");
+    stop.shutdown();
+}

@@ -159,10 +159,10 @@ impl SshSession {
                 return Err(self.closed_error(&reason));
             }
             Ok(Err(e)) => {
-                return Err(Error::Transport(format!("ssh: cannot run a command on {}: {e}", inner.server)));
+                return Err(Error::Ssh(format!("ssh: cannot run a command on {}: {e}", inner.server)));
             }
             Err(_) => {
-                return Err(Error::Transport(format!(
+                return Err(Error::Ssh(format!(
                     "ssh: {} did not open a session channel within {:?}",
                     inner.server, inner.open_timeout
                 )))
@@ -286,7 +286,7 @@ impl SshSession {
             out
         };
         let out = tokio::time::timeout(timeout, run).await.map_err(|_| {
-            Error::Transport(format!("ssh: {command:?} on {} did not finish within {timeout:?}", self.server()))
+            Error::Ssh(format!("ssh: {command:?} on {} did not finish within {timeout:?}", self.server()))
         })?;
         Ok(ExecOutput {
             status: handle.exit_status(),

@@ -186,11 +186,9 @@ impl SshAcceptor {
         if !keys.to_string_lossy().contains("%u") {
             match std::fs::metadata(&keys) {
                 Ok(m) if m.is_file() => check_shared_authorized_keys(&keys)?,
-                Ok(_) => {
-                    return Err(Error::Transport(format!("ssh: authorized_keys {} is not a file", keys.display())))
-                }
+                Ok(_) => return Err(Error::Ssh(format!("ssh: authorized_keys {} is not a file", keys.display()))),
                 Err(e) => {
-                    return Err(Error::Transport(format!(
+                    return Err(Error::Ssh(format!(
                         "ssh: cannot read authorized_keys {}: {e} (create it with the public keys that may log in, \
                          e.g. cat ~/.ssh/id_ed25519.pub >> {})",
                         keys.display(),
@@ -199,9 +197,8 @@ impl SshAcceptor {
                 }
             }
         }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Transport(format!("ssh: cannot listen on {addr}: {e}")))?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| Error::Ssh(format!("ssh: cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr()?;
         let russh = russh::server::Config {
             methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -512,7 +509,7 @@ fn key_identity(matching: &[&AuthorizedKey], per_user: Option<&str>) -> std::res
 /// to two identities. The error says which line and how to fix it.
 fn check_shared_authorized_keys(path: &Path) -> Result<()> {
     let text = read_capped(path)
-        .map_err(|e| Error::Transport(format!("ssh: cannot read authorized_keys {}: {e}", path.display())))?;
+        .map_err(|e| Error::Ssh(format!("ssh: cannot read authorized_keys {}: {e}", path.display())))?;
     let entries = parse_authorized_keys(&text, path);
     let fix = format!(
         "bind each key to the one identity it may log in as by starting its line with identity=\"NAME\" \
@@ -523,7 +520,7 @@ fn check_shared_authorized_keys(path: &Path) -> Result<()> {
     let mut seen: HashMap<String, (&str, usize)> = HashMap::new();
     for k in &entries {
         let Some(id) = k.identity.as_deref() else {
-            return Err(Error::Transport(format!(
+            return Err(Error::Ssh(format!(
                 "ssh: authorized_keys {} line {}: the key {} has no identity binding, so it could log in under \
                  any user name and be any identity; {fix}",
                 path.display(),
@@ -534,7 +531,7 @@ fn check_shared_authorized_keys(path: &Path) -> Result<()> {
         let data = k.key.fingerprint(HashAlg::Sha256).to_string();
         if let Some((other, line)) = seen.insert(data, (id, k.line)) {
             if other != id {
-                return Err(Error::Transport(format!(
+                return Err(Error::Ssh(format!(
                     "ssh: authorized_keys {} lines {line} and {}: the key {} is bound to two identities \
                      ({other:?} and {id:?}); a key must prove one identity: give each person their own key",
                     path.display(),
@@ -826,22 +823,21 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
     let p = path.display();
     if path.exists() {
         return super::load_private_key(path, None).map_err(|e| match e {
-            Error::Transport(msg) if msg.contains("passphrase-protected") => Error::Transport(format!(
+            Error::Ssh(msg) if msg.contains("passphrase-protected") => Error::Ssh(format!(
                 "ssh: host key {p} is passphrase-protected; the endpoint needs an unencrypted host key"
             )),
-            Error::Transport(msg) => Error::Transport(msg.replacen("key file", "host key", 1)),
+            Error::Ssh(msg) => Error::Ssh(msg.replacen("key file", "host key", 1)),
             other => other,
         });
     }
     let mut seed = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-        .map_err(|_| Error::Transport("ssh: the system random generator failed".into()))?;
+        .map_err(|_| Error::Ssh("ssh: the system random generator failed".into()))?;
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     seed.fill(0);
     key.set_comment("rpyc ssh endpoint host key");
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| Error::Transport(format!("ssh: cannot encode the new host key: {e}")))?;
+    let pem =
+        key.to_openssh(LineEnding::LF).map_err(|e| Error::Ssh(format!("ssh: cannot encode the new host key: {e}")))?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -851,7 +847,7 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
         Ok(()) => {}
         // Another process created it first: use theirs.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return load_or_create_host_key(path),
-        Err(e) => return Err(Error::Transport(format!("ssh: cannot create host key {p}: {e}"))),
+        Err(e) => return Err(Error::Ssh(format!("ssh: cannot create host key {p}: {e}"))),
     }
     if let Ok(public) = key.public_key().to_openssh() {
         let mut pub_path = path.as_os_str().to_owned();
