@@ -81,6 +81,10 @@ pub enum ChannelError {
         /// Configured limit.
         limit: usize,
     },
+    /// The peer speaks another protocol (its first bytes are a TLS record,
+    /// an SSH or HTTP banner, the challenge–response greeting…).
+    #[error("the peer does not speak plain RPyC: {0}")]
+    ForeignProtocol(&'static str),
     /// A compressed frame that inflates beyond [`ChannelConfig::max_inflated`].
     #[error("compressed frame inflates beyond the {limit}-byte limit")]
     InflatedTooLarge {
@@ -93,6 +97,32 @@ pub enum ChannelError {
     /// The compressed flag is neither 0 nor 1.
     #[error("frame header has compression flag {0} (expected 0 or 1)")]
     BadFlag(u8),
+}
+
+/// What a frame header that is not one says about the peer: the first
+/// bytes of a TLS record, an SSH or HTTP banner, or the challenge–response
+/// greeting read as a length would be hundreds of megabytes; naming the
+/// protocol tells the user what to change instead of "raise max_frame".
+fn foreign_protocol(head: &[u8]) -> Option<&'static str> {
+    match head {
+        [0x16, 0x03, ..] => Some(
+            "it sent a TLS handshake record: it speaks TLS, so use TLS on both ends \
+             (tls://host:port, with the CA and a client certificate)",
+        ),
+        [0x15, 0x03, ..] => Some(
+            "it sent a TLS alert: it speaks TLS, so use TLS on both ends \
+             (tls://host:port, with the CA and a client certificate)",
+        ),
+        [b'S', b'S', b'H', b'-'] => {
+            Some("it sent an SSH banner: it is an SSH server; tunnel through it with ssh://user@host/target:port")
+        }
+        [b'H', b'T', b'T', b'P'] => Some("it sent HTTP; check the port"),
+        [b'R', b'P', b'Y', b'C'] => Some(
+            "it sent the challenge-response greeting: the server wants an identity and a shared secret \
+             before RPyC",
+        ),
+        _ => None,
+    }
 }
 
 /// Builds a complete frame around a payload that was written after
@@ -366,6 +396,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             got += n;
             // Judge the length as soon as it is known, before waiting for more.
             if got >= 4 {
+                if let Some(what) = foreign_protocol(&header[..4]) {
+                    return Err(ChannelError::ForeignProtocol(what));
+                }
                 let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
                 if len > self.cfg.max_frame {
                     return Err(ChannelError::FrameTooLarge { len: len as u64, limit: self.cfg.max_frame });
@@ -478,6 +511,17 @@ mod tests {
         let cfg = ChannelConfig::default();
         let mut r = FrameReader::new(&b"GET / HTTP/1.1\r\n"[..], cfg.clone());
         assert!(matches!(r.read_frame().await, Err(ChannelError::FrameTooLarge { .. })));
+        // Other protocols are named, not reported as huge frames.
+        for (bytes, says) in [
+            (&[0x15u8, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28][..], "TLS alert"),
+            (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "SSH server"),
+            (&b"HTTP/1.1 400 Bad Request\r\n"[..], "HTTP"),
+            (&b"RPYC-CHAL-2\n0123456789abcdef"[..], "challenge-response"),
+        ] {
+            let mut r = FrameReader::new(bytes, ChannelConfig::default());
+            let e = r.read_frame().await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(says), "{e}");
+        }
         let mut r = FrameReader::new(&[0u8, 0, 0, 9, 0, 1, 2][..], cfg.clone());
         assert!(matches!(r.read_frame().await, Err(ChannelError::Truncated { .. })));
         // A zlib bomb: 100 MB of zeros compresses to ~100 KB.

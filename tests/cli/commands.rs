@@ -294,6 +294,11 @@ fn tls_server_and_clients() {
     ok(&["certs", "init", "--dir", other.to_str().unwrap()]);
     let other_ca = other.join("ca.pem");
     fails(&["ping", &addr, "--ca", other_ca.to_str().unwrap()], 1, "cannot connect");
+    // A plain client on the TLS port is told the server speaks TLS, not
+    // "frame of 352518912 bytes exceeds the limit".
+    let plain = format!("tcp://127.0.0.1:{}", port_of(&listening));
+    let r = fails(&["call", &plain, "get_answer"], 1, "speaks TLS, so use TLS on both ends");
+    assert!(!r.stderr.contains("max_frame"), "{}", r.stderr);
 }
 
 /// `rpyc certs init` under `umask 000`: the modes are explicit, not the
