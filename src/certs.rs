@@ -281,6 +281,28 @@ pub fn client_cert(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertErr
     Ok((cert, key))
 }
 
+/// Reissues the server certificate and key in `dir` (`server.pem`,
+/// `server.key`) with the CA there, valid for localhost, 127.0.0.1, ::1
+/// and `extra_sans`. The CA and every client certificate stay valid; the
+/// old server files are replaced (written to temporary files first, so a
+/// failure leaves them as they were). Returns the two paths.
+pub fn server_cert(dir: &Path, extra_sans: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
+    let ca = DevCa::load(dir)?;
+    let issued = ca.server_cert(extra_sans)?;
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let (tmp_cert, tmp_key) = (dir.join(".server.pem.new"), dir.join(".server.key.new"));
+    for p in [&tmp_cert, &tmp_key] {
+        let _ = std::fs::remove_file(p);
+    }
+    write_file(&tmp_key, &issued.key_pem, true)?;
+    write_file(&tmp_cert, &issued.cert_pem, false)?;
+    // Key first: a server reloading in between sees the new key with the
+    // old certificate and refuses the pair, keeping what it has.
+    std::fs::rename(&tmp_key, &key).map_err(|e| io_err(&key, e))?;
+    std::fs::rename(&tmp_cert, &cert).map_err(|e| io_err(&cert, e))?;
+    Ok((cert, key))
+}
+
 /// Where [`client_cert`] writes the certificate and key for `name`; fails
 /// for names that are not safe file names.
 pub fn client_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), CertError> {

@@ -109,6 +109,22 @@ enum CertsCommand {
     ///
     /// Writes NAME.pem and NAME.key into DIR.
     Client(CertsClientArgs),
+    /// Reissue the server certificate (server.pem, server.key) with the CA
+    /// in DIR, for new names, keeping the CA and every client certificate.
+    ///
+    /// Valid for localhost, 127.0.0.1 and ::1 plus every --san.
+    Server(CertsServerArgs),
+}
+
+#[derive(Args)]
+struct CertsServerArgs {
+    /// Directory holding ca.pem and ca.key (and the server files to replace).
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    dir: PathBuf,
+    /// A DNS name or IP address the server certificate must also be valid
+    /// for (repeatable).
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
 }
 
 #[derive(Args)]
@@ -148,6 +164,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(CertsCommand::Init(args)) => run_certs_init(&args),
         Command::Certs(CertsCommand::Client(args)) => run_certs_client(&args),
+        Command::Certs(CertsCommand::Server(args)) => run_certs_server(&args),
         Command::Registry(args) => discovery::run_registry(&args),
         Command::Discover(args) => discovery::run_discover(&args),
         Command::List(args) => discovery::run_list(&args),
@@ -205,6 +222,16 @@ fn run_certs_client(args: &CertsClientArgs) -> CmdResult {
     }
     let (cert, key) = certs::client_cert(&args.dir, &args.name)?;
     println!("Created client certificate for identity {:?} (development only):", args.name);
+    println!("  {}", cert.display());
+    println!("  {} (0600)", key.display());
+    Ok(())
+}
+
+fn run_certs_server(args: &CertsServerArgs) -> CmdResult {
+    let (cert, key) = certs::server_cert(&args.dir, &args.sans)?;
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    names.extend(args.sans.iter().map(String::as_str));
+    println!("Reissued the server certificate for {} (development only; CA unchanged):", names.join(", "));
     println!("  {}", cert.display());
     println!("  {} (0600)", key.display());
     Ok(())

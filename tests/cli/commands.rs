@@ -301,6 +301,44 @@ fn tls_server_and_clients() {
     assert!(!r.stderr.contains("max_frame"), "{}", r.stderr);
 }
 
+/// `rpyc certs server --san` reissues only the server certificate: the CA
+/// and the client certificates it signed keep working.
+#[test]
+fn certs_server_reissues_the_server_certificate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let d = certs.to_str().unwrap();
+    ok(&["certs", "init", "--dir", d]);
+    let ca_before = std::fs::read(certs.join("ca.pem")).unwrap();
+    let file = |n: &str| certs.join(n).to_str().unwrap().to_string();
+    let ping = |port: u16| {
+        run(&[
+            "ping",
+            &format!("tls://127.0.0.1:{port}"),
+            "--server-name",
+            "rpyc.example.test",
+            "--ca",
+            &file("ca.pem"),
+            "--cert",
+            &file("client.pem"),
+            "--key",
+            &file("client.key"),
+        ])
+    };
+    {
+        let (_server, listening) = start(&["serve", "--port", "0", "--tls", d]);
+        let r = ping(port_of(&listening));
+        assert_eq!(r.code, Some(1), "the name is not in the certificate yet: {}", r.stderr);
+    }
+    let out = ok(&["certs", "server", "--dir", d, "--san", "rpyc.example.test"]);
+    assert!(out.contains("rpyc.example.test") && out.contains("CA unchanged"), "{out}");
+    assert_eq!(std::fs::read(certs.join("ca.pem")).unwrap(), ca_before, "the CA must not change");
+    let (_server, listening) = start(&["serve", "--port", "0", "--tls", d]);
+    let r = ping(port_of(&listening));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    fails(&["certs", "server", "--dir", dir.path().join("nothing").to_str().unwrap()], 1, "no development CA");
+}
+
 /// `rpyc certs init` under `umask 000`: the modes are explicit, not the
 /// umask's (a world-writable directory would let anyone swap `ca.pem`).
 #[cfg(unix)]
