@@ -126,7 +126,19 @@ impl Endpoint {
         if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
             return Ok(Endpoint::Tcp(s.to_string()));
         }
-        Err(Error::Transport(format!("address '{s}' has no port: use host:port, tcp://host:port or unix:///path")))
+        Err(Error::Transport(port_problem(s)))
+    }
+}
+
+/// Why `host:port` text has no usable port, for error messages: no port at
+/// all, or one that is not a number from 1 to 65535.
+pub(crate) fn port_problem(s: &str) -> String {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.ends_with(':') || host.starts_with('[') => format!(
+            "address '{s}' has an invalid port {port:?}: give a number from 1 to 65535 \
+             (host:port, tcp://host:port or unix:///path)"
+        ),
+        _ => format!("address '{s}' has no port: use host:port, tcp://host:port or unix:///path"),
     }
 }
 

@@ -766,7 +766,9 @@ impl Endpoint {
             None => s,
         };
         if addr.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
-            return Err(Error::Tls(format!("TLS address '{s}' has no port: use tls://host:port")));
+            return Err(Error::Transport(
+                super::port_problem(s).replace("tcp://host:port or unix:///path", "tls://host:port"),
+            ));
         }
         Ok(Endpoint::tls(addr, config))
     }

@@ -241,6 +241,10 @@ fn usage_and_connection_errors() {
     fails(&["discover", "x", "--registry", &refused, "--registry-tcp"], 1, "cannot reach the registry");
     fails(&["ping", "http://127.0.0.1:1"], 2, "unsupported address scheme http://");
     fails(&["ping", "nohost"], 2, "has no port");
+    fails(&["ping", "127.0.0.1:abc"], 2, "invalid port \"abc\"");
+    fails(&["call", "127.0.0.1:99999", "get_answer"], 2, "invalid port \"99999\"");
+    let r = fails(&["ping", &refused], 1, "Connection refused");
+    assert_eq!(r.stderr.matches("cannot connect to").count(), 1, "said once: {}", r.stderr);
     fails(&["ping", "tls://127.0.0.1:1"], 2, "needs --ca FILE");
     fails(&["ping", &refused, "--ca", "ca.pem"], 2, "apply to tls:// addresses");
     fails(&["ping", &refused, "--identity", "id"], 2, "apply to ssh:// addresses");

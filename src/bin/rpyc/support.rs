@@ -247,6 +247,8 @@ impl ConnectArgs {
         let deadline = self.timeout + Duration::from_secs(1);
         match tokio::time::timeout(deadline, builder.connect_endpoint(&endpoint)).await {
             Ok(Ok(conn)) => Ok(conn),
+            // The transport's message names the address already.
+            Ok(Err(e)) if e.to_string().contains(addr.trim_start_matches("tcp://")) => Err(e.to_string().into()),
             Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}").into()),
             Err(_) => Err(format!("cannot connect to {addr}: no connection within {deadline:?}").into()),
         }
