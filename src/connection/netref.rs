@@ -165,7 +165,7 @@ impl Netref {
     /// (RPyC's BUFFITER).
     pub async fn iter(&self, batch: usize) -> Result<RemoteIter> {
         let it = self.callattr("__iter__", ()).await?.into_netref()?;
-        Ok(RemoteIter { it, batch: batch.max(1), buffer: std::collections::VecDeque::new(), done: false })
+        Ok(RemoteIter { it, batch: batch.max(1), buffer: std::collections::VecDeque::new(), done: false, fetch: None })
     }
 
     /// Iterates the whole remote iterable and collects the items.
@@ -213,38 +213,73 @@ impl Netref {
     }
 }
 
-/// An iterator over a remote iterable, fetching items in batches.
+/// An iterator over a remote iterable, fetching items in batches
+/// (BUFFITER). Use [`RemoteIter::next`], or use it as a
+/// [`futures_core::Stream`] of `Result<Object>` (with `StreamExt` from
+/// `futures` or `tokio-stream`: `.map`, `.take`, `.collect`…).
 pub struct RemoteIter {
     it: Netref,
     batch: usize,
     buffer: std::collections::VecDeque<Object>,
     done: bool,
+    /// The BUFFITER request in flight, while polled as a stream.
+    fetch: Option<super::handler::BoxFuture<Result<Object>>>,
 }
 
 impl RemoteIter {
     /// The next item, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Object>> {
-        if let Some(x) = self.buffer.pop_front() {
-            return Ok(Some(x));
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self).poll_item(cx)).await.transpose()
+    }
+
+    fn poll_item(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Object>>> {
+        use std::task::Poll;
+        loop {
+            if let Some(x) = self.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(x)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let fetch = self.fetch.get_or_insert_with(|| {
+                let (it, batch) = (self.it.clone(), self.batch);
+                Box::pin(async move {
+                    let args = vec![Object::Remote(it.clone()), Value::from(batch).into()];
+                    it.0.conn.request(Handler::BuffIter, args).await
+                })
+            });
+            let got = match fetch.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            self.fetch = None;
+            let items: Vec<Object> = match got {
+                Ok(Object::Tuple(items)) => items,
+                Ok(Object::Value(Value::Tuple(items))) => items.into_iter().map(Object::Value).collect(),
+                Ok(other) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::Protocol(format!("BUFFITER returned {}", other.describe())))));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            if items.len() < self.batch {
+                self.done = true;
+            }
+            self.buffer.extend(items);
         }
-        if self.done {
-            return Ok(None);
-        }
-        let got = self
-            .it
-            .0
-            .conn
-            .request(Handler::BuffIter, vec![Object::Remote(self.it.clone()), Value::from(self.batch).into()])
-            .await?;
-        let items: Vec<Object> = match got {
-            Object::Tuple(items) => items,
-            Object::Value(Value::Tuple(items)) => items.into_iter().map(Object::Value).collect(),
-            other => return Err(Error::Protocol(format!("BUFFITER returned {}", other.describe()))),
-        };
-        if items.len() < self.batch {
-            self.done = true;
-        }
-        self.buffer.extend(items);
-        Ok(self.buffer.pop_front())
+    }
+}
+
+impl futures_core::Stream for RemoteIter {
+    type Item = Result<Object>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Object>>> {
+        self.poll_item(cx)
     }
 }

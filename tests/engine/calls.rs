@@ -180,6 +180,10 @@ async fn rust_served_containers_behave_like_python_ones() {
     assert_eq!(n.getitem(-1).await.unwrap().extract::<i64>().unwrap(), 9);
     assert!(n.contains(5).await.unwrap() && !n.contains(42).await.unwrap());
     assert_eq!(n.get::<Vec<i64>>().await.unwrap(), (0..10).collect::<Vec<_>>());
+    // A remote iterator is a Stream too (batches of 3: several BUFFITERs).
+    use futures::StreamExt;
+    let items: Vec<i64> = n.iter(3).await.unwrap().map(|r| r.unwrap().extract::<i64>().unwrap()).collect().await;
+    assert_eq!(items, (0..10).collect::<Vec<_>>());
     let e = n.getitem(10).await.unwrap_err();
     assert!(e.is_exception("IndexError"));
     let d = root.callattr("info", ()).await.unwrap().into_netref().unwrap();
