@@ -601,33 +601,71 @@ fn stamp(path: &std::path::Path) -> FileStamp {
 /// not there yet) change nothing; the next change is tried again.
 async fn watch_certificates(listeners: Vec<Arc<ListenerRt>>, shared: Arc<Shared>) {
     let mut seen: HashMap<String, Vec<FileStamp>> = HashMap::new();
+    let mut running: Option<tokio::task::JoinHandle<HashMap<String, Vec<FileStamp>>>> = None;
+    let mut stalled_since: Option<std::time::Instant> = None;
     loop {
-        let rules = shared.rules();
-        for l in &listeners {
-            let (Some(handle), Some(config)) =
-                (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
-            else {
-                continue;
-            };
-            let now: Vec<FileStamp> = certificate_files(config).iter().map(|p| stamp(p)).collect();
-            match seen.insert(l.name.clone(), now.clone()) {
-                Some(before) if before != now => {
-                    match tls_server_config(config).and_then(|c| handle.reload(&c).map_err(setup)) {
-                        Ok(()) => tracing::info!(listener = %l.name, "certificate files changed: reloaded"),
-                        Err(e) => tracing::warn!(
-                            listener = %l.name,
-                            error = %e,
-                            "certificate files changed but cannot be used; the previous certificates stay in force \
-                             until the files change again"
-                        ),
-                    }
+        // File system calls run on the blocking pool: a stalled mount (NFS,
+        // FUSE secrets) must never hold a runtime worker. A check that has
+        // not finished is waited for, not repeated.
+        match running.take() {
+            Some(h) if h.is_finished() => {
+                if let Ok(s) = h.await {
+                    seen = s;
                 }
-                _ => {}
+                stalled_since = None;
             }
+            Some(h) => {
+                let since = *stalled_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(30) {
+                    tracing::warn!(
+                        "checking the certificate files has not finished for {:?} (a stalled file system?); \
+                         the current certificates stay in force",
+                        since.elapsed()
+                    );
+                    stalled_since = Some(std::time::Instant::now());
+                }
+                running = Some(h);
+            }
+            None => {}
         }
-        drop(rules);
+        if running.is_none() {
+            let (listeners, rules, before) = (listeners.clone(), shared.rules(), seen.clone());
+            running = Some(tokio::task::spawn_blocking(move || check_certificates(&listeners, &rules, before)));
+        }
         tokio::time::sleep(CERT_POLL).await;
     }
+}
+
+/// One round of [`watch_certificates`]: reloads each TLS listener whose
+/// files changed since `seen`; returns what was seen now.
+fn check_certificates(
+    listeners: &[Arc<ListenerRt>],
+    rules: &Rules,
+    mut seen: HashMap<String, Vec<FileStamp>>,
+) -> HashMap<String, Vec<FileStamp>> {
+    for l in listeners {
+        let (Some(handle), Some(config)) =
+            (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
+        else {
+            continue;
+        };
+        let now: Vec<FileStamp> = certificate_files(config).iter().map(|p| stamp(p)).collect();
+        match seen.insert(l.name.clone(), now.clone()) {
+            Some(before) if before != now => {
+                match tls_server_config(config).and_then(|c| handle.reload(&c).map_err(setup)) {
+                    Ok(()) => tracing::info!(listener = %l.name, "certificate files changed: reloaded"),
+                    Err(e) => tracing::warn!(
+                        listener = %l.name,
+                        error = %e,
+                        "certificate files changed but cannot be used; the previous certificates stay in force \
+                         until the files change again"
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+    seen
 }
 
 struct ActiveGuard(Arc<Shared>);

@@ -489,8 +489,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Largest certificate, key or CA file read (a CA bundle of a few hundred
+/// certificates is well under it).
+const MAX_PEM_FILE: u64 = 4 << 20;
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::Tls(format!("cannot read {}: {e}", path.display())))
+    use std::io::Read as _;
+    let shown = path.display();
+    let err = |e: std::io::Error| Error::Tls(format!("cannot read {shown}: {e}"));
+    // Only regular files: opening a FIFO would block the thread until a
+    // writer comes, and a device (/dev/zero) never ends.
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if !meta.is_file() {
+        return Err(Error::Tls(format!("{shown} is not a regular file: give a PEM file")));
+    }
+    if meta.len() > MAX_PEM_FILE {
+        return Err(Error::Tls(format!("{shown} is {} bytes, larger than any PEM file should be", meta.len())));
+    }
+    let mut data = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_PEM_FILE + 1).read_to_end(&mut data)).map_err(err)?;
+    if data.len() as u64 > MAX_PEM_FILE {
+        return Err(Error::Tls(format!("{shown} grew past {MAX_PEM_FILE} bytes while being read")));
+    }
+    Ok(data)
 }
 
 fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {

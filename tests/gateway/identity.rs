@@ -276,6 +276,21 @@ async fn certificates_and_ca_rotated_on_disk_without_a_restart() {
         std::fs::write(dir.path().join("server.key"), "").unwrap();
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(service_name(&gw, client_config(&new_ca, &fresh)).await.unwrap(), "SLAVE");
+
+        // A FIFO or a device where the CA was (a mistake, or a hostile
+        // writer) is refused without reading it: nothing blocks, nothing
+        // grows, and the gateway keeps serving with what it has.
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::remove_file(&ca_path).unwrap();
+        let made = Command::new("mkfifo").arg(&ca_path).status().unwrap();
+        assert!(made.success());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(service_name(&gw, client_config(&new_ca, &fresh)).await.unwrap(), "SLAVE");
+        std::fs::remove_file(&ca_path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &ca_path).unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(service_name(&gw, client_config(&new_ca, &fresh)).await.unwrap(), "SLAVE");
+        assert!(gw.handle.metrics_text().contains("rpyc_gateway_connections_total"));
     })
     .await;
 }
