@@ -248,8 +248,17 @@ fn addr_of(url: &str) -> &str {
 fn load_secrets(path: &std::path::Path) -> Result<ChallengeResponse, GatewayError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| setup(format!("cannot read secrets file {}: {e}", path.display())))?;
-    let table: std::collections::BTreeMap<String, String> = toml::from_str(&text)
-        .map_err(|e| setup(format!("secrets file {}: expected lines of identity = \"secret\": {e}", path.display())))?;
+    // The parser's message quotes the offending line, which holds a secret:
+    // say where and what, never the text.
+    let table: std::collections::BTreeMap<String, String> = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(0, |r| text.get(..r.start).unwrap_or("").matches('\n').count() + 1);
+        let what = e.message().lines().next().unwrap_or("").split('`').next().unwrap_or("").trim();
+        setup(format!(
+            "secrets file {}: line {line} is not identity = \"secret\" ({what}; the line is not shown because it \
+             holds a secret)",
+            path.display()
+        ))
+    })?;
     if table.is_empty() {
         return Err(setup(format!("secrets file {} lists no identity", path.display())));
     }
@@ -644,8 +653,7 @@ fn check_certificates(
     mut seen: HashMap<String, Vec<FileStamp>>,
 ) -> HashMap<String, Vec<FileStamp>> {
     for l in listeners {
-        let (Some(handle), Some(config)) =
-            (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
+        let (Some(handle), Some(config)) = (&l.tls, rules.config.listeners.iter().find(|c| c.display_name() == l.name))
         else {
             continue;
         };

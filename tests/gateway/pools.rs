@@ -295,3 +295,28 @@ async fn srv_upstreams_follow_the_dns_records() {
     })
     .await;
 }
+
+/// A secrets file with a syntax error is reported by line, without the
+/// line: it holds a secret (and `--check` runs on every start and reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_never_prints_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secrets.toml"), "bob = \"ok\"\nalice = \"SUPERSECRET-unterminated\n").unwrap();
+    std::fs::write(dir.path().join("dup.toml"), "alice = \"SUPERSECRET-1\"\nalice = \"SUPERSECRET-2\"\n").unwrap();
+    for file in ["secrets.toml", "dup.toml"] {
+        let toml = dir.path().join(format!("{file}.gw.toml"));
+        std::fs::write(
+            &toml,
+            format!("[[listen]]\nurl = \"tcp://127.0.0.1:0\"\nsecrets = \"{file}\"\n[upstream.a]\nurl = \"tcp://127.0.0.1:1\"\n"),
+        )
+        .unwrap();
+        let (ok, out) = blocking(move || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_rpyc"));
+            c.args(["gateway", "--check", "-c"]).arg(toml);
+            common::run_with_timeout(c, STEP)
+        })
+        .await;
+        assert!(!ok && out.contains("line 2 is not identity = \"secret\""), "{out}");
+        assert!(!out.contains("SUPERSECRET"), "a secret was printed:\n{out}");
+    }
+}
