@@ -231,6 +231,31 @@ impl Authenticator for TlsClientCert {
 /// The identity a verified certificate carries in `from`, or why it has none.
 /// One decision for every caller: exactly one value, or no identity.
 fn certificate_identity(cert: &crate::identity::CertificateInfo, from: IdentityFrom) -> Result<String, String> {
+    let id = certificate_identity_unchecked(cert, from)?;
+    // Identities go into logs, audit records and policy tables: a control
+    // character could forge a log line, and SAN values are ASCII by
+    // definition (IA5String).
+    if id.chars().any(char::is_control) {
+        return Err("the client certificate's identity contains control characters; it is refused".into());
+    }
+    if from != IdentityFrom::Cn && !id.is_ascii() {
+        return Err("the client certificate's subject alternative name is not ASCII (IA5String); it is refused".into());
+    }
+    // A CN spelled like a URI could pose as a SPIFFE ID that another
+    // listener reads from a URI SAN (identities share one namespace).
+    if from == IdentityFrom::Cn && id.contains("://") {
+        return Err(format!(
+            "the client certificate's common name {id:?} is shaped like a URI; URI identities (SPIFFE IDs) \
+             come from a URI SAN on a listener with identity_from = \"uri-san\", never from a CN"
+        ));
+    }
+    Ok(id)
+}
+
+fn certificate_identity_unchecked(
+    cert: &crate::identity::CertificateInfo,
+    from: IdentityFrom,
+) -> Result<String, String> {
     let (kind, values, hint) = match from {
         IdentityFrom::Cn => {
             if cert.common_name_count > 1 {

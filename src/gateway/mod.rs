@@ -327,6 +327,9 @@ async fn bind_listener(l: &ListenerConfig, auth_timeout: Duration) -> Result<Lis
 }
 
 fn warn_weak_policies(config: &GatewayConfig) {
+    if let Some(w) = identity_namespace_warning(config) {
+        tracing::warn!("{w}");
+    }
     let set = &config.policy;
     for (name, p) in std::iter::once(("default", &set.default)).chain(set.policies.iter().map(|(n, p)| (n.as_str(), p)))
     {
@@ -838,6 +841,25 @@ pub struct CheckReport {
     /// Files that exist but cannot be used (a bad certificate, key, secrets
     /// file): starting would fail.
     pub errors: Vec<String>,
+    /// Settings that work but deserve a second look.
+    pub warnings: Vec<String>,
+}
+
+/// Listeners that read identities from different places share one
+/// namespace of identity names: say so, unless each is fenced by `allow`.
+fn identity_namespace_warning(config: &GatewayConfig) -> Option<String> {
+    let tls: Vec<&ListenerConfig> = config.listeners.iter().filter(|l| l.url.starts_with("tls://")).collect();
+    let first = tls.first()?.identity_from;
+    if tls.iter().all(|l| l.identity_from == first) || tls.iter().all(|l| l.allow.is_some()) {
+        return None;
+    }
+    Some(
+        "TLS listeners read identities from different places (identity_from differs), and identities share one \
+         namespace: a certificate CN on one listener could spell a DNS SAN identity of another (URI-shaped CNs \
+         are refused). Fence each listener with allow = [...] or route by listeners = [...], especially if \
+         their client CAs differ"
+            .into(),
+    )
 }
 
 /// Checks a configuration without starting anything (`rpyc gateway
@@ -908,16 +930,18 @@ pub fn check(config: &GatewayConfig) -> Result<CheckReport, GatewayError> {
             }
         }
     }
+    r.warnings.extend(identity_namespace_warning(config));
     let s = &mut r.summary;
     let _ = writeln!(s, "listeners:");
     for l in &config.listeners {
         let auth = match l.url.split_once("://").map_or("", |(s, _)| s) {
-            "tls" => "client certificate",
-            "ssh" => "SSH key",
-            _ => "challenge-response",
+            "tls" => format!("client certificate ({:?})", l.identity_from),
+            "ssh" => "SSH key".to_string(),
+            _ => "challenge-response".to_string(),
         };
         let allow = l.allow.as_ref().map_or("every authenticated identity".to_string(), |a| a.join(", "));
-        let _ = writeln!(s, "  {:<24} {}  auth: {auth}; allowed: {allow}", l.display_name(), l.url);
+        let proxy = if l.proxy_protocol { "; PROXY protocol header required" } else { "" };
+        let _ = writeln!(s, "  {:<24} {}  auth: {auth}; allowed: {allow}{proxy}", l.display_name(), l.url);
     }
     let _ = writeln!(s, "upstreams:");
     for (name, u) in &config.upstreams {

@@ -446,7 +446,9 @@ impl Pool {
                 .map_err(|e| e.to_string())?;
             next = Some(next.map_or(answer.valid_until, |n| n.min(answer.valid_until)));
             for t in &answer.targets {
-                for addr in &t.addrs {
+                // 0.0.0.0 and :: reach the gateway host's own services:
+                // never an upstream a DNS answer may name.
+                for addr in t.addrs.iter().filter(|a| !a.ip().is_unspecified()) {
                     targets.push(found_target(&self.config, &t.host, &addr.to_string(), t.priority, t.weight)?);
                 }
             }

@@ -380,3 +380,34 @@ async fn the_command_line_flags() {
     })
     .await;
 }
+
+/// What a certificate cannot pose as: a CN spelled like a SPIFFE ID (URI
+/// identities come from URI SANs only), and identities with control
+/// characters (they would forge log lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_cannot_pose_as_other_kinds_of_identity() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate().unwrap();
+        install(dir.path(), &ca);
+        let (_server, port) = python_server("classic").await;
+        let text = format!(
+            "{}\n[upstream.py]\nurl = \"tcp://127.0.0.1:{port}\"\n[policy.policies.admin]\nclassic = true\n\
+             [policy.identities]\n\"spiffe://example.org/admin\" = \"admin\"\n",
+            listener(dir.path(), "")
+        );
+        let gw = start_gateway(&text, dir.path()).await;
+        let posing = workload_cert(&ca, Some("spiffe://example.org/admin"), &[], &[], YEAR);
+        assert!(service_name(&gw, client_config(&ca, &posing)).await.is_err(), "a URI-shaped CN was accepted");
+        let forging = workload_cert(&ca, Some("bob\nidentity=admin"), &[], &[], YEAR);
+        assert!(service_name(&gw, client_config(&ca, &forging)).await.is_err(), "a CN with a newline was accepted");
+        let plain = workload_cert(&ca, Some("bob"), &[], &[], YEAR);
+        assert_eq!(service_name(&gw, client_config(&ca, &plain)).await.unwrap(), "SLAVE");
+        eventually("both refusals counted", || {
+            let n = auth_failures(&gw);
+            async move { n == 2 }
+        })
+        .await;
+    })
+    .await;
+}

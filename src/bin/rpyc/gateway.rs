@@ -154,6 +154,9 @@ fn check(args: &GatewayArgs, config: &GatewayConfig) -> CmdResult {
     for m in &report.missing {
         println!("missing: {m} (must exist when the gateway starts)");
     }
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
     if report.errors.is_empty() {
         println!("configuration {origin} is valid");
         return Ok(());
