@@ -954,33 +954,12 @@ pub(crate) async fn ping(
     decode: &DecodeLimits,
 ) -> Result<(), String> {
     const DATA: &[u8] = b"rpyc-gateway-health";
-    let args = Value::Tuple(vec![
-        Value::from(Handler::Ping.id()),
-        Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![Value::Bytes(DATA.to_vec())])]),
-    ]);
-    up.write_all(&frame_of(dialect, MSG_REQUEST, ROOT_SEQ, &args, channel)).await.map_err(|e| e.to_string())?;
-    up.flush().await.map_err(|e| e.to_string())?;
-    let mut reader = RawReader::new(&mut *up, channel.clone());
-    for _ in 0..MAX_EARLY_FRAMES {
-        let frame = match reader.read().await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Err("closed the connection without answering PING".into()),
-            Err(e) => return Err(e.to_string()),
-        };
-        let msg = decode_message(dialect, frame.payload(), decode)
-            .map_err(|e| format!("answered PING with something that is not RPyC {dialect:?}: {e}"))?;
-        match msg.kind {
-            MSG_REPLY if msg.seq == ROOT_SEQ => {
-                return match msg.args.as_tuple() {
-                    Some([_, Value::Bytes(b)]) if b == DATA => Ok(()),
-                    _ => Err(format!("answered PING with {}", msg.args.repr())),
-                };
-            }
-            MSG_EXCEPTION if msg.seq == ROOT_SEQ => return Err(format!("refused PING: {}", Exception::load(msg.args))),
-            _ => {}
-        }
+    let data = Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![Value::Bytes(DATA.to_vec())])]);
+    let (reply, _) = own_request(up, dialect, Handler::Ping, data, channel, decode).await?;
+    match reply.as_tuple() {
+        Some([_, Value::Bytes(b)]) if b == DATA => Ok(()),
+        _ => Err(format!("answered PING with {}", reply.repr())),
     }
-    Err(format!("sent {MAX_EARLY_FRAMES} messages without answering PING"))
 }
 
 /// Asks the upstream for its root (GETROOT under the gateway's own
@@ -992,39 +971,49 @@ async fn fetch_root(
     channel: &ChannelConfig,
     decode: &DecodeLimits,
 ) -> Result<(IdPack, Vec<RawFrame>), String> {
-    let args = Value::Tuple(vec![
-        Value::from(Handler::GetRoot.id()),
-        Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])]),
-    ]);
+    let empty = Value::Tuple(vec![Value::from(LABEL_VALUE), Value::Tuple(vec![])]);
+    let (reply, early) = own_request(up, dialect, Handler::GetRoot, empty, channel, decode).await?;
+    let root = match reply.as_tuple() {
+        Some([Value::Int(Int::Small(LABEL_REMOTE_REF)), pack]) => IdPack::from_value(pack),
+        _ => None,
+    };
+    let root = root.ok_or_else(|| format!("answered GETROOT with {} instead of a reference", reply.repr()))?;
+    Ok((root, early))
+}
+
+/// Sends one request of the gateway's own (under [`ROOT_SEQ`]) and reads
+/// until its answer: the reply's boxed value, with the frames the upstream
+/// sent before it (at most [`MAX_EARLY_FRAMES`]). Unbuffered on purpose:
+/// whatever follows the answer stays in the stream for the upstream pump.
+async fn own_request(
+    up: &mut BoxStream,
+    dialect: Dialect,
+    handler: Handler,
+    boxed_args: Value,
+    channel: &ChannelConfig,
+    decode: &DecodeLimits,
+) -> Result<(Value, Vec<RawFrame>), String> {
+    let what = handler.name();
+    let args = Value::Tuple(vec![Value::from(handler.id()), boxed_args]);
     up.write_all(&frame_of(dialect, MSG_REQUEST, ROOT_SEQ, &args, channel)).await.map_err(|e| e.to_string())?;
     up.flush().await.map_err(|e| e.to_string())?;
-    // Unbuffered on purpose: whatever follows the answer stays in the stream
-    // for the upstream pump.
     let mut reader = RawReader::new(&mut *up, channel.clone());
     let mut early = Vec::new();
     loop {
         let frame = match reader.read().await {
             Ok(Some(f)) => f,
-            Ok(None) => return Err("closed the connection before answering GETROOT".into()),
+            Ok(None) => return Err(format!("closed the connection before answering {what}")),
             Err(e) => return Err(e.to_string()),
         };
         let msg = decode_message(dialect, frame.payload(), decode)
-            .map_err(|e| format!("answered GETROOT with something that is not RPyC {dialect:?}: {e}"))?;
+            .map_err(|e| format!("answered {what} with something that is not RPyC {dialect:?}: {e}"))?;
         match msg.kind {
-            MSG_REPLY if msg.seq == ROOT_SEQ => {
-                let root = match msg.args.as_tuple() {
-                    Some([Value::Int(Int::Small(LABEL_REMOTE_REF)), pack]) => IdPack::from_value(pack),
-                    _ => None,
-                };
-                let root =
-                    root.ok_or_else(|| format!("answered GETROOT with {} instead of a reference", msg.args.repr()))?;
-                return Ok((root, early));
-            }
+            MSG_REPLY if msg.seq == ROOT_SEQ => return Ok((msg.args, early)),
             MSG_EXCEPTION if msg.seq == ROOT_SEQ => {
-                return Err(format!("refused GETROOT: {}", Exception::load(msg.args)))
+                return Err(format!("refused {what}: {}", Exception::load(msg.args)))
             }
             _ if early.len() < MAX_EARLY_FRAMES => early.push(frame),
-            _ => return Err(format!("sent {MAX_EARLY_FRAMES} messages without answering GETROOT")),
+            _ => return Err(format!("sent {MAX_EARLY_FRAMES} messages without answering {what}")),
         }
     }
 }
