@@ -305,6 +305,17 @@ fn tls_server_and_clients() {
     assert!(!r.stderr.contains("max_frame"), "{}", r.stderr);
 }
 
+/// `-q` silences banners and logs, not results or errors.
+#[test]
+fn quiet_silences_banners() {
+    let loud = run(&["serve", "--stdio"]);
+    assert!(loud.stderr.contains("rpyc serve: CONFORMANCE on stdin/stdout"), "{}", loud.stderr);
+    let quiet = run(&["-q", "serve", "--stdio"]);
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
+    assert_eq!(quiet.stderr, "", "-q printed on stderr");
+    fails(&["-q", "ping", "127.0.0.1:abc"], 2, "invalid port");
+}
+
 /// `rpyc certs server --san` reissues only the server certificate: the CA
 /// and the client certificates it signed keep working.
 #[test]

@@ -137,15 +137,17 @@ async fn deploy(args: &DeployArgs, config: SshConfig, options: DeployOptions) ->
                 );
             }
             std::io::stdout().flush()?;
-            eprintln!("rpyc deploy: serving until Ctrl-C; the remote process and directory go away with it");
+            super::support::banner(format_args!(
+                "rpyc deploy: serving until Ctrl-C; the remote process and directory go away with it"
+            ));
             let conn = server.connect();
             tokio::select! {
                 _ = wait_for_signal() => {}
-                _ = conn.closed() => eprintln!("rpyc deploy: the connection ended: {}", conn.close_reason().unwrap_or_default()),
+                _ = conn.closed() => super::support::banner(format_args!("rpyc deploy: the connection ended: {}", conn.close_reason().unwrap_or_default())),
             }
             drop(conn);
             let ended = server.close().await.unwrap_or_else(|| "still running after 10 s".into());
-            eprintln!("rpyc deploy: cleaned up ({ended})");
+            super::support::banner(format_args!("rpyc deploy: cleaned up ({ended})"));
             Ok(())
         }
     };

@@ -97,14 +97,14 @@ async fn serve_registry(args: &RegistryCmdArgs, config: RegistryConfig, addr: &s
         println!("listening on {listening}");
     }
     std::io::stdout().flush()?;
-    eprintln!(
+    super::support::banner(format_args!(
         "rpyc registry on {listening}: pruning after {:?}, listing {} (Ctrl-C to stop)",
         args.pruning_timeout,
         if args.allow_listing { "allowed" } else { "refused" }
-    );
+    ));
     let handle = server.spawn();
     wait_for_signal().await;
-    eprintln!("rpyc registry: stopping");
+    super::support::banner(format_args!("rpyc registry: stopping"));
     handle.shutdown();
     Ok(())
 }

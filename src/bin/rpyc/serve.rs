@@ -81,14 +81,14 @@ pub fn run_serve(args: &ServeArgs) -> CmdResult {
 /// One connection on stdin/stdout: nothing but RPyC may reach stdout.
 async fn serve_stdio() -> CmdResult {
     let service = rpyc::conformance::service();
-    eprintln!("rpyc serve: {} on stdin/stdout", service.name());
+    super::support::banner(format_args!("rpyc serve: {} on stdin/stdout", service.name()));
     let (stream, creds) = rpyc::transport::pipe::stdio();
     let server = Server::new(service, ServerConfig::default());
     tokio::select! {
         reason = server.serve_connection(Box::new(stream), creds) => {
-            eprintln!("rpyc serve: connection ended: {reason}");
+            super::support::banner(format_args!("rpyc serve: connection ended: {reason}"));
         }
-        _ = wait_for_signal() => eprintln!("rpyc serve: stopping"),
+        _ = wait_for_signal() => super::support::banner(format_args!("rpyc serve: stopping")),
     }
     Ok(())
 }
@@ -135,7 +135,7 @@ async fn serve(
         println!("listening on {listening}");
     }
     std::io::stdout().flush()?;
-    eprintln!("rpyc serve: {} on {listening} (Ctrl-C to stop)", service.name());
+    super::support::banner(format_args!("rpyc serve: {} on {listening} (Ctrl-C to stop)", service.name()));
     let stop = server.spawn();
 
     let registrar = match (registry, port) {
@@ -145,12 +145,12 @@ async fn serve(
             if let Some(ip) = host_ip.filter(|ip| !ip.is_unspecified()) {
                 client = client.bind_ip(ip);
             }
-            eprintln!(
+            super::support::banner(format_args!(
                 "rpyc serve: registering {} (port {port}) with {} every {:?}",
                 service.aliases().join(", "),
                 client.describe(),
                 args.register_interval
-            );
+            ));
             let mut config = RegistrarConfig::default();
             config.interval = args.register_interval;
             Some(Registrar::start_with(client, service.aliases().to_vec(), port, config))
@@ -159,7 +159,7 @@ async fn serve(
     };
 
     wait_for_signal().await;
-    eprintln!("rpyc serve: stopping");
+    super::support::banner(format_args!("rpyc serve: stopping"));
     if let Some(r) = registrar {
         r.stop().await;
     }

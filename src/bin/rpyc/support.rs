@@ -44,7 +44,19 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn Error>> {
 /// Logs to stderr. `RUST_LOG` wins; otherwise `-q` shows errors only,
 /// each `-v` one level more than `default` (debug and trace for this crate
 /// only, the rest stays at warnings until `-vvvv`).
+/// Set by `-q`: banners (what a command is doing, "stopping") are not
+/// printed; results and errors are.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints a status line on stderr unless `-q` was given.
+pub fn banner(text: std::fmt::Arguments<'_>) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{text}");
+    }
+}
+
 pub fn init_logging(verbose: u8, quiet: bool, default: &str) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.trim().is_empty() => f,
         _ if quiet => "error".to_string(),
