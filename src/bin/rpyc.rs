@@ -93,6 +93,15 @@ enum Command {
     /// SSH channel, no port), evaluate or execute there, and clean up.
     #[command(arg_required_else_help = true)]
     Deploy(deploy::DeployArgs),
+    /// Print a shell completion script: `rpyc completions bash >
+    /// /etc/bash_completion.d/rpyc`, `rpyc completions zsh >
+    /// "${fpath[1]}/_rpyc"`, `rpyc completions fish >
+    /// ~/.config/fish/completions/rpyc.fish`.
+    #[command(arg_required_else_help = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +182,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run_serve(&args),
         Command::Gateway(args) => gateway::run_gateway(&args),
         Command::Deploy(args) => deploy::run_deploy(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "rpyc", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -305,6 +305,24 @@ fn tls_server_and_clients() {
     assert!(!r.stderr.contains("max_frame"), "{}", r.stderr);
 }
 
+/// Shell completions for bash, zsh and fish name every subcommand; the
+/// bash script is valid bash.
+#[test]
+fn shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&["completions", shell]);
+        for sub in ["gateway", "deploy", "certs", "call", "serve"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rpyc.bash");
+    std::fs::write(&file, ok(&["completions", "bash"])).unwrap();
+    let status = std::process::Command::new("bash").arg("-n").arg(&file).status().unwrap();
+    assert!(status.success(), "bash -n rejects the completion script");
+    fails(&["completions", "powershell-7"], 2, "invalid value");
+}
+
 /// `-q` silences banners and logs, not results or errors.
 #[test]
 fn quiet_silences_banners() {
