@@ -52,12 +52,16 @@ use netref::NetrefInner;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
+
+/// Numbers connections in log spans (`conn{id=…}`), process-wide.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Settings of one connection.
 #[derive(Clone, Debug)]
@@ -340,6 +344,10 @@ type Pending = HashMap<i64, (Handler, oneshot::Sender<Result<Object>>)>;
 
 pub(crate) struct Shared {
     cfg: Arc<ConnectionConfig>,
+    /// `conn{id peer identity service}`: every event of this connection's
+    /// tasks and handlers is logged inside it, so the logs of concurrent
+    /// connections can be told apart.
+    span: tracing::Span,
     dialect: AtomicU8,
     seq: AtomicI64,
     pending: Mutex<Pending>,
@@ -436,8 +444,16 @@ impl Connection {
         };
         let root = service.make_root();
         let reply_cap = config.max_queued_reply_bytes;
+        let span = tracing::info_span!(
+            "conn",
+            id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+            peer = %credentials.peer,
+            identity = credentials.display_identity(),
+            service = service.name(),
+        );
         let shared = Arc::new(Shared {
             cfg: Arc::new(config),
+            span,
             dialect: AtomicU8::new(dialect),
             seq: AtomicI64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -462,12 +478,12 @@ impl Connection {
             handles: AtomicUsize::new(0),
         });
         let conn = Connection::from_shared(shared.clone());
-        tokio::spawn(writer_loop(shared.clone()));
+        tokio::spawn(writer_loop(shared.clone()).instrument(shared.span.clone()));
         // Small: every idle connection holds it; large frames bypass it.
         let reader = BufReader::with_capacity(16 << 10, rd);
-        tokio::spawn(reader_loop(reader, shared.clone()));
+        tokio::spawn(reader_loop(reader, shared.clone()).instrument(shared.span.clone()));
         if let Some(hook) = shared.service.on_connect_hook() {
-            hook(&Ctx { conn: conn.clone() });
+            shared.span.in_scope(|| hook(&Ctx { conn: conn.clone() }));
         }
         conn
     }
@@ -1037,6 +1053,19 @@ impl Shared {
         }
     }
 
+    /// Why a peer may close on our first message without a word: Python
+    /// rpyc 6.x drops a connection whose first message is in 5.x framing
+    /// (`invalid message type`), and 5.x one in 6.x framing.
+    fn version_hint(&self) -> &'static str {
+        if self.dialect.load(Ordering::Acquire) == DIALECT_V5 {
+            "a Python rpyc 6.x server answers rpyc 5.x messages this way: if it runs rpyc 6, connect \
+             without Dialect::V5 (--rpyc5)"
+        } else {
+            "a Python rpyc 5.x server answers rpyc 6.x messages this way: if it runs rpyc 5, connect \
+             with Dialect::V5 (--rpyc5)"
+        }
+    }
+
     pub(crate) fn begin_close(&self, reason: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -1138,6 +1167,7 @@ async fn writer_loop(shared: Arc<Shared>) {
 async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>) {
     let mut frames = FrameReader::new(rd, shared.cfg.channel.clone());
     let mut shutdown = shared.shutdown.subscribe();
+    let mut heard = false;
     let reason = loop {
         if shared.replies.bytes.load(Ordering::Acquire) >= shared.replies.cap {
             match tokio::select! {
@@ -1160,10 +1190,19 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>
         };
         let payload = match frame {
             Ok(Ok(Some(p))) => p,
+            Ok(Ok(None)) if !heard && shared.seq.load(Ordering::Acquire) > 0 => {
+                break Some(format!("peer closed the connection without answering anything; {}", shared.version_hint()))
+            }
             Ok(Ok(None)) => break Some("peer closed the connection".to_string()),
             Ok(Err(crate::channel::ChannelError::Io(e))) => {
                 // The stream broke (reset, TLS failure): not the peer's bytes.
                 tracing::info!(error = %e, "connection lost");
+                if !heard && shared.seq.load(Ordering::Acquire) > 0 {
+                    break Some(format!(
+                        "connection lost before the peer answered anything ({e}); {}",
+                        shared.version_hint()
+                    ));
+                }
                 break Some(format!("connection lost: {e}"));
             }
             Ok(Err(e)) => {
@@ -1181,10 +1220,18 @@ async fn reader_loop<R: AsyncRead + Unpin>(rd: BufReader<R>, shared: Arc<Shared>
         if more {
             shared.set_corked(true);
         }
-        if let Err(reason) = handle_payload(&shared, payload) {
-            tracing::warn!(%reason, "closing connection: protocol violation by peer");
+        if let Err(reason) = handle_payload(&shared, payload, !heard) {
+            if heard {
+                tracing::warn!(%reason, "closing connection: protocol violation by peer");
+            } else {
+                // Most often a peer of the other rpyc version or not RPyC at
+                // all; whoever started the connection gets the reason as its
+                // error.
+                tracing::info!(%reason, "closing connection: the peer's first message is unusable");
+            }
             break Some(reason);
         }
+        heard = true;
         if !more {
             shared.set_corked(false);
         }
@@ -1243,7 +1290,7 @@ async fn with_idle_timeout<F: Future>(idle: Option<Duration>, f: F) -> std::resu
 }
 
 /// Processes one payload; `Err` closes the connection with that reason.
-fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result<(), String> {
+fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>, first: bool) -> std::result::Result<(), String> {
     let mut dialect = shared.dialect();
     if shared.dialect.load(Ordering::Acquire) == DIALECT_UNKNOWN {
         if let Some((sender, seq, kind)) = message::bind_threads_message(&payload) {
@@ -1265,8 +1312,14 @@ fn handle_payload(shared: &Arc<Shared>, payload: Vec<u8>) -> std::result::Result
         shared.dialect.store(if dialect == Dialect::V5 { DIALECT_V5 } else { DIALECT_V6 }, Ordering::Release);
         tracing::debug!(?dialect, "peer dialect detected");
     }
+    // A first message in the other version's framing: say which version
+    // the peer speaks rather than what failed to decode.
+    let other = (first && Dialect::detect(&payload).is_some_and(|d| d != dialect)).then(|| shared.version_hint());
     let (msg, size) =
-        message::decode_message_owned_sized(dialect, payload, &shared.cfg.decode).map_err(|e| e.to_string())?;
+        message::decode_message_owned_sized(dialect, payload, &shared.cfg.decode).map_err(|e| match other {
+            Some(hint) => format!("the peer's first message is not in our rpyc framing ({e}); {hint}"),
+            None => e.to_string(),
+        })?;
     let Message { kind, seq, args } = msg;
     match kind {
         message::MSG_REQUEST => handle_request(shared, seq, args, size),
@@ -1357,6 +1410,15 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value, size: usize) -> s
             return Ok(());
         }
     };
+    // `request{seq handler name}` inside the connection's span (the reader
+    // task runs in it): a handler's own log lines say which call they serve.
+    let span = tracing::debug_span!("request", seq, handler = handler.name(), name = tracing::field::Empty);
+    if !span.is_disabled() && handler.names_attribute() {
+        if let Some(name) = args.get(1).and_then(Object::as_value).and_then(Value::as_str) {
+            span.record("name", name);
+        }
+    }
+    let entered = span.enter();
     let conn = Connection::from_shared(shared.clone());
     // Synchronous handlers run while the future is built: catch their panics too.
     let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1377,13 +1439,18 @@ fn handle_request(shared: &Arc<Shared>, seq: i64, args: Value, size: usize) -> s
     let mut task = Box::pin(task);
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
-    if task.as_mut().poll(&mut cx).is_pending() {
+    let pending = task.as_mut().poll(&mut cx).is_pending();
+    drop(entered);
+    if pending {
         shared.pending_bytes.fetch_add(size, Ordering::AcqRel);
         let charge = PendingCharge { shared: shared.clone(), bytes: size };
-        tokio::spawn(async move {
-            task.await;
-            drop(charge);
-        });
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(charge);
+            }
+            .instrument(span),
+        );
     }
     Ok(())
 }

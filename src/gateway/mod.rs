@@ -81,6 +81,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Why the gateway could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -815,6 +816,16 @@ async fn serve_incoming(mut incoming: Incoming, mut admitted: Admitted, l: Arc<L
         upstream = %upstream_name,
         "authenticated"
     );
+    // `conn{id listener peer identity upstream}`: the relay's and the
+    // upstream connection's log lines are told apart by it.
+    let span = tracing::info_span!(
+        "conn",
+        id = conn_id,
+        listener = %l.name,
+        %peer,
+        %identity,
+        upstream = %upstream_name,
+    );
     let ctx = relay::ConnCtx {
         limiter: shared.limiter(&identity),
         shared,
@@ -825,7 +836,7 @@ async fn serve_incoming(mut incoming: Incoming, mut admitted: Admitted, l: Arc<L
         upstream_name,
         pool,
     };
-    relay::relay(ctx, stream).await;
+    relay::relay(ctx, stream).instrument(span).await;
 }
 
 /// What [`check`] found: the effective configuration, in words, and the

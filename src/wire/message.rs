@@ -91,6 +91,12 @@ impl Handler {
         self as u8 as i64
     }
 
+    /// True for the handlers whose second argument is an attribute name
+    /// (GETATTR, SETATTR, DELATTR, CALLATTR).
+    pub fn names_attribute(self) -> bool {
+        matches!(self, Handler::GetAttr | Handler::SetAttr | Handler::DelAttr | Handler::CallAttr)
+    }
+
     /// The Python constant's name, for logs and audit lines.
     pub fn name(self) -> &'static str {
         use Handler::*;

@@ -385,3 +385,71 @@ async fn errors_have_kinds() {
     assert!(e.is_closed(), "{e:?}");
     stop.shutdown();
 }
+
+/// A `Write` into a shared buffer, for capturing log lines.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Log lines written by a handler carry the connection (`conn{id peer
+/// identity service}`) and the request (`request{seq handler name}`) they
+/// serve, so interleaved logs of concurrent connections can be told apart —
+/// on the inline path (a synchronous method) and on the spawned one (an
+/// async method that sleeps).
+#[tokio::test]
+async fn handler_logs_carry_connection_and_request_spans() {
+    let buf = LogBuffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let svc = Service::builder("spans", || ())
+        .method("greet(who)", |who: String| {
+            tracing::info!("greeting {who}");
+            Ok(format!("hello {who}"))
+        })
+        .async_method("slow(who)", |who: String| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tracing::info!("slowly greeting {who}");
+            Ok(who)
+        })
+        .build();
+    let (addr, stop) = serve(svc, ServerConfig::default()).await;
+    let a = rpyc::connect(&addr.to_string()).await.unwrap();
+    let b = rpyc::connect(&addr.to_string()).await.unwrap();
+    let (ra, rb) = (a.root().await.unwrap(), b.root().await.unwrap());
+    let (x, y) =
+        tokio::join!(ra.call_method::<String>("greet", ("alice",)), rb.call_method::<String>("slow", ("bob",)));
+    assert_eq!((x.unwrap().as_str(), y.unwrap().as_str()), ("hello alice", "bob"));
+    stop.shutdown();
+    drop(_guard);
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no log line with {needle:?} in:\n{text}"))
+    };
+    let conn_id = |l: &str| {
+        let at = l.find("conn{id=").unwrap_or_else(|| panic!("no connection span in {l:?}"));
+        l[at + 8..].split(|c: char| !c.is_ascii_digit()).next().unwrap().to_string()
+    };
+    let (alice, bob) = (line("greeting alice"), line("slowly greeting bob"));
+    for (l, method) in [(alice, "greet"), (bob, "slow")] {
+        assert!(l.contains("peer=127.0.0.1:") && l.contains("service=\"SPANS\""), "{l}");
+        assert!(l.contains("request{seq=") && l.contains("handler=\"CALLATTR\""), "{l}");
+        assert!(l.contains(&format!("name=\"{method}\"")), "{l}");
+    }
+    assert_ne!(conn_id(alice), conn_id(bob), "two connections, one id:\n{alice}\n{bob}");
+}
