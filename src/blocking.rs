@@ -738,18 +738,28 @@ impl Classic {
         run(self.0.open(path, mode)).map(|f| RemoteFile(Some(f)))
     }
 
-    /// Redirects the server's stdout/stderr to this process
+    /// Redirects the server's stdin, stdout and stderr to this process
     /// (`with redirected_stdio(conn):`) until the guard is restored or dropped.
     pub fn redirect_stdio(&self) -> Result<StdioRedirect> {
         run(self.0.redirect_stdio()).map(|r| StdioRedirect(Some(r)))
     }
 
-    /// Redirects the server's stdout/stderr to `sink`.
+    /// Redirects the server's stdout/stderr (not stdin) to `sink`.
     pub fn redirect_stdio_to(
         &self,
         sink: impl Fn(RemoteStream, &str) + Send + Sync + 'static,
     ) -> Result<StdioRedirect> {
         run(self.0.redirect_stdio_to(sink)).map(|r| StdioRedirect(Some(r)))
+    }
+
+    /// Redirects the server's stdin to read `stdin` (for instance a
+    /// `std::io::Cursor` of prepared input) and its stdout/stderr to `sink`.
+    pub fn redirect_stdio_with(
+        &self,
+        stdin: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+        sink: impl Fn(RemoteStream, &str) + Send + Sync + 'static,
+    ) -> Result<StdioRedirect> {
+        run(self.0.redirect_stdio_with(stdin, sink)).map(|r| StdioRedirect(Some(r)))
     }
 
     /// Uploads a file or directory (chunked, SHA-256 verified).

@@ -17,7 +17,7 @@
 //! | `teleport_function(conn, f)` | [`Classic::teleport`] (from source text) |
 //! | `upload(conn, local, remote)` / `download(...)` | [`Classic::upload`], [`Classic::download`] |
 //! | `with conn.builtins.open(p, "w") as f:` | [`Classic::open`] → [`RemoteFile`] |
-//! | `with redirected_stdio(conn):` | [`Classic::redirect_stdio`] → [`StdioRedirect`] |
+//! | `with redirected_stdio(conn):` | [`Classic::redirect_stdio`] (stdin, stdout, stderr) → [`StdioRedirect`] |
 //! | `with proxy as x:` (any context manager) | [`RemoteContext::enter`] |
 //!
 //! Python's context managers end where the `with` block ends; Rust has no
@@ -235,17 +235,19 @@ impl Classic {
         Ok(RemoteFile { file: Some(file) })
     }
 
-    /// Replaces the server's `sys.stdout` and `sys.stderr` with proxies of
-    /// local objects that write to this process's stdout and stderr
-    /// (Python's `with rpyc.classic.redirected_stdio(conn):`). Call
+    /// Replaces the server's `sys.stdin`, `sys.stdout` and `sys.stderr` with
+    /// proxies of local objects that read this process's stdin and write to
+    /// its stdout and stderr (Python's `with rpyc.classic.redirected_stdio(conn):`),
+    /// so `input()` and `print()` on the server talk to this terminal. Call
     /// [`StdioRedirect::restore`] to put the originals back.
     ///
-    /// Like Python's, the redirection is process-wide on the server: output
-    /// of every thread (and every other client) comes here until restored,
-    /// and if this connection dies first, `print()` on the server fails
-    /// until something restores `sys.stdout`. `sys.stdin` is not redirected.
+    /// Like Python's, the redirection is process-wide on the server: every
+    /// thread (and every other client) reads and writes here until
+    /// restored, and if this connection dies first, `print()` and `input()`
+    /// on the server fail until something restores the streams. Local stdin
+    /// is read only when the server reads: a line at a time on a terminal.
     pub async fn redirect_stdio(&self) -> Result<StdioRedirect> {
-        self.redirect_stdio_to(|stream, text| {
+        self.redirect_stdio_with(tokio::io::stdin(), |stream, text| {
             // Output that cannot be written locally is dropped, as print() to
             // a closed pipe would be; the remote program must not fail for it.
             let _ = match stream {
@@ -256,27 +258,55 @@ impl Classic {
         .await
     }
 
-    /// Like [`Classic::redirect_stdio`], with every remote write handed to
-    /// `sink` (which stream, and the text). The sink runs on the
-    /// connection's reader, in order: keep it quick and non-blocking.
+    /// Redirects only the server's `sys.stdout` and `sys.stderr`, handing
+    /// every remote write to `sink` (which stream, and the text); its
+    /// `sys.stdin` stays as it is. The sink runs on the connection's
+    /// reader, in order: keep it quick and non-blocking.
     pub async fn redirect_stdio_to(
         &self,
         sink: impl Fn(RemoteStream, &str) + Send + Sync + 'static,
     ) -> Result<StdioRedirect> {
+        self.redirect(None, Arc::new(sink)).await
+    }
+
+    /// Redirects all three streams: the server's `sys.stdin` reads from
+    /// `stdin` (`readline`, `read`, `readlines`, and so `input()`), and its
+    /// `sys.stdout`/`sys.stderr` writes go to `sink`.
+    pub async fn redirect_stdio_with(
+        &self,
+        stdin: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+        sink: impl Fn(RemoteStream, &str) + Send + Sync + 'static,
+    ) -> Result<StdioRedirect> {
+        let reader = Reader { input: tokio::sync::Mutex::new(tokio::io::BufReader::new(Box::new(stdin))) };
+        self.redirect(Some(reader), Arc::new(sink)).await
+    }
+
+    async fn redirect(&self, stdin: Option<Reader>, sink: Sink) -> Result<StdioRedirect> {
         let sys = self.module("sys").await?;
+        let saved_stdin = match stdin {
+            Some(_) => Some(sys.getattr("stdin").await?),
+            None => None,
+        };
         let stdout = sys.getattr("stdout").await?;
         let stderr = sys.getattr("stderr").await?;
-        let sink: Sink = Arc::new(sink);
-        sys.setattr("stdout", writer_class().instance(Writer { stream: RemoteStream::Stdout, sink: sink.clone() }))
-            .await?;
-        let mut guard = StdioRedirect { saved: Some(Saved { sys, stdout, stderr }) };
-        let sys = guard.saved.as_ref().map(|s| s.sys.clone());
-        if let Some(sys) = sys {
-            if let Err(e) =
-                sys.setattr("stderr", writer_class().instance(Writer { stream: RemoteStream::Stderr, sink })).await
-            {
+        let mut guard = StdioRedirect { saved: Some(Saved { sys: sys.clone(), stdin: None, stdout, stderr }) };
+        // Each stream is recorded as redirected only once it is, so a
+        // failure half-way restores exactly what was changed.
+        let steps: [(&str, Option<Object>); 3] = [
+            ("stdout", Some(writer_class().instance(Writer { stream: RemoteStream::Stdout, sink: sink.clone() }))),
+            ("stderr", Some(writer_class().instance(Writer { stream: RemoteStream::Stderr, sink }))),
+            ("stdin", stdin.map(|r| reader_class().instance(r))),
+        ];
+        for (name, proxy) in steps {
+            let Some(proxy) = proxy else { continue };
+            if let Err(e) = sys.setattr(name, proxy).await {
                 let _ = guard.restore_inner().await;
                 return Err(e);
+            }
+            if name == "stdin" {
+                if let Some(s) = guard.saved.as_mut() {
+                    s.stdin = saved_stdin.clone();
+                }
             }
         }
         Ok(guard)
@@ -706,8 +736,99 @@ fn writer_class() -> &'static Class<Writer> {
     })
 }
 
+/// The local object the server sees as `sys.stdin`.
+struct Reader {
+    input: tokio::sync::Mutex<tokio::io::BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>>,
+}
+
+impl Reader {
+    /// One line (with its newline), at most `limit` bytes; empty at the end.
+    async fn line(&self, limit: Option<usize>) -> io::Result<String> {
+        use tokio::io::AsyncBufReadExt;
+        if limit == Some(0) {
+            return Ok(String::new());
+        }
+        let mut input = self.input.lock().await;
+        let mut out = Vec::new();
+        loop {
+            let chunk = input.fill_buf().await?;
+            if chunk.is_empty() {
+                break;
+            }
+            let room = limit.map_or(usize::MAX, |l| l.saturating_sub(out.len()));
+            let (take, newline) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) if i < room => (i + 1, true),
+                _ => (chunk.len().min(room), false),
+            };
+            out.extend_from_slice(chunk.get(..take).unwrap_or_default());
+            input.consume(take);
+            if newline || limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Up to `limit` bytes, or everything up to the end.
+    async fn read(&self, limit: Option<usize>) -> io::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let mut input = self.input.lock().await;
+        let mut out = Vec::new();
+        match limit {
+            None => {
+                input.read_to_end(&mut out).await?;
+            }
+            Some(n) => {
+                (&mut *input).take(n as u64).read_to_end(&mut out).await?;
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// A Python size argument: negative or None means "no limit".
+fn size_limit(size: Option<i64>) -> Option<usize> {
+    size.and_then(|n| usize::try_from(n).ok())
+}
+
+fn read_error(e: io::Error) -> Error {
+    Error::Exception(crate::wire::Exception::new("OSError", format!("reading the client's stdin failed: {e}")))
+}
+
+/// The part of the text-file interface that `input()`, `sys.stdin.readline()`
+/// and `sys.stdin.read()` use.
+fn reader_class() -> &'static Class<Reader> {
+    static C: OnceLock<Class<Reader>> = OnceLock::new();
+    C.get_or_init(|| {
+        Class::<Reader>::builder("rpyc.classic.RedirectedStdin")
+            .async_method("readline(size=-1)", |r: This<Reader>, size: Option<i64>| async move {
+                r.line(size_limit(size)).await.map_err(read_error)
+            })
+            .async_method("read(size=-1)", |r: This<Reader>, size: Option<i64>| async move {
+                r.read(size_limit(size)).await.map_err(read_error)
+            })
+            .async_method("readlines()", |r: This<Reader>| async move {
+                let mut lines = Vec::new();
+                loop {
+                    let line = r.line(None).await.map_err(read_error)?;
+                    if line.is_empty() {
+                        return Ok(lines);
+                    }
+                    lines.push(line);
+                }
+            })
+            .method("isatty()", |_: This<Reader>| Ok(false))
+            .method("readable()", |_: This<Reader>| Ok(true))
+            .attr("encoding", |_| "utf-8")
+            .attr("errors", |_| "strict")
+            .attr("closed", |_| false)
+            .build()
+    })
+}
+
 struct Saved {
     sys: Netref,
+    stdin: Option<Object>,
     stdout: Object,
     stderr: Object,
 }
@@ -727,7 +848,7 @@ impl fmt::Debug for StdioRedirect {
 }
 
 impl StdioRedirect {
-    /// Restores the server's original `sys.stdout` and `sys.stderr`.
+    /// Restores the server's original streams.
     pub async fn restore(mut self) -> Result<()> {
         self.restore_inner().await
     }
@@ -744,7 +865,11 @@ impl Saved {
     async fn restore(self) -> Result<()> {
         let a = self.sys.setattr("stdout", self.stdout).await;
         let b = self.sys.setattr("stderr", self.stderr).await;
-        a.and(b)
+        let c = match self.stdin {
+            Some(stdin) => self.sys.setattr("stdin", stdin).await,
+            None => Ok(()),
+        };
+        a.and(b).and(c)
     }
 }
 

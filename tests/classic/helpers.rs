@@ -239,3 +239,37 @@ async fn context_managers_and_teleport() {
     assert!(err.is_exception("SyntaxError"), "{err}");
     c.close().await;
 }
+
+/// `sys.stdin` on a real Python classic server reads the client's input:
+/// `input()` with its prompt on the redirected stdout, `readline`, a
+/// bounded `readline(n)`, `read()` to the end, and the server's own stdin
+/// back after restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirected_stdin_feeds_input_and_readline() {
+    let (_server, c) = classic(Dialect::V6).await;
+    let original: String = c.eval_as("repr(__import__('sys').stdin)").await.expect("stdin repr");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s2 = seen.clone();
+    let input = std::io::Cursor::new(b"alice\nbob\nlong line here\nrest\nof it\n".to_vec());
+    let redirect =
+        c.redirect_stdio_with(input, move |_, text| s2.lock().unwrap().push_str(text)).await.expect("redirect");
+    let name: String = c.eval_as("input('name? ')").await.expect("input()");
+    assert_eq!(name, "alice");
+    let line: String = c.eval_as("__import__('sys').stdin.readline()").await.expect("readline");
+    assert_eq!(line, "bob\n");
+    let part: String = c.eval_as("__import__('sys').stdin.readline(4)").await.expect("readline(4)");
+    assert_eq!(part, "long");
+    let rest: String = c.eval_as("__import__('sys').stdin.readline()").await.expect("readline rest");
+    assert_eq!(rest, " line here\n");
+    let all: String = c.eval_as("__import__('sys').stdin.read()").await.expect("read");
+    assert_eq!(all, "rest\nof it\n");
+    let end: String = c.eval_as("__import__('sys').stdin.readline()").await.expect("readline at end");
+    assert_eq!(end, "");
+    let e = c.eval("input()").await.expect_err("input() at the end");
+    assert!(e.is_exception("EOFError"), "{e}");
+    redirect.restore().await.expect("restore");
+    assert_eq!(*seen.lock().unwrap(), "name? ");
+    let back: String = c.eval_as("repr(__import__('sys').stdin)").await.expect("stdin repr after");
+    assert_eq!(back, original);
+    c.close().await;
+}
