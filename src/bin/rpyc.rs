@@ -191,7 +191,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rpyc: error: {e}");
+            eprintln!("rpyc: error: {}", support::for_cli(&e.to_string()));
             if e.is::<support::UsageError>() {
                 ExitCode::from(2)
             } else {

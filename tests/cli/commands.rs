@@ -1,7 +1,7 @@
 //! The `rpyc` binary, run as a process: each subcommand's happy path and
 //! its errors (exit status 1 when the command failed, 2 for usage errors).
 
-use crate::common::{python6, spawn, ChildGuard};
+use crate::common::{python5, python6, spawn, ChildGuard};
 use crate::{bounded, free_port, python, python_registered_server, python_registry, Proto};
 use std::path::Path;
 use std::process::Command;
@@ -460,6 +460,34 @@ async fn ssh_addresses_through_the_embedded_endpoint() {
         let r = run_args(args).await.unwrap();
         assert_eq!(r.code, Some(1));
         assert!(r.stderr.contains("host key") && r.stderr.contains("unknown"), "{}", r.stderr);
+        // The advice names the flag, not the library's type.
+        assert!(r.stderr.contains("--accept-new-host-key"), "{}", r.stderr);
+        assert_no_library_names(&r.stderr);
+        // A passphrase-protected key: the CLI way out is ssh-agent.
+        let locked = dir.path().join("locked");
+        let (done, out) = tokio::task::spawn_blocking({
+            let locked = locked.clone();
+            move || {
+                let mut cmd = Command::new("ssh-keygen");
+                cmd.args(["-q", "-t", "ed25519", "-N", "secret words", "-f"]).arg(&locked);
+                crate::common::run_with_timeout(cmd, Duration::from_secs(30))
+            }
+        })
+        .await
+        .unwrap();
+        assert!(done, "{out}");
+        let args = vec![
+            "ping".to_string(),
+            addr.clone(),
+            "--identity".into(),
+            locked.display().to_string(),
+            "--known-hosts".into(),
+            known_hosts.display().to_string(),
+        ];
+        let r = run_args(args).await.unwrap();
+        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert!(r.stderr.contains("passphrase") && r.stderr.contains("ssh-add"), "{}", r.stderr);
+        assert_no_library_names(&r.stderr);
         stop.shutdown();
     })
     .await;
@@ -561,4 +589,37 @@ fn call_and_ping_through_dns_srv() {
     fails(&["ping", "srv://", "--dns", &dns_addr], 2, "names no service");
     let help = ok(&["call", "--help"]);
     assert!(help.contains("--dns") && help.contains("srv://"), "{help}");
+}
+
+/// CLI errors name flags, never the library's types (`HostKeyPolicy::AcceptNew`,
+/// `SshConfig::auth`): no `Type::member` path in what the user reads.
+fn assert_no_library_names(stderr: &str) {
+    let words: Vec<&str> = stderr.split(|c: char| c.is_whitespace() || "()[],;'\"".contains(c)).collect();
+    for w in words {
+        let mut parts = w.split("::");
+        if let (Some(head), Some(_)) = (parts.next(), parts.next()) {
+            assert!(
+                !head.starts_with(|c: char| c.is_ascii_uppercase()),
+                "a library type in a CLI error: {w:?} in:\n{stderr}"
+            );
+        }
+    }
+}
+
+/// A client speaking the other rpyc version's framing is dropped by a Python
+/// server without a word; the CLI says which flag fixes it instead of
+/// "peer closed the connection".
+#[test]
+fn the_wrong_rpyc_version_is_named() {
+    let (_py6, port6) = crate::common::python_server(&python6(), &["--kind", "service"]);
+    let r = fails(&["call", &format!("127.0.0.1:{port6}"), "get_answer", "--rpyc5"], 1, "without --rpyc5");
+    assert!(r.stderr.contains("rpyc 6"), "{}", r.stderr);
+    assert_no_library_names(&r.stderr);
+    let (_py5, port5) = crate::common::python_server(&python5(), &["--kind", "service"]);
+    let r = fails(&["ping", &format!("127.0.0.1:{port5}")], 1, "with --rpyc5");
+    assert!(r.stderr.contains("rpyc 5"), "{}", r.stderr);
+    assert_no_library_names(&r.stderr);
+    // And with the right flags both answer.
+    assert_eq!(ok(&["call", &format!("127.0.0.1:{port5}"), "get_answer", "--rpyc5"]), "42\n");
+    assert_eq!(ok(&["call", &format!("127.0.0.1:{port6}"), "get_answer"]), "42\n");
 }

@@ -27,6 +27,38 @@ impl fmt::Display for UsageError {
 
 impl Error for UsageError {}
 
+/// Library advice in error messages, and what to say on the command line
+/// instead: the library names its types and setters, the CLI names flags.
+const CLI_WORDING: &[(&str, &str)] = &[
+    ("with HostKeyPolicy::AcceptNew (trust on first use)", "with --accept-new-host-key (trust on first use)"),
+    ("give SshConfig::known_hosts", "give --known-hosts FILE"),
+    (
+        "add a key file, the agent or a password to SshConfig::auth",
+        "give --identity KEYFILE, or add the key to ssh-agent (ssh-add KEYFILE)",
+    ),
+    (
+        "give its passphrase (SshAuth::KeyFile { passphrase: Some(..) } / SshConfig::with_encrypted_key_file)",
+        "add it to ssh-agent (ssh-add FILE) and leave out --identity, or use a key without a passphrase",
+    ),
+    ("(DeployOptions::python / --python)", "(--python PATH)"),
+    ("(DeployOptions::upload_from / --upload-from PATH", "(--upload-from PATH"),
+    ("use Endpoint::parse_tls or ClientBuilder::tls", "give --ca FILE (and --cert/--key for a client certificate)"),
+    (
+        "(set TlsClientConfig::server_name to the name in the server certificate)",
+        "(give --server-name NAME, the name in the server certificate)",
+    ),
+    ("raise max_frame if it is", "the command line keeps the default limit"),
+    ("without Dialect::V5 (--rpyc5)", "without --rpyc5"),
+    ("with Dialect::V5 (--rpyc5)", "with --rpyc5"),
+];
+
+/// An error message as the CLI prints it: library advice ("set
+/// `TlsClientConfig::server_name`") becomes the flag that does it
+/// (`--server-name`).
+pub fn for_cli(message: &str) -> String {
+    CLI_WORDING.iter().fold(message.to_string(), |m, (library, cli)| m.replace(library, cli))
+}
+
 /// Boxes a usage error.
 pub fn usage(msg: impl Into<String>) -> Box<dyn Error> {
     Box::new(UsageError(msg.into()))
