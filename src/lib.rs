@@ -87,3 +87,8 @@ pub use policy::AccessPolicy;
 pub use server::{Server, ServerConfig};
 pub use service::{Service, ServiceBuilder};
 pub use wire::{Dialect, Exception, Value};
+
+/// The Rust code in SECURITY.md compiles (checked as doc tests).
+#[cfg(doctest)]
+#[doc = include_str!("../SECURITY.md")]
+struct SecurityRecipe;
