@@ -194,5 +194,5 @@ impl From<ConvertError> for Error {
     }
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
