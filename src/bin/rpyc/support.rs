@@ -48,6 +48,7 @@ const CLI_WORDING: &[(&str, &str)] = &[
         "(give --server-name NAME, the name in the server certificate)",
     ),
     ("raise max_frame if it is", "the command line keeps the default limit"),
+    ("connect a new SshSession", "run the command again"),
     ("without Dialect::V5 (--rpyc5)", "without --rpyc5"),
     ("with Dialect::V5 (--rpyc5)", "with --rpyc5"),
 ];
