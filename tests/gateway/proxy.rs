@@ -78,6 +78,19 @@ fn audit_peers(audit: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `name` once it reaches `want` (the gateway counts a refusal just after
+/// the client sees it), or its value after 5 s.
+async fn metric_at(gw: &Gw, name: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(gw, name);
+        if v >= want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn metric(gw: &Gw, name: &str) -> u64 {
     let text = gw.handle.metrics_text();
     text.lines()
@@ -154,7 +167,7 @@ async fn the_per_address_limit_counts_the_client_not_the_proxy() {
         })
         .await;
         assert!(refused.is_err(), "a second connection from 203.0.113.7 was served");
-        assert_eq!(metric(&gw, "rpyc_gateway_refused_connections_total"), 1);
+        assert_eq!(metric_at(&gw, "rpyc_gateway_refused_connections_total", 1).await, 1);
 
         // Once the first closes, the client may connect again.
         first.close().await;
@@ -244,7 +257,7 @@ async fn without_the_option_a_header_is_not_trusted() {
         }
         // The gateway counted two failed handshakes and serves a direct client,
         // under its real address.
-        assert_eq!(metric(&gw, "rpyc_gateway_auth_failures_total"), 2);
+        assert_eq!(metric_at(&gw, "rpyc_gateway_auth_failures_total", 2).await, 2);
         let direct = rust_client(&gw, &pki, "alice").await;
         assert_eq!(call(&direct).await.unwrap(), "SLAVE");
         let peers = audit_peers(&audit);
