@@ -42,7 +42,11 @@
 //! that could never finish — a blocking call on the facade's own runtime
 //! threads outside a [`function`] callback — returns an error.
 
-use crate::classic::{self, RemoteStream, TransferOptions, Transferred};
+use crate::classic::{self, RemoteStream};
+/// Transfer settings and results, shared with the async API: a progress
+/// callback set with [`TransferOptions::on_progress`] runs on the thread
+/// that called [`Classic::upload_with`] / [`Classic::download_with`].
+pub use crate::classic::{Direction, Progress, TransferOptions, Transferred};
 use crate::client::ClientBuilder;
 use crate::connection::handler::{Call, CallFn, FromCall, IntoArgs, IntoObject, Kwargs, SyncHandler};
 use crate::connection::object::ClassBuilder;
@@ -767,7 +771,9 @@ impl Classic {
         run(self.0.upload(local, remote))
     }
 
-    /// Uploads with explicit options.
+    /// Uploads with explicit options: chunk size, verification, a progress
+    /// callback ([`TransferOptions::on_progress`], called on this thread
+    /// after every chunk and finished file).
     pub fn upload_with(&self, local: impl AsRef<Path>, remote: &str, opts: &TransferOptions) -> Result<Transferred> {
         run(self.0.upload_with(local, remote, opts))
     }
@@ -777,7 +783,9 @@ impl Classic {
         run(self.0.download(remote, local))
     }
 
-    /// Downloads with explicit options.
+    /// Downloads with explicit options: chunk size, verification, a
+    /// progress callback ([`TransferOptions::on_progress`], called on this
+    /// thread after every chunk and finished file).
     pub fn download_with(&self, remote: &str, local: impl AsRef<Path>, opts: &TransferOptions) -> Result<Transferred> {
         run(self.0.download_with(remote, local, opts))
     }

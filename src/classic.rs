@@ -30,6 +30,9 @@
 //! chunks of [`TransferOptions::chunk_size`] (one round trip each, so any
 //! file size works without holding it in memory) and then compare the
 //! SHA-256 computed on each side; Python's helpers do not check integrity.
+//! [`TransferOptions::on_progress`] reports each chunk and each finished
+//! file ([`Progress`]: bytes and files done, and the totals, known up
+//! front because a directory is listed before anything is copied).
 //! The remote half is a handful of small Python functions defined once per
 //! connection in the server's namespace under `_rpyc_rs_*` names.
 
@@ -77,9 +80,9 @@ const HELPERS: &str = r#"
 def _rpyc_rs_kind(path):
     import os
     if os.path.isdir(path):
-        return "dir"
+        return ("dir", 0)
     if os.path.isfile(path):
-        return "file"
+        return ("file", os.path.getsize(path))
     return None
 
 def _rpyc_rs_sha256(path, chunk):
@@ -105,11 +108,15 @@ def _rpyc_rs_walk(top):
             if os.path.islink(full):
                 dirs.remove(d)
                 continue
-            out.append((parts + (d,), full, True))
+            out.append((parts + (d,), full, True, 0))
         for f in files:
             full = os.path.join(root, f)
             if os.path.isfile(full):
-                out.append((parts + (f,), full, False))
+                try:
+                    size = os.path.getsize(full)
+                except OSError:
+                    size = -1
+                out.append((parts + (f,), full, False, size))
     return tuple(out)
 
 def _rpyc_rs_mkdir(path):
@@ -329,10 +336,12 @@ impl Classic {
         let local = local.as_ref();
         let meta = std::fs::metadata(local)
             .map_err(|e| Error::value_error(format!("cannot upload {}: {e}", local.display())))?;
+        let mut tracker = Tracker::new(Direction::Upload, opts);
         if meta.is_dir() {
-            self.upload_dir(local, remote, opts).await
+            self.upload_dir(local, remote, opts, &mut tracker).await
         } else if meta.is_file() {
-            let bytes = self.upload_file(local, remote, opts).await?;
+            tracker.totals(1, meta.len());
+            let bytes = self.upload_file(local, remote, meta.len(), opts, &mut tracker).await?;
             Ok(Transferred { files: 1, bytes })
         } else {
             Err(Error::value_error(format!("cannot upload {}: not a file or a directory", local.display())))
@@ -354,11 +363,13 @@ impl Classic {
     ) -> Result<Transferred> {
         let local = local.as_ref();
         let h = self.helpers().await?;
-        let kind: Option<String> = h.kind.call((remote,)).await?.extract()?;
-        match kind.as_deref() {
-            Some("dir") => self.download_dir(remote, local, opts).await,
-            Some("file") => {
-                let bytes = self.download_file(remote, local, opts).await?;
+        let kind: Option<(String, u64)> = h.kind.call((remote,)).await?.extract()?;
+        let mut tracker = Tracker::new(Direction::Download, opts);
+        match kind.as_ref().map(|(k, size)| (k.as_str(), *size)) {
+            Some(("dir", _)) => self.download_dir(remote, local, opts, &mut tracker).await,
+            Some(("file", size)) => {
+                tracker.totals(1, size);
+                let bytes = self.download_file(remote, local, Some(size), opts, &mut tracker).await?;
                 Ok(Transferred { files: 1, bytes })
             }
             _ => Err(Error::value_error(format!(
@@ -409,91 +420,126 @@ impl Classic {
         Ok(())
     }
 
-    async fn upload_file(&self, local: &Path, remote: &str, opts: &TransferOptions) -> Result<u64> {
+    async fn upload_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        size: u64,
+        opts: &TransferOptions,
+        tracker: &mut Tracker,
+    ) -> Result<u64> {
         let chunk = opts.chunk();
         let file = std::fs::File::open(local).map_err(|e| io_context(e, "cannot open", local))?;
+        tracker.start_file(local, remote, Some(size));
         let rf = self.open(remote, "wb").await?;
         let mut file = Some(file);
         let mut hasher = Sha256::new();
         let mut sent = 0u64;
-        loop {
-            let Some(mut f) = file.take() else { break };
-            let (f, buf) = blocking_io(move || read_chunk(&mut f, chunk).map(|b| (f, b)))
-                .await
-                .map_err(|e| io_context(e, "cannot read", local))?;
-            file = Some(f);
-            if buf.is_empty() {
-                break;
+        let copied = async {
+            loop {
+                let Some(mut f) = file.take() else { break };
+                let (f, buf) = blocking_io(move || read_chunk(&mut f, chunk).map(|b| (f, b)))
+                    .await
+                    .map_err(|e| io_context(e, "cannot read", local))?;
+                file = Some(f);
+                if buf.is_empty() {
+                    break;
+                }
+                hasher.update(&buf);
+                let n = buf.len() as u64;
+                sent += n;
+                rf.write_bytes(buf).await?;
+                tracker.chunk(n);
             }
-            hasher.update(&buf);
-            sent += buf.len() as u64;
-            rf.write_bytes(buf).await?;
+            Ok::<_, Error>(())
         }
-        rf.close().await?;
+        .await;
+        // The remote file is closed whatever happened (not left to a
+        // background clean-up); the first error wins.
+        let closed = rf.close().await;
+        copied.and(closed)?;
         if opts.verify {
             self.verify(remote, &hex(&hasher.finalize()), sent, "upload", opts).await?;
         }
+        tracker.finish_file();
         Ok(sent)
     }
 
-    async fn download_file(&self, remote: &str, local: &Path, opts: &TransferOptions) -> Result<u64> {
+    async fn download_file(
+        &self,
+        remote: &str,
+        local: &Path,
+        size: Option<u64>,
+        opts: &TransferOptions,
+        tracker: &mut Tracker,
+    ) -> Result<u64> {
         let chunk = opts.chunk();
         let rf = self.open(remote, "rb").await?;
-        let file = std::fs::File::create(local).map_err(|e| io_context(e, "cannot create", local))?;
-        let mut file = Some(file);
+        let mut file = None;
         let mut hasher = Sha256::new();
         let mut got = 0u64;
-        loop {
-            let buf = rf.read_bytes(chunk).await?;
-            if buf.is_empty() {
-                break;
+        let copied = async {
+            file = Some(std::fs::File::create(local).map_err(|e| io_context(e, "cannot create", local))?);
+            tracker.start_file(local, remote, size);
+            loop {
+                let buf = rf.read_bytes(chunk).await?;
+                if buf.is_empty() {
+                    break;
+                }
+                hasher.update(&buf);
+                let n = buf.len() as u64;
+                got += n;
+                let Some(mut f) = file.take() else { break };
+                let f = blocking_io(move || f.write_all(&buf).map(|_| f))
+                    .await
+                    .map_err(|e| io_context(e, "cannot write", local))?;
+                file = Some(f);
+                tracker.chunk(n);
             }
-            hasher.update(&buf);
-            got += buf.len() as u64;
-            let Some(mut f) = file.take() else { break };
-            let f = blocking_io(move || f.write_all(&buf).map(|_| f))
-                .await
-                .map_err(|e| io_context(e, "cannot write", local))?;
-            file = Some(f);
+            Ok::<_, Error>(())
         }
-        rf.close().await?;
+        .await;
+        // As for uploads: the remote file is closed whatever happened.
+        let closed = rf.close().await;
+        copied.and(closed)?;
         if let Some(f) = file.take() {
             blocking_io(move || f.sync_all()).await.map_err(|e| io_context(e, "cannot write", local))?;
         }
         if opts.verify {
             self.verify(remote, &hex(&hasher.finalize()), got, "download", opts).await?;
         }
+        tracker.finish_file();
         Ok(got)
     }
 
-    async fn upload_dir(&self, local: &Path, remote: &str, opts: &TransferOptions) -> Result<Transferred> {
+    async fn upload_dir(
+        &self,
+        local: &Path,
+        remote: &str,
+        opts: &TransferOptions,
+        tracker: &mut Tracker,
+    ) -> Result<Transferred> {
         let h = self.helpers().await?;
+        // The whole tree is listed first, so progress knows the totals.
+        let plan = blocking_io({
+            let (local, remote, sep) = (local.to_path_buf(), remote.to_string(), h.sep.clone());
+            move || plan_upload(&local, &remote, &sep)
+        })
+        .await
+        .map_err(Error::Io)??;
+        let (files, bytes) = plan.iter().fold((0, 0), |(f, b), e| match e {
+            UploadStep::File { size, .. } => (f + 1, b + size),
+            UploadStep::Dir(_) => (f, b),
+        });
+        tracker.totals(files, bytes);
         let mut total = Transferred::default();
-        let mut stack = vec![(local.to_path_buf(), remote.to_string())];
-        while let Some((ldir, rdir)) = stack.pop() {
-            h.mkdir.call((rdir.as_str(),)).await?;
-            let mut entries = std::fs::read_dir(&ldir)
-                .and_then(|rd| rd.collect::<io::Result<Vec<_>>>())
-                .map_err(|e| io_context(e, "cannot list", &ldir))?;
-            entries.sort_by_key(|e| e.file_name());
-            for entry in entries {
-                let path = entry.path();
-                let name = entry.file_name();
-                let name = name.to_str().ok_or_else(|| {
-                    Error::value_error(format!("cannot upload {}: the name is not UTF-8", path.display()))
-                })?;
-                let rpath = format!("{rdir}{}{name}", h.sep);
-                let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-                let Ok(meta) = std::fs::metadata(&path) else {
-                    continue;
-                };
-                if meta.is_dir() {
-                    // Symlinked directories are skipped (they may form cycles).
-                    if !link {
-                        stack.push((path, rpath));
-                    }
-                } else if meta.is_file() {
-                    total.bytes += self.upload_file(&path, &rpath, opts).await?;
+        for step in plan {
+            match step {
+                UploadStep::Dir(rdir) => {
+                    h.mkdir.call((rdir.as_str(),)).await?;
+                }
+                UploadStep::File { local, remote, size } => {
+                    total.bytes += self.upload_file(&local, &remote, size, opts, tracker).await?;
                     total.files += 1;
                 }
             }
@@ -501,12 +547,23 @@ impl Classic {
         Ok(total)
     }
 
-    async fn download_dir(&self, remote: &str, local: &Path, opts: &TransferOptions) -> Result<Transferred> {
+    async fn download_dir(
+        &self,
+        remote: &str,
+        local: &Path,
+        opts: &TransferOptions,
+        tracker: &mut Tracker,
+    ) -> Result<Transferred> {
         let h = self.helpers().await?;
         std::fs::create_dir_all(local).map_err(|e| io_context(e, "cannot create", local))?;
-        let entries: Vec<(Vec<String>, String, bool)> = h.walk.call((remote,)).await?.extract()?;
+        // Sizes are as listed; -1: the file could not be measured.
+        let entries: Vec<(Vec<String>, String, bool, i64)> = h.walk.call((remote,)).await?.extract()?;
+        let files = entries.iter().filter(|e| !e.2).count() as u64;
+        let sizes: Option<u64> =
+            entries.iter().filter(|e| !e.2).map(|e| u64::try_from(e.3).ok()).try_fold(0u64, |a, s| Some(a + s?));
+        tracker.totals_known(files, sizes);
         let mut total = Transferred::default();
-        for (parts, full, is_dir) in entries {
+        for (parts, full, is_dir, size) in entries {
             let path = safe_join(local, &parts)?;
             if is_dir {
                 std::fs::create_dir_all(&path).map_err(|e| io_context(e, "cannot create", &path))?;
@@ -514,7 +571,8 @@ impl Classic {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| io_context(e, "cannot create", parent))?;
                 }
-                total.bytes += self.download_file(&full, &path, opts).await?;
+                let size = u64::try_from(size).ok();
+                total.bytes += self.download_file(&full, &path, size, opts, tracker).await?;
                 total.files += 1;
             }
         }
@@ -523,7 +581,20 @@ impl Classic {
 }
 
 /// Settings of [`Classic::upload_with`] and [`Classic::download_with`].
-#[derive(Clone, Debug)]
+///
+/// ```no_run
+/// # async fn demo(c: rpyc::classic::Classic) -> rpyc::Result<()> {
+/// use rpyc::classic::TransferOptions;
+/// let mut opts = TransferOptions::default().on_progress(|p| {
+///     if let Some(size) = p.total_size {
+///         eprint!("\r{} / {size} bytes", p.total_bytes);
+///     }
+/// });
+/// opts.chunk_size = 256 << 10;
+/// c.upload_with("build/", "/srv/app/build", &opts).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct TransferOptions {
     /// Bytes per round trip. Default: 1 MiB (Python's `STREAM_CHUNK` is
@@ -533,18 +604,209 @@ pub struct TransferOptions {
     /// Compare the SHA-256 of each file on both sides after the transfer
     /// and fail on a mismatch. Default: true.
     pub verify: bool,
+    /// Called as the transfer advances (see [`TransferOptions::on_progress`]).
+    progress: Option<ProgressFn>,
+}
+
+/// A progress callback, shared by the clones of its [`TransferOptions`].
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+impl fmt::Debug for TransferOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferOptions")
+            .field("chunk_size", &self.chunk_size)
+            .field("verify", &self.verify)
+            .field("progress", &self.progress.as_ref().map(|_| "Fn(&Progress)"))
+            .finish()
+    }
 }
 
 impl Default for TransferOptions {
     fn default() -> Self {
-        TransferOptions { chunk_size: 1 << 20, verify: true }
+        TransferOptions { chunk_size: 1 << 20, verify: true, progress: None }
     }
 }
 
 impl TransferOptions {
+    /// Calls `callback` after every chunk and once more when each file is
+    /// complete (written, closed and, with [`TransferOptions::verify`],
+    /// checked), for uploads and downloads of files and directories alike.
+    /// A file of zero bytes gets only the completion call.
+    ///
+    /// The callback runs inside the transfer, on the task (or, with
+    /// [`crate::blocking`], the thread) that drives it, between two round
+    /// trips: keep it quick (update a progress bar, note a number) and do
+    /// not block in it. It replaces any callback set before.
+    pub fn on_progress(mut self, callback: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(callback));
+        self
+    }
+
     fn chunk(&self) -> usize {
         self.chunk_size.clamp(1, 16 << 20)
     }
+}
+
+/// Which way a transfer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Direction {
+    /// From this machine to the server ([`Classic::upload`]).
+    Upload,
+    /// From the server to this machine ([`Classic::download`]).
+    Download,
+}
+
+impl Direction {
+    /// `"upload"` or `"download"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Upload => "upload",
+            Direction::Download => "download",
+        }
+    }
+}
+
+/// Where a transfer stands, as handed to the callback of
+/// [`TransferOptions::on_progress`].
+///
+/// Byte counts only grow during a transfer. Sizes are measured when the
+/// transfer starts (a directory is listed first, on this machine for an
+/// upload and on the server for a download), so a file that changes while
+/// it is copied can end with `file_bytes` different from `file_size`; the
+/// counts are what was actually copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Upload or download.
+    pub direction: Direction,
+    /// The file being copied, on this machine.
+    pub local: PathBuf,
+    /// The same file on the server.
+    pub remote: String,
+    /// Bytes of this file copied so far.
+    pub file_bytes: u64,
+    /// This file's size, when known.
+    pub file_size: Option<u64>,
+    /// True on the call that reports this file complete (the last call for
+    /// the file).
+    pub file_done: bool,
+    /// Bytes copied so far, all files together.
+    pub total_bytes: u64,
+    /// Bytes of the whole transfer, when known.
+    pub total_size: Option<u64>,
+    /// Files complete so far (counting this one on its `file_done` call).
+    pub files_done: u64,
+    /// Files in the whole transfer, when known.
+    pub files_total: Option<u64>,
+}
+
+/// The running [`Progress`] of one transfer and its callback.
+struct Tracker {
+    callback: Option<ProgressFn>,
+    state: Progress,
+}
+
+impl Tracker {
+    fn new(direction: Direction, opts: &TransferOptions) -> Tracker {
+        Tracker {
+            callback: opts.progress.clone(),
+            state: Progress {
+                direction,
+                local: PathBuf::new(),
+                remote: String::new(),
+                file_bytes: 0,
+                file_size: None,
+                file_done: false,
+                total_bytes: 0,
+                total_size: None,
+                files_done: 0,
+                files_total: None,
+            },
+        }
+    }
+
+    fn totals(&mut self, files: u64, bytes: u64) {
+        self.totals_known(files, Some(bytes));
+    }
+
+    fn totals_known(&mut self, files: u64, bytes: Option<u64>) {
+        self.state.files_total = Some(files);
+        self.state.total_size = bytes;
+    }
+
+    fn start_file(&mut self, local: &Path, remote: &str, size: Option<u64>) {
+        if self.callback.is_none() {
+            return;
+        }
+        let s = &mut self.state;
+        local.clone_into(&mut s.local);
+        remote.clone_into(&mut s.remote);
+        s.file_bytes = 0;
+        s.file_size = size;
+        s.file_done = false;
+    }
+
+    fn chunk(&mut self, n: u64) {
+        self.state.file_bytes += n;
+        self.state.total_bytes += n;
+        self.report();
+    }
+
+    fn finish_file(&mut self) {
+        self.state.files_done += 1;
+        self.state.file_done = true;
+        self.report();
+    }
+
+    fn report(&self) {
+        if let Some(callback) = &self.callback {
+            callback(&self.state);
+        }
+    }
+}
+
+/// One step of a directory upload, in order: a directory to create on the
+/// server, or a file to copy.
+enum UploadStep {
+    Dir(String),
+    File { local: PathBuf, remote: String, size: u64 },
+}
+
+/// Lists a local tree for upload (depth first, names sorted; symlinked
+/// directories skipped, as they may form cycles; entries that are neither
+/// files nor directories skipped).
+fn plan_upload(local: &Path, remote: &str, sep: &str) -> io::Result<Result<Vec<UploadStep>>> {
+    let mut plan = Vec::new();
+    let mut stack = vec![(local.to_path_buf(), remote.to_string())];
+    while let Some((ldir, rdir)) = stack.pop() {
+        let mut entries = match std::fs::read_dir(&ldir).and_then(|rd| rd.collect::<io::Result<Vec<_>>>()) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(io_context(e, "cannot list", &ldir))),
+        };
+        plan.push(UploadStep::Dir(rdir.clone()));
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Ok(Err(Error::value_error(format!("cannot upload {}: the name is not UTF-8", path.display()))));
+            };
+            let rpath = format!("{rdir}{sep}{name}");
+            let link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if !link {
+                    stack.push((path, rpath));
+                }
+            } else if meta.is_file() {
+                plan.push(UploadStep::File { local: path, remote: rpath, size: meta.len() });
+            }
+        }
+    }
+    Ok(Ok(plan))
 }
 
 /// What a transfer moved.
@@ -991,9 +1253,9 @@ mod tests {
 
     #[test]
     fn chunk_is_clamped() {
-        let o = TransferOptions { chunk_size: 0, verify: true };
+        let mut o = TransferOptions { chunk_size: 0, ..TransferOptions::default() };
         assert_eq!(o.chunk(), 1);
-        let o = TransferOptions { chunk_size: usize::MAX, verify: true };
+        o.chunk_size = usize::MAX;
         assert_eq!(o.chunk(), 16 << 20);
     }
 }

@@ -9,6 +9,8 @@
 //! rpyc list --registry 127.0.0.1                # what a registry knows
 //! rpyc ping tcp://127.0.0.1:18861               # round-trip time, any transport
 //! rpyc call 127.0.0.1:18861 add 1 2             # arguments as Python literals
+//! rpyc upload 127.0.0.1:18812 build/ /srv/app   # files and directories to a classic server
+//! rpyc download 127.0.0.1:18812 /var/log/app.log .   # ... and back, with a progress bar
 //! rpyc serve --stdio                            # one connection on stdin/stdout (connect_subproc)
 //! rpyc deploy ssh://bob@host --eval "1+1"       # zero-deploy: a Python server over SSH, no port
 //! rpyc gateway --listen tls://0.0.0.0:18821 --tls certs --upstream tcp://127.0.0.1:18812
@@ -16,7 +18,8 @@
 //! ```
 //!
 //! Results go to stdout (`--json` for scripts), progress and logs to stderr
-//! (`-v`, `-q`, or `RUST_LOG`).
+//! (`-v`, `-q`, or `RUST_LOG`; `--log-format json` for one JSON object per
+//! line).
 //!
 //! Each subcommand is one variant of [`Command`] and one `run_*` function;
 //! add new ones (registry, discover, call, serve, ping, gateway) the same
@@ -42,6 +45,8 @@ mod remote;
 mod serve;
 #[path = "rpyc/support.rs"]
 mod support;
+#[path = "rpyc/transfer.rs"]
+mod transfer;
 
 /// What a subcommand returns; the error is printed as `rpyc: error: …`.
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
@@ -63,6 +68,11 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
+    /// Log lines on stderr as text or as one JSON object per line
+    /// (level, target, fields.message, timestamp); default: text, or the
+    /// RPYC_LOG_FORMAT environment variable.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<support::LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +94,14 @@ enum Command {
     /// Call a method of a server's root object and print the result.
     #[command(arg_required_else_help = true)]
     Call(remote::CallArgs),
+    /// Copy a file or directory to a classic server (Python's
+    /// rpyc_classic), in chunks, SHA-256 verified, with a progress bar.
+    #[command(arg_required_else_help = true)]
+    Upload(transfer::UploadArgs),
+    /// Copy a file or directory from a classic server (Python's
+    /// rpyc_classic), in chunks, SHA-256 verified, with a progress bar.
+    #[command(arg_required_else_help = true)]
+    Download(transfer::DownloadArgs),
     /// Serve the CONFORMANCE test service, optionally registered with a registry.
     Serve(serve::ServeArgs),
     /// Secure existing RPyC servers: a TLS/SSH gateway that authenticates
@@ -169,7 +187,14 @@ fn main() -> ExitCode {
         Command::Registry(_) | Command::Serve(_) | Command::Gateway(_) => "info",
         _ => "warn",
     };
-    support::init_logging(cli.verbose, cli.quiet, default_log);
+    let log_format = match support::LogFormat::resolve(cli.log_format) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rpyc: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    support::init_logging(cli.verbose, cli.quiet, default_log, log_format);
     let result = match cli.command {
         Command::Certs(CertsCommand::Init(args)) => run_certs_init(&args),
         Command::Certs(CertsCommand::Client(args)) => run_certs_client(&args),
@@ -179,6 +204,8 @@ fn main() -> ExitCode {
         Command::List(args) => discovery::run_list(&args),
         Command::Ping(args) => remote::run_ping(&args),
         Command::Call(args) => remote::run_call(&args),
+        Command::Upload(args) => transfer::run_upload(&args),
+        Command::Download(args) => transfer::run_download(&args),
         Command::Serve(args) => serve::run_serve(&args),
         Command::Gateway(args) => gateway::run_gateway(&args),
         Command::Deploy(args) => deploy::run_deploy(&args),
@@ -191,7 +218,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rpyc: error: {}", support::for_cli(&e.to_string()));
+            support::report_error(e.as_ref());
             if e.is::<support::UsageError>() {
                 ExitCode::from(2)
             } else {

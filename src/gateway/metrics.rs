@@ -191,19 +191,7 @@ impl AuditSink {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0);
-                let mut line = format!(
-                    "{{\"ts\":{now:.6},\"conn\":{},\"identity\":{},\"peer\":{},\"upstream\":{},\"handler\":{},\"name\":{},\"seq\":{},\"decision\":{},\"outcome\":{},\"latency_us\":{}}}",
-                    r.conn,
-                    json(r.identity),
-                    json(r.peer),
-                    json(r.upstream),
-                    json(r.handler),
-                    r.name.map_or_else(|| "null".to_string(), json),
-                    r.seq,
-                    json(r.decision),
-                    json(r.outcome),
-                    r.latency.as_micros(),
-                );
+                let mut line = audit_line(r, now);
                 line.push('\n');
                 let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = w.write_all(line.as_bytes()).and_then(|()| w.flush()) {
@@ -214,25 +202,41 @@ impl AuditSink {
     }
 }
 
-/// A JSON string literal.
-pub(crate) fn json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+/// One audit record as a line of JSON (without the newline), fields in
+/// this order: `ts` (seconds since the epoch, microsecond precision),
+/// `conn`, `identity`, `peer`, `upstream`, `handler`, `name` (null when
+/// the request names no member), `seq`, `decision`, `outcome`,
+/// `latency_us`.
+fn audit_line(r: &AuditRecord<'_>, now: f64) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ts: f64,
+        conn: u64,
+        identity: &'a str,
+        peer: &'a str,
+        upstream: &'a str,
+        handler: &'a str,
+        name: Option<&'a str>,
+        seq: i64,
+        decision: &'a str,
+        outcome: &'a str,
+        latency_us: u64,
     }
-    out.push('"');
-    out
+    let line = Line {
+        ts: (now * 1e6).round() / 1e6,
+        conn: r.conn,
+        identity: r.identity,
+        peer: r.peer,
+        upstream: r.upstream,
+        handler: r.handler,
+        name: r.name,
+        seq: r.seq,
+        decision: r.decision,
+        outcome: r.outcome,
+        latency_us: u64::try_from(r.latency.as_micros()).unwrap_or(u64::MAX),
+    };
+    // Plain strings and numbers: serializing them cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
 }
 
 /// Serves `GET /metrics` (Prometheus text) and `GET /healthz` (`ok`, or
@@ -299,6 +303,21 @@ mod tests {
         assert!(text.contains("rpyc_gateway_denials_total{reason=\"handler\"} 1"), "{text}");
         assert!(text.contains("rpyc_gateway_request_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("rpyc_gateway_request_duration_seconds_count 1"), "{text}");
-        assert_eq!(json("a\"b\n\u{1}"), "\"a\\\"b\\n\\u0001\"");
+        let record = AuditRecord {
+            conn: 7,
+            identity: "a\"b\n\u{1}",
+            peer: "127.0.0.1:1",
+            upstream: "up",
+            handler: "GETATTR",
+            name: None,
+            seq: 3,
+            decision: "allowed",
+            outcome: "reply",
+            latency: Duration::from_micros(42),
+        };
+        assert_eq!(
+            audit_line(&record, 1.5),
+            r#"{"ts":1.5,"conn":7,"identity":"a\"b\n\u0001","peer":"127.0.0.1:1","upstream":"up","handler":"GETATTR","name":null,"seq":3,"decision":"allowed","outcome":"reply","latency_us":42}"#
+        );
     }
 }

@@ -199,3 +199,35 @@ async fn blocking_api_inside_a_runtime_does_not_panic() {
     assert!((tau - std::f64::consts::TAU).abs() < 1e-12);
     c.close().expect("close");
 }
+
+#[test]
+fn blocking_transfers_report_progress_on_the_calling_thread() {
+    let (_server, c) = classic();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = dir.path().join("blocking.bin");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&original, &data).expect("write");
+    let caller = std::thread::current().id();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut opts = blocking::TransferOptions::default().on_progress(move |p: &blocking::Progress| {
+        s2.lock().unwrap().push((std::thread::current().id(), p.direction, p.total_bytes, p.file_done));
+    });
+    opts.chunk_size = 32 << 10;
+    let remote = dir.path().join("blocking-up.bin").to_str().expect("utf-8").to_string();
+    let up = c.upload_with(&original, &remote, &opts).expect("upload");
+    let back = dir.path().join("blocking-back.bin");
+    let down = c.download_with(&remote, &back, &opts).expect("download");
+    assert_eq!((up.bytes, down.bytes), (100_000, 100_000));
+    assert_eq!(std::fs::read(&back).expect("read"), data);
+    let seen = seen.lock().unwrap();
+    // 4 chunks and the completion, each way.
+    let totals: Vec<_> = seen.iter().map(|s| (s.1, s.2, s.3)).collect();
+    let expect =
+        |d| vec![(d, 32768, false), (d, 65536, false), (d, 98304, false), (d, 100_000, false), (d, 100_000, true)];
+    let mut expected = expect(blocking::Direction::Upload);
+    expected.extend(expect(blocking::Direction::Download));
+    assert_eq!(totals, expected);
+    assert!(seen.iter().all(|s| s.0 == caller), "the callback runs on the calling thread");
+    c.close().expect("close");
+}

@@ -3,7 +3,7 @@
 //! remote errors — against Python rpyc 6.0.2 and (some) 5.3.1.
 
 use crate::common::{python5, python6, python_server, ChildGuard};
-use rpyc::classic::{Classic, RemoteContext, RemoteStream, TransferOptions};
+use rpyc::classic::{Classic, Direction, Progress, RemoteContext, RemoteStream, TransferOptions};
 use rpyc::{ClientBuilder, Dialect};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -271,5 +271,122 @@ async fn redirected_stdin_feeds_input_and_readline() {
     assert_eq!(*seen.lock().unwrap(), "name? ");
     let back: String = c.eval_as("repr(__import__('sys').stdin)").await.expect("stdin repr after");
     assert_eq!(back, original);
+    c.close().await;
+}
+
+/// Every progress report of one transfer, in order.
+fn recorder() -> (TransferOptions, Arc<Mutex<Vec<Progress>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let mut opts = TransferOptions::default().on_progress(move |p| s2.lock().unwrap().push(p.clone()));
+    opts.chunk_size = 64 << 10;
+    (opts, seen)
+}
+
+/// The invariants of a finished transfer's reports: totals only grow, by
+/// at most a chunk at a time, and end at the transfer's size; each file
+/// ends with one completion report at its own size; the counts of files
+/// add up.
+fn check_reports(reports: &[Progress], direction: Direction, files: &[(&Path, u64)], chunk: u64) {
+    let bytes: u64 = files.iter().map(|f| f.1).sum();
+    assert!(!reports.is_empty(), "no progress reports");
+    let mut previous = 0u64;
+    let mut completed = Vec::new();
+    let mut chunk_reports = 0u64;
+    for p in reports {
+        assert_eq!(p.direction, direction);
+        assert_eq!(p.total_size, Some(bytes), "{p:?}");
+        assert_eq!(p.files_total, Some(files.len() as u64), "{p:?}");
+        assert!(p.total_bytes >= previous, "total went down: {p:?} after {previous}");
+        assert!(p.total_bytes - previous <= chunk, "more than a chunk at once: {p:?}");
+        assert!(p.file_bytes <= p.file_size.unwrap(), "{p:?}");
+        if p.file_done {
+            assert_eq!(Some(p.file_bytes), p.file_size, "a file completes at its size: {p:?}");
+            completed.push(p.local.clone());
+            assert_eq!(p.files_done, completed.len() as u64, "{p:?}");
+        } else {
+            assert!(p.total_bytes > previous, "a chunk report moves forward: {p:?}");
+            assert!(p.file_bytes > 0, "{p:?}");
+            chunk_reports += 1;
+        }
+        previous = p.total_bytes;
+    }
+    let last = reports.last().unwrap();
+    assert!(last.file_done && last.total_bytes == bytes && last.files_done == files.len() as u64, "{last:?}");
+    let mut expected: Vec<_> = files.iter().map(|f| f.0.to_path_buf()).collect();
+    expected.sort();
+    completed.sort();
+    assert_eq!(completed, expected, "each file completes exactly once");
+    let chunks: u64 = files.iter().map(|f| f.1.div_ceil(chunk)).sum();
+    assert_eq!(chunk_reports, chunks, "one report per chunk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_each_chunk_of_a_file_both_ways() {
+    let (_server, c) = classic(Dialect::V6).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = dir.path().join("progress.bin");
+    let size = 300_000u64; // 5 chunks of 64 KiB, the last one short
+    std::fs::write(&original, noise(size as usize, 7)).expect("write");
+    let remote = path_str(&dir.path().join("progress-up.bin"));
+
+    let (opts, seen) = recorder();
+    assert!(format!("{opts:?}").contains("progress: Some"), "{opts:?}");
+    let up = c.upload_with(&original, &remote, &opts).await.expect("upload");
+    assert_eq!((up.files, up.bytes), (1, size));
+    let reports = std::mem::take(&mut *seen.lock().unwrap());
+    check_reports(&reports, Direction::Upload, &[(&original, size)], 64 << 10);
+    assert_eq!(reports.len(), 6, "5 chunks and the completion: {reports:?}");
+    assert!(reports.iter().all(|p| p.remote == remote), "{reports:?}");
+
+    let back = dir.path().join("progress-back.bin");
+    let down = c.download_with(&remote, &back, &opts).await.expect("download");
+    assert_eq!((down.files, down.bytes), (1, size));
+    let reports = std::mem::take(&mut *seen.lock().unwrap());
+    check_reports(&reports, Direction::Download, &[(&back, size)], 64 << 10);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&original).unwrap());
+
+    // Without verification the reports are the same; the clone shares the callback.
+    let mut fast = opts.clone();
+    fast.verify = false;
+    c.upload_with(&original, &remote, &fast).await.expect("upload unverified");
+    check_reports(&seen.lock().unwrap(), Direction::Upload, &[(&original, size)], 64 << 10);
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_over_directories_both_ways() {
+    let (_server, c) = classic(Dialect::V6).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("sub/deeper")).expect("mkdir");
+    let files: [(&str, usize); 4] =
+        [("a.bin", 200_000), ("sub/b.bin", 70_000), ("sub/deeper/c.txt", 10), ("sub/empty.txt", 0)];
+    for (i, (rel, len)) in files.iter().enumerate() {
+        std::fs::write(src.join(rel), noise(*len, i as u64 + 1)).expect("write");
+    }
+    let (opts, seen) = recorder();
+    let remote = dir.path().join("remote-tree");
+    let up = c.upload_with(&src, &path_str(&remote), &opts).await.expect("upload dir");
+    assert_eq!((up.files, up.bytes), (4, 270_010));
+    let locals: Vec<_> = files.iter().map(|(rel, len)| (src.join(rel), *len as u64)).collect();
+    let refs: Vec<(&Path, u64)> = locals.iter().map(|(p, n)| (p.as_path(), *n)).collect();
+    check_reports(&std::mem::take(&mut *seen.lock().unwrap()), Direction::Upload, &refs, 64 << 10);
+
+    let back = dir.path().join("back-tree");
+    let down = c.download_with(&path_str(&remote), &back, &opts).await.expect("download dir");
+    assert_eq!((down.files, down.bytes), (4, 270_010));
+    let locals: Vec<_> = files.iter().map(|(rel, len)| (back.join(rel), *len as u64)).collect();
+    let refs: Vec<(&Path, u64)> = locals.iter().map(|(p, n)| (p.as_path(), *n)).collect();
+    let reports = std::mem::take(&mut *seen.lock().unwrap());
+    check_reports(&reports, Direction::Download, &refs, 64 << 10);
+    // The remote names are the server's paths of the same files.
+    for p in reports.iter().filter(|p| p.file_done) {
+        let rel = p.local.strip_prefix(&back).unwrap();
+        assert_eq!(Path::new(&p.remote), remote.join(rel), "{p:?}");
+    }
+    for (rel, _) in files {
+        assert_eq!(std::fs::read(back.join(rel)).unwrap(), std::fs::read(src.join(rel)).unwrap(), "{rel}");
+    }
     c.close().await;
 }

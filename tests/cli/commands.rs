@@ -7,23 +7,23 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpyc");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_rpyc");
 
 /// One bounded `rpyc …` run.
-fn rpyc() -> assert_cmd::Command {
+pub(crate) fn rpyc() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new(BIN);
     cmd.env_remove("RUST_LOG").timeout(Duration::from_secs(60));
     cmd
 }
 
 /// Output of a finished run.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn run(args: &[&str]) -> Run {
+pub(crate) fn run(args: &[&str]) -> Run {
     let out = rpyc().args(args).output().unwrap();
     Run {
         code: out.status.code(),
@@ -32,13 +32,13 @@ fn run(args: &[&str]) -> Run {
     }
 }
 
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let r = run(args);
     assert_eq!(r.code, Some(0), "rpyc {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
     r.stdout
 }
 
-fn fails(args: &[&str], code: i32, stderr_has: &str) -> Run {
+pub(crate) fn fails(args: &[&str], code: i32, stderr_has: &str) -> Run {
     let r = run(args);
     assert_eq!(r.code, Some(code), "rpyc {args:?}: expected exit {code}:\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
     assert!(r.stderr.contains(stderr_has), "rpyc {args:?}: stderr lacks {stderr_has:?}:\n{}", r.stderr);

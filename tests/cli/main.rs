@@ -6,6 +6,8 @@
 //!   each role, over UDP and TCP; pruning; hostile datagrams and floods.
 //! - `commands`: every `rpyc` subcommand run as a process (assert_cmd),
 //!   happy paths and error cases, over TCP, Unix sockets, TLS and SSH.
+//! - `transfers`: `rpyc upload` / `rpyc download` against a Python
+//!   classic server (JSON progress, errors) and `--log-format json`.
 //! - `pipes`: `rpyc serve --stdio` from Python's `connect_subproc` and from
 //!   `rpyc::connect_command`; child processes under a connection.
 //!
@@ -21,6 +23,7 @@ mod common;
 mod commands;
 mod pipes;
 mod registry;
+mod transfers;
 
 use common::{python6, run_with_timeout, spawn, ChildGuard};
 use rpyc::registry::RegistryClient;

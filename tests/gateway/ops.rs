@@ -29,6 +29,12 @@ async fn audit_trail_and_metrics_endpoint() {
         assert!(err.is_exception("AttributeError"), "{err}");
         let text = std::fs::read_to_string(&audit).unwrap();
         let lines: Vec<&str> = text.lines().collect();
+        for line in &lines {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line}"));
+            assert!(record["ts"].as_f64().is_some_and(|t| t > 1e9), "{line}");
+            assert!(record["latency_us"].is_u64() && record["seq"].is_i64(), "{line}");
+        }
         assert!(
             lines.iter().any(|l| l.contains("\"identity\":\"bob\"")
                 && l.contains("\"handler\":\"CALLATTR\"")

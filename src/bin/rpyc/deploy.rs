@@ -3,7 +3,7 @@
 //! Ctrl-C), and leave nothing behind (see `rpyc::deploy`).
 
 use super::remote::{print_outcome, show};
-use super::support::{json_str, runtime, usage, wait_for_signal};
+use super::support::{print_json, runtime, usage, wait_for_signal};
 use super::CmdResult;
 use clap::Args;
 use rpyc::deploy::{DeployOptions, DeployedServer};
@@ -118,14 +118,21 @@ async fn deploy(args: &DeployArgs, config: SshConfig, options: DeployOptions) ->
         }
         (None, None) => {
             if args.json {
-                println!(
-                    "{{\"server\": {}, \"pid\": {}, \"dir\": {}, \"rpyc_version\": {}, \"uploaded\": {}}}",
-                    json_str(&info.server),
-                    info.pid,
-                    json_str(&info.dir),
-                    json_str(&info.rpyc_version),
-                    info.uploaded
-                );
+                #[derive(serde::Serialize)]
+                struct Deployed<'a> {
+                    server: &'a str,
+                    pid: u64,
+                    dir: &'a str,
+                    rpyc_version: &'a str,
+                    uploaded: bool,
+                }
+                print_json(&Deployed {
+                    server: &info.server,
+                    pid: info.pid.into(),
+                    dir: &info.dir,
+                    rpyc_version: &info.rpyc_version,
+                    uploaded: info.uploaded,
+                });
             } else {
                 println!(
                     "deployed on {}: pid {}, directory {}, rpyc {}{}",

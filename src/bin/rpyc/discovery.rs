@@ -1,7 +1,7 @@
 //! `rpyc registry`, `rpyc discover`, `rpyc list`: the registry from the
 //! command line (`rpyc_registry` and `rpyc.discover` in Python).
 
-use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
+use super::support::{parse_seconds, print_json, runtime, usage, wait_for_signal, Listening, RegistryArgs};
 use super::CmdResult;
 use clap::Args;
 use rpyc::registry::{self, RegistryClient, RegistryConfig, RegistryError, RegistryServer, REGISTRY_PORT};
@@ -92,7 +92,7 @@ async fn serve_registry(args: &RegistryCmdArgs, config: RegistryConfig, addr: &s
     };
     let listening = server.describe();
     if args.json {
-        println!("{{\"listening\": {}, \"port\": {}}}", json_str(&listening), server.local_addr().port());
+        print_json(&Listening { listening: &listening, port: Some(server.local_addr().port()) });
     } else {
         println!("listening on {listening}");
     }
@@ -125,9 +125,12 @@ async fn discover(args: &DiscoverArgs, client: RegistryClient) -> CmdResult {
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        let items: Vec<String> =
-            servers.iter().map(|s| format!("{{\"host\": {}, \"port\": {}}}", json_str(&s.host), s.port)).collect();
-        println!("[{}]", items.join(", "));
+        #[derive(serde::Serialize)]
+        struct Found<'a> {
+            host: &'a str,
+            port: u16,
+        }
+        print_json(&servers.iter().map(|s| Found { host: &s.host, port: s.port }).collect::<Vec<_>>());
     } else {
         for s in &servers {
             println!("{s}");
@@ -145,15 +148,17 @@ async fn list(args: &ListArgs, client: RegistryClient) -> CmdResult {
     tracing::info!(registry = %client.describe(), "listing");
     let names = registry::list_services(&client, args.filter_host.as_deref()).await?;
     if args.json {
-        let items: Vec<String> = names.iter().map(|n| json_str(n)).collect();
-        println!("[{}]", items.join(", "));
+        print_json(&names);
     } else {
         for n in &names {
             println!("{n}");
         }
     }
     if names.is_empty() {
-        eprintln!("rpyc: the registry at {} knows no services", client.describe());
+        super::support::notice(
+            tracing::Level::WARN,
+            format_args!("rpyc: the registry at {} knows no services", client.describe()),
+        );
     }
     Ok(())
 }

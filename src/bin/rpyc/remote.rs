@@ -1,6 +1,6 @@
 //! `rpyc ping` and `rpyc call`: one server, any transport.
 
-use super::support::{json_str, json_value, runtime, usage, ConnectArgs};
+use super::support::{print_json, runtime, usage, ConnectArgs, JsonValue};
 use super::CmdResult;
 use clap::Args;
 use rpyc::wire::literal;
@@ -55,6 +55,11 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Milliseconds rounded to microseconds, for JSON.
+fn millis3(d: Duration) -> f64 {
+    (millis(d) * 1000.0).round() / 1000.0
+}
+
 pub fn run_ping(args: &PingArgs) -> CmdResult {
     args.connect.endpoint(&args.addr)?; // usage errors before the runtime starts
     runtime()?.block_on(ping(args))
@@ -64,7 +69,10 @@ async fn ping(args: &PingArgs) -> CmdResult {
     let start = Instant::now();
     let conn = args.connect.connect(&args.addr).await?;
     let connect_time = start.elapsed();
-    eprintln!("connected to {} in {:.3} ms", args.addr, millis(connect_time));
+    super::support::notice(
+        tracing::Level::INFO,
+        format_args!("connected to {} in {:.3} ms", args.addr, millis(connect_time)),
+    );
     let mut rtts = Vec::new();
     let mut result = Ok(());
     for _ in 0..args.count {
@@ -83,13 +91,17 @@ async fn ping(args: &PingArgs) -> CmdResult {
     }
     conn.close().await;
     if args.json {
-        let list: Vec<String> = rtts.iter().map(|d| format!("{:.3}", millis(*d))).collect();
-        println!(
-            "{{\"addr\": {}, \"connect_ms\": {:.3}, \"rtt_ms\": [{}]}}",
-            json_str(&args.addr),
-            millis(connect_time),
-            list.join(", ")
-        );
+        #[derive(serde::Serialize)]
+        struct Pings<'a> {
+            addr: &'a str,
+            connect_ms: f64,
+            rtt_ms: Vec<f64>,
+        }
+        print_json(&Pings {
+            addr: &args.addr,
+            connect_ms: millis3(connect_time),
+            rtt_ms: rtts.iter().map(|d| millis3(*d)).collect(),
+        });
     }
     result
 }
@@ -165,15 +177,35 @@ async fn call(args: &CallArgs, positional: Vec<Object>, keywords: Vec<(String, O
 /// Prints a call's result as `rpyc call` does (the repr, or JSON) and turns
 /// a failure into the command's error.
 pub fn print_outcome(json: bool, what: &str, shown: rpyc::Result<(String, (String, Option<Value>))>) -> CmdResult {
+    #[derive(serde::Serialize)]
+    struct Success<'a> {
+        ok: bool,
+        #[serde(rename = "type")]
+        type_name: &'a str,
+        repr: &'a str,
+        value: Option<JsonValue<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Failure<'a> {
+        ok: bool,
+        error: Raised<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Raised<'a> {
+        #[serde(rename = "type")]
+        type_name: Option<&'a str>,
+        message: &'a str,
+        traceback: &'a str,
+    }
     match shown {
         Ok((type_name, (repr, value))) => {
             if json {
-                let value = value.as_ref().map(json_value).unwrap_or_else(|| "null".into());
-                println!(
-                    "{{\"ok\": true, \"type\": {}, \"repr\": {}, \"value\": {value}}}",
-                    json_str(&type_name),
-                    json_str(&repr)
-                );
+                print_json(&Success {
+                    ok: true,
+                    type_name: &type_name,
+                    repr: &repr,
+                    value: value.as_ref().map(JsonValue),
+                });
             } else {
                 println!("{repr}");
             }
@@ -181,21 +213,18 @@ pub fn print_outcome(json: bool, what: &str, shown: rpyc::Result<(String, (Strin
         }
         Err(rpyc::Error::Exception(exc)) => {
             if json {
-                println!(
-                    "{{\"ok\": false, \"error\": {{\"type\": {}, \"message\": {}, \"traceback\": {}}}}}",
-                    json_str(&exc.qualified_name()),
-                    json_str(&exc.message()),
-                    json_str(&exc.traceback)
-                );
+                let (name, message) = (exc.qualified_name(), exc.message());
+                print_json(&Failure {
+                    ok: false,
+                    error: Raised { type_name: Some(&name), message: &message, traceback: &exc.traceback },
+                });
             }
             Err(format!("{what} raised {exc}").into())
         }
         Err(e) => {
             if json {
-                println!(
-                    "{{\"ok\": false, \"error\": {{\"type\": null, \"message\": {}, \"traceback\": \"\"}}}}",
-                    json_str(&e.to_string())
-                );
+                let message = super::support::for_cli(&e.to_string());
+                print_json(&Failure { ok: false, error: Raised { type_name: None, message: &message, traceback: "" } });
             }
             Err(format!("calling {what} failed: {e}").into())
         }

@@ -2,7 +2,7 @@
 //! stdin/stdout (`--stdio`, for `connect_subproc`-style parents),
 //! optionally kept registered with a registry.
 
-use super::support::{json_str, parse_seconds, runtime, usage, wait_for_signal, RegistryArgs};
+use super::support::{parse_seconds, print_json, runtime, usage, wait_for_signal, Listening, RegistryArgs};
 use super::CmdResult;
 use clap::Args;
 use rpyc::auth::{IdentityFrom, TlsClientCert};
@@ -129,8 +129,7 @@ async fn serve(
     }
     let server = Server::new(service.clone(), config).listen(listener);
     if args.json {
-        let port = port.map(|p| p.to_string()).unwrap_or_else(|| "null".into());
-        println!("{{\"listening\": {}, \"port\": {port}}}", json_str(&listening));
+        print_json(&Listening { listening: &listening, port });
     } else {
         println!("listening on {listening}");
     }

@@ -12,6 +12,7 @@ use std::error::Error;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,41 +75,136 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn Error>> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?)
 }
 
-/// Logs to stderr. `RUST_LOG` wins; otherwise `-q` shows errors only,
-/// each `-v` one level more than `default` (debug and trace for this crate
-/// only, the rest stays at warnings until `-vvvv`).
 /// Set by `-q`: banners (what a command is doing, "stopping") are not
 /// printed; results and errors are.
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static QUIET: AtomicBool = AtomicBool::new(false);
+/// Set by `--log-format json`: everything on stderr is a JSON log record.
+static LOG_JSON: AtomicBool = AtomicBool::new(false);
 
-/// Prints a status line on stderr unless `-q` was given.
+/// The target of the CLI's own records in JSON logs (banners, notices,
+/// the final error).
+pub const CLI_TARGET: &str = "rpyc::cli";
+
+/// How log lines look on stderr (`--log-format`, `RPYC_LOG_FORMAT`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields
+    /// (fields.message is the text), span.
+    Json,
+}
+
+impl LogFormat {
+    /// `--log-format` if given, else `RPYC_LOG_FORMAT`, else text.
+    pub fn resolve(flag: Option<LogFormat>) -> Result<LogFormat, Box<dyn Error>> {
+        if let Some(f) = flag {
+            return Ok(f);
+        }
+        match std::env::var("RPYC_LOG_FORMAT") {
+            Ok(v) if v.trim().is_empty() => Ok(LogFormat::Text),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(usage(format!("RPYC_LOG_FORMAT={v:?} is not a log format: set it to text or json"))),
+            },
+            Err(_) => Ok(LogFormat::Text),
+        }
+    }
+}
+
+/// True when stderr carries JSON log records only (`--log-format json`).
+pub fn log_json() -> bool {
+    LOG_JSON.load(Ordering::Relaxed)
+}
+
+/// True with `-q`.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A status line on stderr unless `-q` was given (with JSON logs: an
+/// info record, target `rpyc::cli`).
 pub fn banner(text: std::fmt::Arguments<'_>) {
-    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+    if quiet() {
+        return;
+    }
+    if log_json() {
+        tracing::info!(target: CLI_TARGET, "{text}");
+    } else {
         eprintln!("{text}");
     }
 }
 
-pub fn init_logging(verbose: u8, quiet: bool, default: &str) {
-    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+/// A line on stderr that `-q` does not silence (with JSON logs: a record
+/// at `level`, target `rpyc::cli`).
+pub fn notice(level: tracing::Level, text: std::fmt::Arguments<'_>) {
+    if !log_json() {
+        eprintln!("{text}");
+    } else if level == tracing::Level::WARN {
+        tracing::warn!(target: CLI_TARGET, "{text}");
+    } else {
+        tracing::info!(target: CLI_TARGET, "{text}");
+    }
+}
+
+/// Reports the error a command ended with: `rpyc: error: …`, or with JSON
+/// logs an error record (written directly if the log filter hides errors:
+/// the reason for a failure is always shown).
+pub fn report_error(e: &dyn Error) {
+    let e = for_cli(&e.to_string());
+    if !log_json() {
+        eprintln!("rpyc: error: {e}");
+    } else if tracing::enabled!(target: CLI_TARGET, tracing::Level::ERROR) {
+        tracing::error!(target: CLI_TARGET, "{e}");
+    } else {
+        #[derive(serde::Serialize)]
+        struct Fields {
+            message: String,
+        }
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            level: &'a str,
+            fields: Fields,
+            target: &'a str,
+        }
+        let record = Record { level: "ERROR", fields: Fields { message: e }, target: CLI_TARGET };
+        eprintln!("{}", serde_json::to_string(&record).unwrap_or_default());
+    }
+}
+
+/// Logs to stderr, as text or JSON lines. `RUST_LOG` wins; otherwise `-q`
+/// shows errors only, each `-v` one level more than `default` (debug and
+/// trace for this crate only, the rest stays at warnings until `-vvvv`).
+pub fn init_logging(verbose: u8, quiet: bool, default: &str, format: LogFormat) {
+    QUIET.store(quiet, Ordering::Relaxed);
+    LOG_JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.trim().is_empty() => f,
         _ if quiet => "error".to_string(),
-        _ => match (default, verbose) {
-            (d, 0) => d.to_string(),
-            ("warn", 1) => "info".to_string(),
-            (_, 1) | ("warn", 2) => "warn,rpyc=debug".to_string(),
-            (_, 2) | (_, 3) => "warn,rpyc=trace".to_string(),
-            _ => "trace".to_string(),
-        },
+        _ => {
+            let level = match (default, verbose) {
+                (d, 0) => d.to_string(),
+                ("warn", 1) => "info".to_string(),
+                (_, 1) | ("warn", 2) => "warn,rpyc=debug".to_string(),
+                (_, 2) | (_, 3) => "warn,rpyc=trace".to_string(),
+                _ => "trace".to_string(),
+            };
+            // Banners are info records of the CLI's own target: shown
+            // unless -q, whatever the default level of the command.
+            format!("{level},{CLI_TARGET}=info")
+        }
     };
     let filter =
         tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => {
+            builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_target(false).try_init()
+        }
+        LogFormat::Json => builder.json().with_ansi(false).with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Parses a positive number of seconds.
@@ -280,10 +376,16 @@ impl ConnectArgs {
 
     /// Connects to ADDR.
     pub async fn connect(&self, addr: &str) -> Result<Connection, Box<dyn Error>> {
+        self.connect_for(addr, self.timeout).await
+    }
+
+    /// Connects to ADDR (within `--timeout`), then waits up to
+    /// `reply_timeout` for each reply.
+    pub async fn connect_for(&self, addr: &str, reply_timeout: Duration) -> Result<Connection, Box<dyn Error>> {
         let endpoint = self.endpoint(addr)?;
         let mut tcp = TcpOptions::default();
         tcp.connect_timeout = self.timeout;
-        let mut builder = ClientBuilder::new().timeout(self.timeout).tcp_options(tcp);
+        let mut builder = ClientBuilder::new().timeout(reply_timeout).tcp_options(tcp);
         if self.rpyc5 {
             builder = builder.dialect(Dialect::V5);
         }
@@ -328,39 +430,81 @@ impl RegistryArgs {
     }
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// Formats JSON as Python's `json.dumps` does by default (`", "` between
+/// items, `": "` after keys), the style `--json` output has always had.
+struct PySpacing;
+
+impl serde_json::ser::Formatter for PySpacing {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
         }
     }
-    out.push('"');
-    out
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
 }
 
-/// A value as JSON: None → null, bool, int (any size) and finite float →
-/// number, str → string, tuple and frozenset → array; what JSON cannot
-/// hold (bytes, complex, inf, nan, slices…) → its Python repr as a string.
-pub fn json_value(v: &Value) -> String {
-    match v {
-        Value::None => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) if f.is_finite() => v.repr(),
-        Value::Str(s) => json_str(s),
-        Value::Tuple(items) | Value::FrozenSet(items) => {
-            format!("[{}]", items.iter().map(json_value).collect::<Vec<_>>().join(", "))
+/// `value` as one line of JSON (see [`PySpacing`]).
+pub fn to_json(value: &impl serde::Serialize) -> String {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PySpacing);
+    // Serializing plain structs, strings and numbers into memory cannot fail.
+    if value.serialize(&mut ser).is_err() {
+        return "null".into();
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `{"listening": "tcp://…", "port": N}`: where a server listens (`--json`).
+#[derive(serde::Serialize)]
+pub struct Listening<'a> {
+    pub listening: &'a str,
+    pub port: Option<u16>,
+}
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) {
+    println!("{}", to_json(value));
+}
+
+/// A value as JSON: None → null, bool, int and finite float → number,
+/// str → string, tuple and frozenset → array; what JSON cannot hold
+/// (bytes, complex, inf, nan, slices…, and ints beyond 128 bits) → its
+/// Python repr as a string.
+pub struct JsonValue<'a>(pub &'a Value);
+
+impl serde::Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::None => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => match i.to_i64() {
+                Some(n) => s.serialize_i64(n),
+                None => {
+                    let digits = i.to_string();
+                    match digits.parse::<i128>() {
+                        Ok(n) => s.serialize_i128(n),
+                        Err(_) => s.serialize_str(&digits),
+                    }
+                }
+            },
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Str(text) => s.serialize_str(text),
+            Value::Tuple(items) | Value::FrozenSet(items) => s.collect_seq(items.iter().map(JsonValue)),
+            other => s.serialize_str(&other.repr()),
         }
-        other => json_str(&other.repr()),
     }
 }
 
@@ -379,7 +523,14 @@ mod tests {
             Value::from("a\"b\n\u{1}"),
             Value::Bytes(vec![0]),
         ]);
-        assert_eq!(json_value(&v), r#"[null, true, -3, 1.5, "inf", "a\"b\n\u0001", "b'\\x00'"]"#);
+        assert_eq!(to_json(&JsonValue(&v)), r#"[null, true, -3, 1.5, "inf", "a\"b\n\u0001", "b'\\x00'"]"#);
+        let big = |t: &str| to_json(&JsonValue(&rpyc::wire::literal::parse(t).unwrap()));
+        let p100 = num_bigint::BigInt::from(2).pow(100u32).to_string();
+        let p200 = num_bigint::BigInt::from(2).pow(200u32).to_string();
+        assert_eq!(big(&p100), p100);
+        assert_eq!(big(&format!("-{p100}")), format!("-{p100}"));
+        assert_eq!(big(&p200), format!("\"{p200}\""));
+        assert_eq!(to_json(&(1, "x")), "[1, \"x\"]");
     }
 
     #[test]
