@@ -71,6 +71,8 @@ struct Helpers {
     sha256: Netref,
     walk: Netref,
     mkdir: Netref,
+    commit: Netref,
+    discard: Netref,
     sep: String,
 }
 
@@ -122,6 +124,21 @@ def _rpyc_rs_walk(top):
 def _rpyc_rs_mkdir(path):
     import os
     os.makedirs(path, exist_ok=True)
+
+def _rpyc_rs_commit(part, dest):
+    import os, shutil
+    try:
+        shutil.copymode(dest, part)
+    except OSError:
+        pass
+    os.replace(part, dest)
+
+def _rpyc_rs_discard(part):
+    import os
+    try:
+        os.unlink(part)
+    except OSError:
+        pass
 "#;
 
 impl fmt::Debug for Classic {
@@ -385,21 +402,28 @@ impl Classic {
             .get_or_try_init(|| async {
                 self.execute(HELPERS).await?;
                 let got = self
-                    .eval("(_rpyc_rs_kind, _rpyc_rs_sha256, _rpyc_rs_walk, _rpyc_rs_mkdir, __import__('os').sep)")
+                    .eval(
+                        "(_rpyc_rs_kind, _rpyc_rs_sha256, _rpyc_rs_walk, _rpyc_rs_mkdir, _rpyc_rs_commit, \
+                         _rpyc_rs_discard, __import__('os').sep)",
+                    )
                     .await?;
                 let bad = || Error::Protocol("classic helpers: unexpected reply to the helper lookup".into());
                 let Object::Tuple(items) = got else { return Err(bad()) };
                 let mut it = items.into_iter();
                 let mut next_ref = || it.next().ok_or_else(bad).and_then(Object::into_netref);
                 let (kind, sha256, walk, mkdir) = (next_ref()?, next_ref()?, next_ref()?, next_ref()?);
+                let (commit, discard) = (next_ref()?, next_ref()?);
                 let sep = it.next().ok_or_else(bad)?.extract::<String>()?;
-                Ok(Helpers { kind, sha256, walk, mkdir, sep })
+                Ok(Helpers { kind, sha256, walk, mkdir, commit, discard, sep })
             })
             .await
     }
 
+    /// Compares the SHA-256 of the server's file at `path` with ours;
+    /// errors name `remote`.
     async fn verify(
         &self,
+        path: &str,
         remote: &str,
         local_hex: &str,
         local_len: u64,
@@ -407,7 +431,7 @@ impl Classic {
         opts: &TransferOptions,
     ) -> Result<()> {
         let h = self.helpers().await?;
-        let (remote_hex, remote_len): (String, u64) = h.sha256.call((remote, opts.chunk())).await?.extract()?;
+        let (remote_hex, remote_len): (String, u64) = h.sha256.call((path, opts.chunk())).await?.extract()?;
         if remote_hex != local_hex || remote_len != local_len {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -431,7 +455,11 @@ impl Classic {
         let chunk = opts.chunk();
         let file = std::fs::File::open(local).map_err(|e| io_context(e, "cannot open", local))?;
         tracker.start_file(local, remote, Some(size));
-        let rf = self.open(remote, "wb").await?;
+        // Written beside the destination and renamed over it once complete
+        // (and verified): a failed upload leaves the old file as it was, and
+        // uploading a file onto itself cannot truncate it first.
+        let part = part_name(remote);
+        let rf = self.open(&part, "wb").await?;
         let mut file = Some(file);
         let mut hasher = Sha256::new();
         let mut sent = 0u64;
@@ -457,10 +485,19 @@ impl Classic {
         // The remote file is closed whatever happened (not left to a
         // background clean-up); the first error wins.
         let closed = rf.close().await;
-        copied.and(closed)?;
-        if opts.verify {
-            self.verify(remote, &hex(&hasher.finalize()), sent, "upload", opts).await?;
+        let h = self.helpers().await?;
+        let committed = async {
+            copied.and(closed)?;
+            if opts.verify {
+                self.verify(&part, remote, &hex(&hasher.finalize()), sent, "upload", opts).await?;
+            }
+            h.commit.call((part.as_str(), remote)).await.map(drop)
         }
+        .await;
+        if committed.is_err() {
+            let _ = h.discard.call((part.as_str(),)).await;
+        }
+        committed?;
         tracker.finish_file();
         Ok(sent)
     }
@@ -478,8 +515,11 @@ impl Classic {
         let mut file = None;
         let mut hasher = Sha256::new();
         let mut got = 0u64;
+        // As for uploads: written beside the destination, renamed over it
+        // once complete and verified.
+        let part = local_part_name(local);
         let copied = async {
-            file = Some(std::fs::File::create(local).map_err(|e| io_context(e, "cannot create", local))?);
+            file = Some(std::fs::File::create(&part).map_err(|e| io_context(e, "cannot create", local))?);
             tracker.start_file(local, remote, size);
             loop {
                 let buf = rf.read_bytes(chunk).await?;
@@ -501,13 +541,29 @@ impl Classic {
         .await;
         // As for uploads: the remote file is closed whatever happened.
         let closed = rf.close().await;
-        copied.and(closed)?;
-        if let Some(f) = file.take() {
-            blocking_io(move || f.sync_all()).await.map_err(|e| io_context(e, "cannot write", local))?;
+        let committed = async {
+            copied.and(closed)?;
+            if let Some(f) = file.take() {
+                blocking_io(move || f.sync_all()).await.map_err(|e| io_context(e, "cannot write", local))?;
+            }
+            if opts.verify {
+                self.verify(remote, remote, &hex(&hasher.finalize()), got, "download", opts).await?;
+            }
+            let (from, to) = (part.clone(), local.to_path_buf());
+            blocking_io(move || {
+                if let Ok(meta) = std::fs::metadata(&to) {
+                    let _ = std::fs::set_permissions(&from, meta.permissions());
+                }
+                std::fs::rename(&from, &to)
+            })
+            .await
+            .map_err(|e| io_context(e, "cannot replace", local))
         }
-        if opts.verify {
-            self.verify(remote, &hex(&hasher.finalize()), got, "download", opts).await?;
+        .await;
+        if committed.is_err() {
+            let _ = std::fs::remove_file(&part);
         }
+        committed?;
         tracker.finish_file();
         Ok(got)
     }
@@ -1180,6 +1236,25 @@ fn read_chunk(f: &mut std::fs::File, size: usize) -> io::Result<Vec<u8>> {
     }
     buf.truncate(filled);
     Ok(buf)
+}
+
+/// A name beside `path` for a transfer in progress: unique per transfer, so
+/// two clients writing the same destination do not share a partial file.
+fn part_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!(".rpyc-{:016x}.part", h.finish())
+}
+
+fn part_name(remote: &str) -> String {
+    format!("{remote}{}", part_suffix())
+}
+
+fn local_part_name(local: &Path) -> PathBuf {
+    let mut name = local.as_os_str().to_os_string();
+    name.push(part_suffix());
+    PathBuf::from(name)
 }
 
 fn io_context(e: io::Error, what: &str, path: &Path) -> Error {

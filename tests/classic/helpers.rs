@@ -390,3 +390,38 @@ async fn progress_over_directories_both_ways() {
     }
     c.close().await;
 }
+
+/// Transfers write beside the destination and rename over it: copying a
+/// file onto itself (client and server on one machine) keeps its content,
+/// and a transfer that fails leaves the old file and no partial file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_replace_the_destination_only_when_complete() {
+    let (_server, c) = classic(Dialect::V6).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("same.bin");
+    let data = noise(300_000, 9);
+    std::fs::write(&file, &data).expect("write");
+    let mut opts = TransferOptions::default();
+    opts.chunk_size = 64 << 10;
+    c.upload_with(&file, &path_str(&file), &opts).await.expect("upload onto itself");
+    assert!(std::fs::read(&file).expect("read") == data, "uploading a file onto itself changed it");
+    c.download_with(&path_str(&file), &file, &opts).await.expect("download onto itself");
+    assert!(std::fs::read(&file).expect("read") == data, "downloading a file onto itself changed it");
+
+    // A destination that is a directory: the transfer fails, nothing is left behind.
+    let target = dir.path().join("a-directory");
+    std::fs::create_dir(&target).expect("mkdir");
+    c.upload_with(&file, &path_str(&target), &opts).await.expect_err("upload over a directory");
+    let remote_file = path_str(&file);
+    c.download_with(&remote_file, &target, &opts).await.expect_err("download over a directory");
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains(".part")), "partial files left: {names:?}");
+    assert!(std::fs::read_dir(&target).unwrap().next().is_none(), "the directory was written into");
+    // The permissions of a replaced file are kept.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    c.upload_with(&file, &path_str(&file), &opts).await.expect("upload again");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    c.close().await;
+}
