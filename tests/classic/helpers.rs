@@ -2,7 +2,7 @@
 //! files and directories, remote files, redirected stdio, context managers,
 //! remote errors — against Python rpyc 6.0.2 and (some) 5.3.1.
 
-use crate::common::{python5, python6, python_server, ChildGuard};
+use crate::common::{noise, python5, python6, python_server, ChildGuard};
 use rpyc::classic::{Classic, Direction, Progress, RemoteContext, RemoteStream, TransferOptions};
 use rpyc::{ClientBuilder, Dialect};
 use std::path::Path;
@@ -15,20 +15,6 @@ async fn classic(dialect: Dialect) -> (ChildGuard, Classic) {
     let builder = ClientBuilder::new().dialect(dialect).timeout(Duration::from_secs(60));
     let c = Classic::connect_with(builder, &format!("127.0.0.1:{port}")).await.expect("connect");
     (server, c)
-}
-
-/// Deterministic, incompressible-looking bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn path_str(p: &Path) -> String {

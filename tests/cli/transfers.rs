@@ -4,27 +4,13 @@
 //! json`, which makes every line on stderr a JSON log record.
 
 use crate::commands::{fails, ok, rpyc, run};
-use crate::common::{python6, python_server, ChildGuard};
+use crate::common::{noise, python6, python_server, ChildGuard};
 use serde_json::Value as Json;
 use std::path::Path;
 
 fn classic_server() -> (ChildGuard, String) {
     let (server, port) = python_server(&python6(), &["--kind", "classic"]);
     (server, format!("127.0.0.1:{port}"))
-}
-
-/// Deterministic bytes that do not compress (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn s(p: &Path) -> &str {
