@@ -16,13 +16,18 @@
 //! | [`ChallengeResponse`] | knowledge of a shared secret, without sending it, both ways; bound to the TLS session | TLS, loopback TCP, Unix |
 //! | [`AllowAll`] | nothing (development only) | any |
 //! | [`FirstMatch`], [`AllOf`] | combinations | — |
+//!
+//! `TlsClientCert` (and [`IdentityFrom`]) need the crate feature `tls`,
+//! `SshPublicKey` the feature `ssh`.
 
 use crate::connection::handler::BoxFuture;
 use crate::identity::{Credentials, TransportKind};
 use crate::transport::BoxStream;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+#[cfg(any(feature = "tls", feature = "ssh"))]
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,6 +122,8 @@ fn add_groups(creds: &mut Credentials, groups: &BTreeMap<String, Vec<String>>) {
 /// with two CNs, or two SANs of the chosen kind, has no identity (readers
 /// disagree on which one counts; SPIFFE allows exactly one URI SAN) and is
 /// refused.
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -133,6 +140,7 @@ pub enum IdentityFrom {
     DnsSan,
 }
 
+#[cfg(feature = "tls")]
 impl IdentityFrom {
     /// The spelling in configuration files and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -144,12 +152,14 @@ impl IdentityFrom {
     }
 }
 
+#[cfg(feature = "tls")]
 impl fmt::Display for IdentityFrom {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
+#[cfg(feature = "tls")]
 impl std::str::FromStr for IdentityFrom {
     type Err = String;
 
@@ -166,6 +176,8 @@ impl std::str::FromStr for IdentityFrom {
 /// Accepts connections that presented a client certificate the TLS layer
 /// verified; the identity is the certificate's common name, or its one URI
 /// or DNS subject alternative name ([`TlsClientCert::identity_from`]).
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 #[derive(Clone, Debug, Default)]
 pub struct TlsClientCert {
     allowed: Option<BTreeSet<String>>,
@@ -173,6 +185,7 @@ pub struct TlsClientCert {
     from: IdentityFrom,
 }
 
+#[cfg(feature = "tls")]
 impl TlsClientCert {
     /// Any certificate the TLS layer verified.
     pub fn new() -> TlsClientCert {
@@ -200,6 +213,7 @@ impl TlsClientCert {
     }
 }
 
+#[cfg(feature = "tls")]
 impl Authenticator for TlsClientCert {
     fn authenticate(&self, stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
         let result = (|| {
@@ -230,6 +244,7 @@ impl Authenticator for TlsClientCert {
 
 /// The identity a verified certificate carries in `from`, or why it has none.
 /// One decision for every caller: exactly one value, or no identity.
+#[cfg(feature = "tls")]
 fn certificate_identity(cert: &crate::identity::CertificateInfo, from: IdentityFrom) -> Result<String, String> {
     let id = certificate_identity_unchecked(cert, from)?;
     // Identities go into logs, audit records and policy tables: a control
@@ -252,6 +267,7 @@ fn certificate_identity(cert: &crate::identity::CertificateInfo, from: IdentityF
     Ok(id)
 }
 
+#[cfg(feature = "tls")]
 fn certificate_identity_unchecked(
     cert: &crate::identity::CertificateInfo,
     from: IdentityFrom,
@@ -297,6 +313,8 @@ fn certificate_identity_unchecked(
 /// in under the one user name it is bound to (per-user `authorized_keys`
 /// files or `identity="NAME"` options), so the user is proven by the key,
 /// not merely claimed. `allow_fingerprints` pins keys as well.
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
 #[derive(Clone, Debug, Default)]
 pub struct SshPublicKey {
     users: Option<BTreeSet<String>>,
@@ -304,6 +322,7 @@ pub struct SshPublicKey {
     groups: BTreeMap<String, Vec<String>>,
 }
 
+#[cfg(feature = "ssh")]
 impl SshPublicKey {
     /// Any user the SSH layer authenticated.
     pub fn new() -> SshPublicKey {
@@ -329,6 +348,7 @@ impl SshPublicKey {
     }
 }
 
+#[cfg(feature = "ssh")]
 impl Authenticator for SshPublicKey {
     fn authenticate(&self, stream: BoxStream, mut creds: Credentials) -> BoxFuture<AuthResult> {
         let result = (|| {
@@ -652,7 +672,7 @@ impl Authenticator for AllOf {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tls"))]
 mod tests {
     use super::*;
     use crate::identity::CertificateInfo;

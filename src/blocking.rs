@@ -968,17 +968,21 @@ impl Drop for RemoteContext {
 /// server.close()?; // or drop it: the remote process and directory go either way
 /// # let _ = two; Ok(()) }
 /// ```
+#[cfg(feature = "deploy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deploy")))]
 pub struct DeployedServer {
     inner: Option<crate::deploy::DeployedServer>,
     info: crate::deploy::RemoteInfo,
 }
 
+#[cfg(feature = "deploy")]
 impl fmt::Debug for DeployedServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeployedServer").field("info", &self.info).finish()
     }
 }
 
+#[cfg(feature = "deploy")]
 impl DeployedServer {
     /// Logs in, starts the remote server and connects (see
     /// [`crate::deploy::DeployedServer::start`]).
@@ -1036,6 +1040,7 @@ impl DeployedServer {
     }
 }
 
+#[cfg(feature = "deploy")]
 impl Drop for DeployedServer {
     fn drop(&mut self) {
         // Its clean-up task needs a runtime to run on.

@@ -4,15 +4,22 @@
 //! (what the server may call back into), the configuration and the dialect.
 //! [`connect_stream`] runs a connection over any stream you opened yourself;
 //! [`connect_command`] over the stdin/stdout of a program it starts.
+//!
+//! TLS (`tls://`, [`ClientBuilder::tls`]), SSH (`ssh://`) and DNS SRV
+//! (`srv://`, [`ClientBuilder::dns`]) need the crate features `tls`, `ssh`
+//! and `srv`; without them such an address is an
+//! [`Error::Transport`](crate::Error::Transport) naming the feature.
 
 use crate::connection::{Connection, ConnectionConfig};
 use crate::error::Result;
 use crate::identity::Credentials;
 use crate::policy::AccessPolicy;
 use crate::service::Service;
+#[cfg(feature = "srv")]
 use crate::transport::srv::{parse_srv_url, SrvResolver};
 use crate::transport::{connect_endpoint, Endpoint, Stream, TcpOptions};
 use crate::wire::Dialect;
+#[cfg(feature = "srv")]
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -56,21 +63,23 @@ pub struct ClientBuilder {
     config: ConnectionConfig,
     policy: AccessPolicy,
     tcp: TcpOptions,
+    #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsClientConfig>,
     challenge: Option<(String, Vec<u8>)>,
+    #[cfg(feature = "srv")]
     srv: Option<SrvResolver>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The challenge-response secret is never printed.
-        f.debug_struct("ClientBuilder")
-            .field("service", &self.service)
-            .field("config", &self.config)
-            .field("tls", &self.tls)
-            .field("srv", &self.srv)
-            .field("challenge_identity", &self.challenge.as_ref().map(|c| &c.0))
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("ClientBuilder");
+        d.field("service", &self.service).field("config", &self.config);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        #[cfg(feature = "srv")]
+        d.field("srv", &self.srv);
+        d.field("challenge_identity", &self.challenge.as_ref().map(|c| &c.0)).finish_non_exhaustive()
     }
 }
 
@@ -89,8 +98,10 @@ impl ClientBuilder {
             config,
             policy: AccessPolicy::default(),
             tcp: TcpOptions::default(),
+            #[cfg(feature = "tls")]
             tls: None,
             challenge: None,
+            #[cfg(feature = "srv")]
             srv: None,
         }
     }
@@ -134,6 +145,8 @@ impl ClientBuilder {
 
     /// Connects over TLS: [`connect`](Self::connect) then takes
     /// `tls://host:port` or `host:port`.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, config: crate::transport::tls::TlsClientConfig) -> Self {
         self.tls = Some(config);
         self
@@ -151,12 +164,16 @@ impl ClientBuilder {
 
     /// The DNS servers that answer `srv://` lookups (UDP and TCP, in this
     /// order). Default: the system resolver (`/etc/resolv.conf`).
+    #[cfg(feature = "srv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "srv")))]
     pub fn dns(self, nameservers: Vec<SocketAddr>) -> Self {
         self.srv_resolver(SrvResolver::with_nameservers(&nameservers))
     }
 
     /// The resolver for `srv://` addresses; share one between builders to
     /// share its cache. Default: [`SrvResolver::system`].
+    #[cfg(feature = "srv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "srv")))]
     pub fn srv_resolver(mut self, resolver: SrvResolver) -> Self {
         self.srv = Some(resolver);
         self
@@ -167,19 +184,27 @@ impl ClientBuilder {
     /// or `srv://…` (TLS to each target, checked against the target's
     /// host name).
     pub async fn connect(self, addr: &str) -> Result<Connection> {
+        #[cfg(feature = "srv")]
         if let Some(name) = parse_srv_url(addr) {
             let resolver = match &self.srv {
                 Some(r) => r.clone(),
                 None => SrvResolver::system()?,
             };
-            let tls = self.tls.clone().map(std::sync::Arc::new);
-            let ep = Endpoint::Srv { name: name.to_string(), resolver, tls };
+            let ep = Endpoint::Srv {
+                name: name.to_string(),
+                resolver,
+                #[cfg(feature = "tls")]
+                tls: self.tls.clone().map(std::sync::Arc::new),
+            };
             return self.connect_endpoint(&ep).await;
         }
+        #[cfg(feature = "tls")]
         let ep = match &self.tls {
             Some(tls) => Endpoint::parse_tls(addr, tls.clone())?,
             None => Endpoint::parse(addr)?,
         };
+        #[cfg(not(feature = "tls"))]
+        let ep = Endpoint::parse(addr)?;
         self.connect_endpoint(&ep).await
     }
 

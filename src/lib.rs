@@ -48,25 +48,60 @@
 //! | layer | modules |
 //! |---|---|
 //! | values and messages (no I/O) | [`wire`], [`identity`] |
-//! | frames and streams | [`channel`], [`transport`], [`certs`] |
+//! | frames and streams | [`channel`], [`transport`], `certs` |
 //! | access | [`auth`], [`policy`] |
 //! | the engine | [`connection`] |
 //! | faces | [`service`], [`client`] |
-//! | applications | [`server`], [`classic`], [`registry`], [`deploy`] (a Python server started over SSH, zero-deploy) |
-//! | tools | [`blocking`] (a synchronous facade), [`gateway`] (a protocol-aware TLS/SSH gateway in front of existing servers) |
+//! | applications | [`server`], [`classic`], [`registry`], `deploy` (a Python server started over SSH, zero-deploy) |
+//! | tools | [`blocking`] (a synchronous facade), `gateway` (a protocol-aware TLS/SSH gateway in front of existing servers) |
+//!
+//! # Features
+//!
+//! The default features build everything, the `rpyc` tool included. A
+//! program that only talks RPyC over TCP or Unix sockets can leave them out
+//! (`rpyc = { version = "0.1", default-features = false }`): the core —
+//! wire, channel, TCP/Unix/pipe transports, challenge–response
+//! authentication, policies, the engine, client, server, classic, registry
+//! and the blocking facade — needs no TLS, SSH, DNS or CLI crate. Add back
+//! what you use:
+//!
+//! | feature | enables | pulls in |
+//! |---|---|---|
+//! | `tls` | `transport::tls` (`tls://`, `Listener::tls`, `ClientBuilder::tls`), certificate identities, `auth::TlsClientCert` | rustls, tokio-rustls, x509-parser |
+//! | `certs` | the `certs` module (a development CA and certificates); implies `tls` | rcgen |
+//! | `ssh` | `transport::ssh` (`ssh://` tunnels, the embedded SSH endpoint, exec channels), `auth::SshPublicKey` | russh |
+//! | `deploy` | the `deploy` module and `blocking::DeployedServer` (zero-deploy over SSH); implies `ssh` | — |
+//! | `srv` | `transport::srv`, `srv://` addresses, `ClientBuilder::dns` | hickory-resolver |
+//! | `proxy-protocol` | `transport::proxy`: PROXY v1/v2 headers on TCP and TLS listeners (`with_proxy_protocol`) | ppp |
+//! | `toml` | policy files: `PolicySet::from_toml`, `PolicySet::load` | toml |
+//! | `gateway` | the `gateway` module; implies `tls`, `ssh`, `srv`, `proxy-protocol`, `toml` | — |
+//! | `cli` | the `rpyc` binary; implies `gateway`, `certs`, `deploy` | clap, clap_complete, tracing-subscriber |
+//!
+//! Default: `tls`, `ssh`, `cli` — that is, all of them. An address whose
+//! scheme needs a feature the build lacks (`tls://`, `ssh://`, `srv://`)
+//! is refused at run time with an [`Error::Transport`] naming the feature;
+//! the [`Error`] variants ([`Error::Tls`], [`Error::Ssh`], …) exist in every
+//! build.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod blocking;
+#[cfg(feature = "certs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "certs")))]
 pub mod certs;
 pub mod channel;
 pub mod classic;
 pub mod client;
 pub mod conformance;
 pub mod connection;
+#[cfg(feature = "deploy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deploy")))]
 pub mod deploy;
 mod error;
+#[cfg(feature = "gateway")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gateway")))]
 pub mod gateway;
 pub mod identity;
 pub mod policy;

@@ -343,11 +343,15 @@ impl PolicySet {
     }
 
     /// Parses TOML text (see the type docs for the format).
+    #[cfg(feature = "toml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
     pub fn from_toml(text: &str) -> Result<PolicySet, PolicyError> {
         Self::parse(text, "<string>")
     }
 
     /// Loads a TOML file.
+    #[cfg(feature = "toml")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "toml")))]
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<PolicySet, PolicyError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
@@ -355,6 +359,7 @@ impl PolicySet {
         Self::parse(&text, &shown)
     }
 
+    #[cfg(feature = "toml")]
     fn parse(text: &str, path: &str) -> Result<PolicySet, PolicyError> {
         let set: PolicySet =
             toml::from_str(text).map_err(|e| PolicyError::Parse { path: path.to_string(), message: e.to_string() })?;
@@ -439,6 +444,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "toml")]
     fn policy_file_parses_and_resolves() {
         let set = PolicySet::from_toml(
             r#"
@@ -547,6 +553,7 @@ mod properties {
         }
 
         #[test]
+        #[cfg(feature = "toml")]
         fn toml_round_trip(set in set()) {
             let text = toml::to_string(&set).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let back = PolicySet::from_toml(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;

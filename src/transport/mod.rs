@@ -8,8 +8,14 @@
 //! child process's stdin/stdout (or our own).
 //!
 //! Behind a load balancer, TCP and TLS listeners can read a PROXY protocol
-//! header first ([`proxy`]) so the client's real address is the one logged
-//! and limited.
+//! header first (`proxy`, feature `proxy-protocol`) so the client's real
+//! address is the one logged and limited.
+//!
+//! TCP, Unix sockets and pipes are always built; `tls`, `ssh`, `srv` and
+//! `proxy` are behind the crate features of the same names
+//! (`proxy-protocol` for `proxy`). An address whose scheme needs a feature
+//! this build lacks is refused by [`Endpoint::parse`] with an
+//! [`Error::Transport`] that names the feature.
 
 use crate::error::{Error, Result};
 use crate::identity::{Credentials, PeerAddr, TransportKind};
@@ -20,9 +26,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod pipe;
+#[cfg(feature = "proxy-protocol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
 pub mod proxy;
+#[cfg(feature = "srv")]
+#[cfg_attr(docsrs, doc(cfg(feature = "srv")))]
 pub mod srv;
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
 pub mod ssh;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
 /// A byte stream an RPyC connection can run over.
@@ -61,6 +75,8 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `host:port` over TLS (see [`tls`]); build with [`Endpoint::tls`] or
     /// [`Endpoint::parse_tls`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     Tls {
         /// `host:port`.
         addr: String,
@@ -69,6 +85,8 @@ pub enum Endpoint {
     },
     /// A `direct-tcpip` channel of a new SSH session (see [`ssh`]); parsed
     /// from `ssh://user@host:port/target_host:target_port`.
+    #[cfg(feature = "ssh")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
     Ssh {
         /// The RPyC server's `host:port` as seen from the SSH server.
         target: String,
@@ -77,7 +95,14 @@ pub enum Endpoint {
     },
     /// The targets of a DNS SRV name (see [`srv`]), tried in RFC 2782
     /// order until one accepts; parsed from `srv://_rpyc._tcp.example.com`
-    /// (system resolver) or built with [`Endpoint::srv`].
+    /// (system resolver) or built with [`Endpoint::srv`] (TCP) or
+    /// [`Endpoint::srv_tls`] (TLS).
+    ///
+    /// Build it with those constructors: with the `tls` feature it has one
+    /// more field.
+    #[cfg(feature = "srv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "srv")))]
+    #[non_exhaustive]
     Srv {
         /// The SRV name, e.g. `_rpyc._tcp.example.com`.
         name: String,
@@ -85,19 +110,41 @@ pub enum Endpoint {
         resolver: srv::SrvResolver,
         /// TLS to the targets (each checked against its own host name), or
         /// `None` for plain TCP.
+        #[cfg(feature = "tls")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
         tls: Option<std::sync::Arc<tls::TlsClientConfig>>,
     },
 }
 
 impl Endpoint {
     /// The targets of the SRV name `name`, asked of `resolver`, over TCP.
+    #[cfg(feature = "srv")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "srv")))]
     pub fn srv(name: impl Into<String>, resolver: srv::SrvResolver) -> Endpoint {
-        Endpoint::Srv { name: name.into(), resolver, tls: None }
+        Endpoint::Srv {
+            name: name.into(),
+            resolver,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The targets of the SRV name `name`, asked of `resolver`, over TLS
+    /// (each target's certificate checked against its own host name unless
+    /// `config` names the server).
+    #[cfg(all(feature = "srv", feature = "tls"))]
+    #[cfg_attr(docsrs, doc(cfg(all(feature = "srv", feature = "tls"))))]
+    pub fn srv_tls(name: impl Into<String>, resolver: srv::SrvResolver, config: tls::TlsClientConfig) -> Endpoint {
+        Endpoint::Srv { name: name.into(), resolver, tls: Some(std::sync::Arc::new(config)) }
     }
 
     /// Parses `tcp://host:port`, `unix:///path`, `ssh://…`,
     /// `srv://_service._proto.domain` (asking the system resolver) or a bare
     /// `host:port`.
+    ///
+    /// `ssh://` needs the `ssh` feature and `srv://` the `srv` feature;
+    /// without them such an address is an [`Error::Transport`] naming the
+    /// feature to enable.
     pub fn parse(s: &str) -> Result<Endpoint> {
         if let Some(rest) = s.strip_prefix("tcp://") {
             return Ok(Endpoint::Tcp(rest.trim_end_matches('/').to_string()));
@@ -106,17 +153,31 @@ impl Endpoint {
             return Ok(Endpoint::Unix(PathBuf::from(rest)));
         }
         if s.starts_with("ssh://") {
-            let (config, target) = ssh::parse_url(s)?;
-            return Ok(Endpoint::Ssh { target, config: std::sync::Arc::new(config) });
+            #[cfg(feature = "ssh")]
+            {
+                let (config, target) = ssh::parse_url(s)?;
+                return Ok(Endpoint::Ssh { target, config: std::sync::Arc::new(config) });
+            }
+            #[cfg(not(feature = "ssh"))]
+            return Err(feature_disabled(s, "ssh"));
         }
-        if let Some(name) = srv::parse_srv_url(s) {
-            return Ok(Endpoint::srv(name, srv::SrvResolver::system()?));
+        if s.starts_with("srv://") {
+            #[cfg(feature = "srv")]
+            {
+                let name = srv::parse_srv_url(s).unwrap_or_default();
+                return Ok(Endpoint::srv(name, srv::SrvResolver::system()?));
+            }
+            #[cfg(not(feature = "srv"))]
+            return Err(feature_disabled(s, "srv"));
         }
         if s.starts_with("tls://") {
+            #[cfg(feature = "tls")]
             return Err(Error::Transport(format!(
                 "'{s}' needs a TLS client configuration (CA, client certificate): use \
                  Endpoint::parse_tls or ClientBuilder::tls"
             )));
+            #[cfg(not(feature = "tls"))]
+            return Err(feature_disabled(s, "tls"));
         }
         if s.contains("://") {
             return Err(Error::Transport(format!(
@@ -128,6 +189,17 @@ impl Endpoint {
         }
         Err(Error::Transport(port_problem(s)))
     }
+}
+
+/// The error for an address whose scheme needs a crate feature this build
+/// was compiled without.
+#[cfg(not(all(feature = "tls", feature = "ssh", feature = "srv")))]
+pub(crate) fn feature_disabled(addr: &str, feature: &str) -> Error {
+    let scheme = addr.split_once("://").map_or(addr, |(scheme, _)| scheme);
+    Error::Transport(format!(
+        "'{addr}': {scheme}:// addresses need rpyc's \"{feature}\" feature, which this build does not have \
+         (in Cargo.toml: rpyc = {{ version = \"…\", features = [\"{feature}\"] }})"
+    ))
 }
 
 /// Why `host:port` text has no usable port, for error messages: no port at
@@ -191,6 +263,7 @@ impl QuickAck {
         QuickAck { inner, unacked: 0 }
     }
 
+    #[cfg(feature = "tls")]
     pub(crate) fn into_inner(self) -> TcpStream {
         self.inner
     }
@@ -274,9 +347,14 @@ pub async fn connect_endpoint(endpoint: &Endpoint, opts: &TcpOptions) -> Result<
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => Err(Error::Transport("unix sockets are not available on this platform".into())),
+        #[cfg(feature = "tls")]
         Endpoint::Tls { addr, config } => tls::connect_tls_with(addr, config, opts).await,
+        #[cfg(feature = "ssh")]
         Endpoint::Ssh { target, config } => ssh::connect(config, target).await,
-        Endpoint::Srv { name, resolver, tls } => srv::connect(name, resolver, tls.as_deref(), opts).await,
+        #[cfg(all(feature = "srv", feature = "tls"))]
+        Endpoint::Srv { name, resolver, tls: Some(config) } => srv::connect_tls(name, resolver, config, opts).await,
+        #[cfg(feature = "srv")]
+        Endpoint::Srv { name, resolver, .. } => srv::connect(name, resolver, opts).await,
     }
 }
 
@@ -399,6 +477,8 @@ impl Listener {
 
     /// Starts an embedded SSH endpoint whose `direct-tcpip` channels are
     /// served as RPyC connections (see [`ssh::SshAcceptor`]).
+    #[cfg(feature = "ssh")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
     pub async fn ssh(addr: &str, config: ssh::SshServerConfig) -> Result<Listener> {
         Ok(Listener::new(ssh::SshAcceptor::bind(addr, config).await?))
     }
@@ -438,12 +518,15 @@ impl TcpAcceptor {
     /// start of every connection, and takes the client's address from it.
     /// Default: off — only turn it on where nothing but the proxy can reach
     /// the port, since whoever connects writes the header.
+    #[cfg(feature = "proxy-protocol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
     pub fn with_proxy_protocol(mut self, on: bool) -> Self {
         self.proxy_protocol = on;
         self
     }
 
-    /// True if connections must start with a PROXY header.
+    /// True if connections must start with a PROXY header (never without
+    /// the `proxy-protocol` feature).
     pub fn proxy_protocol(&self) -> bool {
         self.proxy_protocol
     }
@@ -470,18 +553,19 @@ impl Accept for TcpAcceptor {
             let ready = |s: TcpStream, peer: SocketAddr| -> (BoxStream, Credentials) {
                 (Box::new(QuickAck::new(s)), Credentials::anonymous(TransportKind::Tcp, PeerAddr::Ip(peer)))
             };
-            if !self.proxy_protocol {
-                let (stream, creds) = ready(s, peer);
-                return Ok(Incoming::ready(stream, creds));
+            #[cfg(feature = "proxy-protocol")]
+            if self.proxy_protocol {
+                return Ok(Incoming::behind_proxy(
+                    PeerAddr::Ip(peer),
+                    Box::pin(async move {
+                        let (s, client) = read_proxy_header(s, peer).await?;
+                        let handshake: Handshake = Box::pin(std::future::ready(Ok(ready(s, client))));
+                        Ok((PeerAddr::Ip(client), handshake))
+                    }),
+                ));
             }
-            Ok(Incoming::behind_proxy(
-                PeerAddr::Ip(peer),
-                Box::pin(async move {
-                    let (s, client) = read_proxy_header(s, peer).await?;
-                    let handshake: Handshake = Box::pin(std::future::ready(Ok(ready(s, client))));
-                    Ok((PeerAddr::Ip(client), handshake))
-                }),
-            ))
+            let (stream, creds) = ready(s, peer);
+            Ok(Incoming::ready(stream, creds))
         })
     }
     fn describe(&self) -> String {
@@ -498,6 +582,7 @@ impl Accept for TcpAcceptor {
 /// Reads the PROXY header at the start of `tcp` (from the proxy at
 /// `proxy`); returns the stream, positioned just after it, and the
 /// client's address (the proxy's own for `LOCAL` health checks).
+#[cfg(feature = "proxy-protocol")]
 pub(crate) async fn read_proxy_header(mut tcp: TcpStream, proxy: SocketAddr) -> Result<(TcpStream, SocketAddr)> {
     match proxy::read_header(&mut tcp).await {
         Ok(proxy::ProxySource::Client(client)) => Ok((tcp, client)),
@@ -560,6 +645,22 @@ mod tests {
     }
 
     #[test]
+    fn schemes_of_disabled_features_name_the_feature() {
+        for (addr, feature, enabled) in [
+            ("tls://h:1", "tls", cfg!(feature = "tls")),
+            ("ssh://u@h/t:1", "ssh", cfg!(feature = "ssh")),
+            ("srv://_rpyc._tcp.example.com", "srv", cfg!(feature = "srv")),
+        ] {
+            if enabled {
+                continue;
+            }
+            let e = Endpoint::parse(addr).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(&format!("\"{feature}\" feature")), "{addr}: {e}");
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "srv")]
     fn srv_endpoints_compare_by_name_and_nameservers() {
         let ns = |port| srv::SrvResolver::with_nameservers(&[SocketAddr::from(([127, 0, 0, 1], port))]);
         assert_eq!(Endpoint::srv("_rpyc._tcp.a", ns(53)), Endpoint::srv("_rpyc._tcp.a", ns(53)));

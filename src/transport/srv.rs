@@ -16,7 +16,8 @@
 //!   when the registry may have changed its mind.
 //! - [`SrvAnswer::ordered`] is the RFC 2782 order to try targets in.
 //! - [`Endpoint::Srv`](super::Endpoint::Srv) (`srv://_rpyc._tcp.example.com`)
-//!   connects to the first target that accepts, over TCP or TLS.
+//!   connects to the first target that accepts, over TCP ([`connect`]) or
+//!   TLS ([`connect_tls`], with the `tls` feature).
 //!
 //! The resolver speaks plain DNS over UDP and TCP (hickory-resolver without
 //! DNS-over-TLS or DNSSEC, so no second crypto stack). It caches answers only
@@ -27,7 +28,9 @@
 //! [`MAX_TARGETS`] targets are kept, and a lookup never panics, whatever
 //! the name or the answer.
 
-use super::{connect_tcp, tls, BoxStream, QuickAck, TcpOptions};
+#[cfg(feature = "tls")]
+use super::tls;
+use super::{connect_tcp, BoxStream, QuickAck, TcpOptions};
 use crate::error::{Error, Result};
 use crate::identity::Credentials;
 use hickory_resolver::config::{
@@ -443,26 +446,52 @@ impl Rng {
     }
 }
 
-/// Resolves `name` and connects to the first target, in
-/// [`SrvAnswer::ordered`] order, that accepts — over TLS when `tls` is set,
-/// with the target host as the name its certificate must carry (unless
-/// the configuration names another).
-pub async fn connect(
+/// Resolves `name` and connects over TCP to the first target, in
+/// [`SrvAnswer::ordered`] order, that accepts.
+pub async fn connect(name: &str, resolver: &SrvResolver, opts: &TcpOptions) -> Result<(BoxStream, Credentials)> {
+    connect_first(
+        name,
+        resolver,
+        #[cfg(feature = "tls")]
+        None,
+        opts,
+    )
+    .await
+}
+
+/// Resolves `name` and connects over TLS to the first target, in
+/// [`SrvAnswer::ordered`] order, that accepts, with the target host as the
+/// name its certificate must carry (unless the configuration names
+/// another).
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub async fn connect_tls(
     name: &str,
     resolver: &SrvResolver,
-    tls: Option<&tls::TlsClientConfig>,
+    tls: &tls::TlsClientConfig,
+    opts: &TcpOptions,
+) -> Result<(BoxStream, Credentials)> {
+    connect_first(name, resolver, Some(tls), opts).await
+}
+
+/// [`connect`] or, with a TLS configuration, [`connect_tls`].
+async fn connect_first(
+    name: &str,
+    resolver: &SrvResolver,
+    #[cfg(feature = "tls")] tls: Option<&tls::TlsClientConfig>,
     opts: &TcpOptions,
 ) -> Result<(BoxStream, Credentials)> {
     let answer = resolver.lookup(name).await?;
     let mut failures = Vec::new();
     for target in answer.ordered() {
         for addr in &target.addrs {
+            #[cfg(feature = "tls")]
             let attempt = match tls {
-                None => connect_tcp(&addr.to_string(), opts)
-                    .await
-                    .map(|(s, c)| (Box::new(QuickAck::new(s)) as BoxStream, c)),
                 Some(config) => tls::connect_tls_to(*addr, &target.host, config, opts).await,
+                None => connect_plain(*addr, opts).await,
             };
+            #[cfg(not(feature = "tls"))]
+            let attempt = connect_plain(*addr, opts).await;
             match attempt {
                 Ok(done) => {
                     tracing::debug!(srv = name, target = %target.host, %addr, "connected");
@@ -476,6 +505,11 @@ pub async fn connect(
         }
     }
     Err(Error::Connect(format!("no target of {name} accepted a connection: {}", failures.join("; "))))
+}
+
+async fn connect_plain(addr: SocketAddr, opts: &TcpOptions) -> Result<(BoxStream, Credentials)> {
+    let (s, c) = connect_tcp(&addr.to_string(), opts).await?;
+    Ok((Box::new(QuickAck::new(s)), c))
 }
 
 #[cfg(test)]

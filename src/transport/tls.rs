@@ -15,8 +15,9 @@
 //!   URI), SHA-256 fingerprint and DER; an authenticator may take the
 //!   identity from a SAN instead
 //!   ([`TlsClientCert::identity_from`](crate::auth::TlsClientCert::identity_from)).
-//! - Behind a proxy, [`TlsAcceptor::with_proxy_protocol`] reads a PROXY
-//!   protocol header before the ClientHello (see [`super::proxy`]).
+//! - Behind a proxy, [`TlsAcceptor::with_proxy_protocol`] (feature
+//!   `proxy-protocol`) reads a PROXY protocol header before the ClientHello
+//!   (see [`super::proxy`]).
 //! - Certificates are reloadable without a restart: [`TlsReloadHandle`]
 //!   swaps the configuration that *new* connections use; established
 //!   connections keep the keys they negotiated.
@@ -68,9 +69,10 @@
 use crate::error::{Error, Result};
 use crate::identity::{CertificateInfo, Credentials, PeerAddr, TransportKind};
 use crate::transport::{
-    connect_tcp, read_proxy_header, Accept, BoxFut, BoxStream, Endpoint, Handshake, Incoming, Listener, QuickAck,
-    Stream, TcpAcceptor, TcpOptions,
+    connect_tcp, Accept, BoxFut, BoxStream, Endpoint, Incoming, Listener, QuickAck, Stream, TcpAcceptor, TcpOptions,
 };
+#[cfg(feature = "proxy-protocol")]
+use crate::transport::{read_proxy_header, Handshake};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -649,6 +651,8 @@ impl TlsAcceptor {
     /// Requires a PROXY protocol header in front of the TLS handshake (see
     /// [`TcpAcceptor::with_proxy_protocol`]): the client's address comes
     /// from it. Default: off.
+    #[cfg(feature = "proxy-protocol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "proxy-protocol")))]
     pub fn with_proxy_protocol(mut self, on: bool) -> Self {
         self.tcp = self.tcp.with_proxy_protocol(on);
         self
@@ -670,19 +674,20 @@ impl Accept for TlsAcceptor {
         Box::pin(async move {
             let (tcp, peer) = self.tcp.accept_tcp().await?;
             let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-            if !self.tcp.proxy_protocol() {
-                return Ok(Incoming::new(PeerAddr::Ip(peer), Box::pin(server_handshake(tcp, peer, config))));
-            }
             // The header comes before the ClientHello, in this connection's
             // own task (Incoming::read_proxy_header), never in the accept loop.
-            Ok(Incoming::behind_proxy(
-                PeerAddr::Ip(peer),
-                Box::pin(async move {
-                    let (tcp, client) = read_proxy_header(tcp, peer).await?;
-                    let handshake: Handshake = Box::pin(server_handshake(tcp, client, config));
-                    Ok((PeerAddr::Ip(client), handshake))
-                }),
-            ))
+            #[cfg(feature = "proxy-protocol")]
+            if self.tcp.proxy_protocol() {
+                return Ok(Incoming::behind_proxy(
+                    PeerAddr::Ip(peer),
+                    Box::pin(async move {
+                        let (tcp, client) = read_proxy_header(tcp, peer).await?;
+                        let handshake: Handshake = Box::pin(server_handshake(tcp, client, config));
+                        Ok((PeerAddr::Ip(client), handshake))
+                    }),
+                ));
+            }
+            Ok(Incoming::new(PeerAddr::Ip(peer), Box::pin(server_handshake(tcp, peer, config))))
         })
     }
 
@@ -821,6 +826,7 @@ pub async fn connect_tls_with(
 /// Connects to an already resolved address over TLS, checking the server
 /// certificate against `host` (unless `config.server_name` overrides it):
 /// for addresses found through DNS SRV records.
+#[cfg(feature = "srv")]
 pub(crate) async fn connect_tls_to(
     addr: std::net::SocketAddr,
     host: &str,

@@ -741,6 +741,7 @@ fn parse_int(text: &[u8]) -> Result<Int, BrineError> {
 /// [`decode`] would (tags, lengths, UTF-8, integer text, depth, item counts)
 /// without building it, so what is relayed unread is still valid brine, and
 /// reading costs no memory however many values a frame holds.
+#[cfg(feature = "gateway")]
 pub(crate) struct Cursor<'a> {
     d: Decoder<'a>,
     cost: SkipCost,
@@ -750,6 +751,7 @@ pub(crate) struct Cursor<'a> {
 /// them: how many values (each a Python object), and the worst case of
 /// building their frozensets (a set of `n` members whose hashes collide
 /// costs `n²` comparisons; Python ints hash to themselves).
+#[cfg(feature = "gateway")]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SkipCost {
     /// Values skipped (every int, str, tuple … counts one).
@@ -761,6 +763,7 @@ pub(crate) struct SkipCost {
     pub digits: u64,
 }
 
+#[cfg(feature = "gateway")]
 impl<'a> Cursor<'a> {
     /// A cursor at `pos` of `data`.
     pub(crate) fn at(data: &'a [u8], pos: usize, limits: &'a DecodeLimits) -> Cursor<'a> {
@@ -818,6 +821,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
+#[cfg(feature = "gateway")]
 impl Decoder<'_> {
     /// [`Decoder::value`] without building the value.
     fn skip(&mut self, depth: usize, cost: &mut SkipCost) -> Result<(), BrineError> {
@@ -1057,6 +1061,7 @@ mod properties {
         /// The gateway relays what `Cursor::skip` accepted: it must accept
         /// exactly what `decode` accepts, and end where `decode` ends.
         #[test]
+        #[cfg(feature = "gateway")]
         fn skip_agrees_with_decode(v in value(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
             let mut bytes = encode(&v);
             for (i, b) in flips {

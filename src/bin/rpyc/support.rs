@@ -328,8 +328,11 @@ impl ConnectArgs {
                     SrvResolver::with_nameservers(&self.dns)
                 };
                 // With --ca, TLS to each target, checked against its host name.
-                let tls = if tls_opts { Some(Arc::new(self.tls_config(addr)?)) } else { None };
-                Ok(Endpoint::Srv { name: name.to_string(), resolver, tls })
+                if tls_opts {
+                    Ok(Endpoint::srv_tls(name, resolver, self.tls_config(addr)?))
+                } else {
+                    Ok(Endpoint::srv(name, resolver))
+                }
             }
             "ssh" => {
                 let (mut config, target): (SshConfig, String) =
