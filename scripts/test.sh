@@ -70,6 +70,35 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+
+# The feature matrix: the library alone (`default-features = false`), then
+# with each feature alone, must build without a warning — a cfg that leaves
+# an import or a helper unused shows up here, not in a user's build. Checks
+# only (no codegen), so this step stays short.
+log "feature matrix (cargo check --lib --no-default-features [--features X])"
+lean_check() {
+    local out
+    # Cargo replays the warnings of cached builds, so a rerun fails too.
+    if ! out=$(cargo check --locked --lib --no-default-features "$@" 2>&1) || grep -q '^warning' <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        log "cargo check --lib --no-default-features $* failed or warned"
+        return 1
+    fi
+}
+lean_check
+for feature in tls certs ssh deploy srv proxy-protocol toml gateway cli; do
+    lean_check --features "$feature"
+done
+cargo clippy --locked --lib --no-default-features -- -D warnings
+# What "lean" promises: the core pulls in none of these.
+lean_deps=$(cargo tree --locked --no-default-features -e normal --prefix none | awk '{print $1}' | sort -u)
+for heavy in clap clap_complete tracing-subscriber russh rcgen hickory-resolver rustls toml; do
+    if grep -qx "$heavy" <<<"$lean_deps"; then
+        log "rpyc with --no-default-features depends on $heavy: make it optional, behind a feature (cargo tree --no-default-features -e normal -i $heavy shows the path)"
+        exit 1
+    fi
+done
+
 log "cargo test"
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc

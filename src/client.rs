@@ -247,3 +247,38 @@ impl ClientBuilder {
         Connection::start(stream, service, self.config, creds, self.policy)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Server, ServerConfig, Service};
+
+    /// What a `default-features = false` user has: a server and a client
+    /// over plain TCP.
+    #[tokio::test]
+    async fn the_core_alone_serves_and_calls_over_tcp() {
+        let service = Service::builder("calculator", || ()).method("add(x, y)", |x: i64, y: i64| Ok(x + y)).build();
+        let server = Server::new(service, ServerConfig::default()).bind_tcp("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addrs()[0];
+        let stop = server.spawn();
+        let conn = crate::connect(&format!("tcp://{addr}")).await.unwrap();
+        let sum: i64 = conn.root().await.unwrap().call_method("add", (5, 10)).await.unwrap();
+        assert_eq!(sum, 15);
+        stop.shutdown();
+    }
+
+    /// An address that needs a feature the build lacks says which.
+    #[tokio::test]
+    async fn addresses_of_missing_features_name_the_feature() {
+        for (addr, feature, enabled) in [
+            ("tls://127.0.0.1:1", "tls", cfg!(feature = "tls")),
+            ("ssh://u@127.0.0.1:1/127.0.0.1:2", "ssh", cfg!(feature = "ssh")),
+            ("srv://_rpyc._tcp.example.com", "srv", cfg!(feature = "srv")),
+        ] {
+            if enabled {
+                continue;
+            }
+            let e = crate::connect(addr).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(&format!("rpyc's \"{feature}\" feature")), "{addr}: {e}");
+        }
+    }
+}
