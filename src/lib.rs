@@ -85,6 +85,13 @@
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// The docs link to feature-gated items (`TlsClientCert`, `ClientBuilder::tls`…);
+// in a build without those features the links have no target, which is
+// expected there. Full builds (docs.rs: all features) check every link.
+#![cfg_attr(
+    not(all(feature = "gateway", feature = "certs", feature = "deploy")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 pub mod auth;
 pub mod blocking;
