@@ -92,7 +92,7 @@ done
 cargo clippy --locked --lib --no-default-features -- -D warnings
 # What "lean" promises: the core pulls in none of these.
 lean_deps=$(cargo tree --locked --no-default-features -e normal --prefix none | awk '{print $1}' | sort -u)
-for heavy in clap clap_complete tracing-subscriber russh rcgen hickory-resolver rustls toml; do
+for heavy in clap clap_complete tracing-subscriber indicatif russh rcgen hickory-resolver rustls toml; do
     if grep -qx "$heavy" <<<"$lean_deps"; then
         log "rpyc with --no-default-features depends on $heavy: make it optional, behind a feature (cargo tree --no-default-features -e normal -i $heavy shows the path)"
         exit 1

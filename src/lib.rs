@@ -74,8 +74,8 @@
 //! | `srv` | `transport::srv`, `srv://` addresses, `ClientBuilder::dns` | hickory-resolver |
 //! | `proxy-protocol` | `transport::proxy`: PROXY v1/v2 headers on TCP and TLS listeners (`with_proxy_protocol`) | ppp |
 //! | `toml` | policy files: `PolicySet::from_toml`, `PolicySet::load` | toml |
-//! | `gateway` | the `gateway` module; implies `tls`, `ssh`, `srv`, `proxy-protocol`, `toml` | — |
-//! | `cli` | the `rpyc` binary; implies `gateway`, `certs`, `deploy` | clap, clap_complete, tracing-subscriber |
+//! | `gateway` | the `gateway` module; implies `tls`, `ssh`, `srv`, `proxy-protocol`, `toml` | serde_json (audit lines) |
+//! | `cli` | the `rpyc` binary; implies `gateway`, `certs`, `deploy` | clap, clap_complete, tracing-subscriber, indicatif |
 //!
 //! Default: `tls`, `ssh`, `cli` — that is, all of them. An address whose
 //! scheme needs a feature the build lacks (`tls://`, `ssh://`, `srv://`)
