@@ -99,6 +99,10 @@ for heavy in clap clap_complete tracing-subscriber indicatif russh rcgen hickory
     fi
 done
 
+# The API docs build without a broken link or another rustdoc warning.
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+
 log "cargo test"
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc
