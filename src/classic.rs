@@ -313,24 +313,19 @@ impl Classic {
         };
         let stdout = sys.getattr("stdout").await?;
         let stderr = sys.getattr("stderr").await?;
-        let mut guard = StdioRedirect { saved: Some(Saved { sys: sys.clone(), stdin: None, stdout, stderr }) };
-        // Each stream is recorded as redirected only once it is, so a
-        // failure half-way restores exactly what was changed.
-        let steps: [(&str, Option<Object>); 3] = [
+        // Saved before anything changes: if a step fails, restoring puts
+        // back every stream (those not yet replaced get their own value).
+        let mut guard = StdioRedirect { saved: Some(Saved { sys: sys.clone(), stdin: saved_stdin, stdout, stderr }) };
+        let proxies = [
             ("stdout", Some(writer_class().instance(Writer { stream: RemoteStream::Stdout, sink: sink.clone() }))),
             ("stderr", Some(writer_class().instance(Writer { stream: RemoteStream::Stderr, sink }))),
             ("stdin", stdin.map(|r| reader_class().instance(r))),
         ];
-        for (name, proxy) in steps {
+        for (name, proxy) in proxies {
             let Some(proxy) = proxy else { continue };
             if let Err(e) = sys.setattr(name, proxy).await {
                 let _ = guard.restore_inner().await;
                 return Err(e);
-            }
-            if name == "stdin" {
-                if let Some(s) = guard.saved.as_mut() {
-                    s.stdin = saved_stdin.clone();
-                }
             }
         }
         Ok(guard)
