@@ -1049,6 +1049,11 @@ fn writer_class() -> &'static Class<Writer> {
     })
 }
 
+/// The most one `read()`/`readline()` of the redirected stdin returns: the
+/// server chooses the call, so a `read()` with `/dev/zero` (or an endless
+/// pipe) on our stdin must not grow this process without bound.
+const MAX_STDIN_READ: usize = 16 << 20;
+
 /// The local object the server sees as `sys.stdin`.
 struct Reader {
     input: tokio::sync::Mutex<tokio::io::BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>>,
@@ -1058,26 +1063,28 @@ impl Reader {
     /// One line (with its newline), at most `limit` bytes; empty at the end.
     async fn line(&self, limit: Option<usize>) -> io::Result<String> {
         use tokio::io::AsyncBufReadExt;
-        if limit == Some(0) {
-            return Ok(String::new());
-        }
+        // Reading one byte past the cap tells a line that is too long.
+        let cap = limit.map_or(MAX_STDIN_READ + 1, |l| l.min(MAX_STDIN_READ + 1));
         let mut input = self.input.lock().await;
         let mut out = Vec::new();
-        loop {
+        while out.len() < cap {
             let chunk = input.fill_buf().await?;
             if chunk.is_empty() {
                 break;
             }
-            let room = limit.map_or(usize::MAX, |l| l.saturating_sub(out.len()));
+            let room = cap - out.len();
             let (take, newline) = match chunk.iter().position(|&b| b == b'\n') {
                 Some(i) if i < room => (i + 1, true),
                 _ => (chunk.len().min(room), false),
             };
             out.extend_from_slice(chunk.get(..take).unwrap_or_default());
             input.consume(take);
-            if newline || limit.is_some_and(|l| out.len() >= l) {
+            if newline {
                 break;
             }
+        }
+        if out.len() > MAX_STDIN_READ {
+            return Err(too_long("readline()"));
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
@@ -1087,16 +1094,20 @@ impl Reader {
         use tokio::io::AsyncReadExt;
         let mut input = self.input.lock().await;
         let mut out = Vec::new();
-        match limit {
-            None => {
-                input.read_to_end(&mut out).await?;
-            }
-            Some(n) => {
-                (&mut *input).take(n as u64).read_to_end(&mut out).await?;
-            }
+        let cap = limit.unwrap_or(MAX_STDIN_READ + 1).min(MAX_STDIN_READ + 1);
+        (&mut *input).take(cap as u64).read_to_end(&mut out).await?;
+        if out.len() > MAX_STDIN_READ {
+            return Err(too_long("read()"));
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+fn too_long(what: &str) -> io::Error {
+    io::Error::other(format!(
+        "more than {} MiB of stdin in one {what}; read it in pieces (read(n))",
+        MAX_STDIN_READ >> 20
+    ))
 }
 
 /// A Python size argument: negative or None means "no limit".
@@ -1121,11 +1132,15 @@ fn reader_class() -> &'static Class<Reader> {
                 r.read(size_limit(size)).await.map_err(read_error)
             })
             .async_method("readlines()", |r: This<Reader>| async move {
-                let mut lines = Vec::new();
+                let (mut lines, mut total) = (Vec::new(), 0);
                 loop {
                     let line = r.line(None).await.map_err(read_error)?;
                     if line.is_empty() {
                         return Ok(lines);
+                    }
+                    total += line.len();
+                    if total > MAX_STDIN_READ {
+                        return Err(read_error(too_long("readlines()")));
                     }
                     lines.push(line);
                 }

@@ -411,3 +411,21 @@ async fn transfers_replace_the_destination_only_when_complete() {
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
     c.close().await;
 }
+
+/// The server chooses how much of our stdin it reads: with an endless
+/// stdin (`/dev/zero`, a pipe that never ends), `read()`, `readline()` and
+/// `readlines()` stop at 16 MiB with an error instead of growing this
+/// process without bound; bounded reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirected_stdin_reads_are_bounded() {
+    let (_server, c) = classic(Dialect::V6).await;
+    let redirect = c.redirect_stdio_with(tokio::io::repeat(b'x'), |_, _| {}).await.expect("redirect");
+    let some: String = c.eval_as("__import__('sys').stdin.read(10)").await.expect("read(10)");
+    assert_eq!(some, "x".repeat(10));
+    for call in ["read()", "readline()", "readlines()", "readline(10**12)", "read(10**12)"] {
+        let e = c.eval(&format!("__import__('sys').stdin.{call}")).await.expect_err(call);
+        assert!(e.is_exception("OSError") && e.to_string().contains("read it in pieces"), "{call}: {e}");
+    }
+    redirect.restore().await.expect("restore");
+    c.close().await;
+}
